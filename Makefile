@@ -1,0 +1,33 @@
+# Two commands do everything:
+#   make reproduce   create .venv, install avae, fetch MNIST, train and evaluate the four models
+#   make test        run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: reproduce test lint install clean
+
+$(BIN)/avae: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, at the pinned version: any other request may pull several GB of CUDA wheels
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/avae
+
+install: $(BIN)/avae
+
+reproduce: install
+	$(BIN)/avae data fetch --dataset mnist
+	$(BIN)/avae reproduce --profile quick --out runs/reproduce
+
+test: install
+	$(BIN)/ruff check avae tests
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check avae tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,21 @@
+"""The project's own error type: every failure a user can cause is reported as one of these."""
+
+
+class AvaeError(Exception):
+    """A problem the user can fix; the message says what was wrong and what to do."""
+
+
+class DataError(AvaeError):
+    """A data file is missing, unreadable, malformed or fails its checksum."""
+
+
+class ConfigError(AvaeError):
+    """A configuration value or file is invalid."""
+
+
+class CheckpointError(AvaeError):
+    """A checkpoint is missing, unreadable, untrusted or does not match the configuration."""
+
+
+class DivergenceError(AvaeError):
+    """Training produced a non-finite loss."""
