@@ -1,5 +1,6 @@
 # Two commands do everything:
-#   make reproduce   create .venv, install avae, fetch MNIST, train and evaluate the four models
+#   make reproduce   create .venv, install avae, fetch MNIST and Fashion-MNIST, run the quick profile
+#                    of every experiment and write runs/reproduce/report.md
 #   make test        run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,9 +19,12 @@ $(BIN)/avae: pyproject.toml
 
 install: $(BIN)/avae
 
+JOBS ?= 2
+
 reproduce: install
-	$(BIN)/avae data fetch --dataset mnist
-	$(BIN)/avae reproduce --profile quick --out runs/reproduce
+	$(BIN)/avae data fetch --dataset all
+	$(BIN)/avae reproduce --profile quick --out runs/reproduce --jobs $(JOBS)
+	$(BIN)/avae report runs/reproduce
 
 test: install
 	$(BIN)/ruff check avae tests

@@ -7,6 +7,7 @@ other format (a pickled `torch.save` archive in particular) is refused with an e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -22,13 +23,17 @@ from avae.io import atomic_write_bytes
 
 FORMAT = "avae-checkpoint/1"
 META_KEY = "avae"
+DIGEST_KEY = "tensors_sha256"
+REQUIRED_KEYS = ("epoch", "config", DIGEST_KEY)
 PICKLE_SIGNATURES = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, zip (torch.save) archives
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors and metadata atomically (temporary file, fsync, rename)."""
     payload = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    document = json.dumps({"format": FORMAT, **meta}, sort_keys=True)
+    meta = {"format": FORMAT, **{k: v for k, v in meta.items() if k not in ("format", DIGEST_KEY)}}
+    meta = json.loads(json.dumps(meta))  # the digest covers the metadata as it will be read back
+    document = json.dumps({**meta, DIGEST_KEY: content_digest(payload, meta)}, sort_keys=True)
     atomic_write_bytes(path, st_save(payload, metadata={META_KEY: document}))
 
 
@@ -45,7 +50,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         tensors = st_load(raw)
         header_meta = read_header_metadata(raw)
-    except (SafetensorError, ValueError, struct.error) as exc:
+    except (SafetensorError, ValueError, struct.error, RecursionError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupted ({exc}); delete it and train again"
         ) from None
@@ -55,13 +60,42 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(
             f"{path} is a safetensors file but not an avae checkpoint (no '{META_KEY}' metadata)"
         ) from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}; this avae reads {FORMAT}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} has format {found!r}; this avae reads {FORMAT}")
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks its {', '.join(missing)} metadata; it was not written by avae "
+            "or was edited: delete it and train again"
+        )
+    if meta.pop(DIGEST_KEY) != content_digest(tensors, meta):
+        raise CheckpointError(
+            f"checkpoint {path} was altered after it was written (its contents do not match the "
+            "sha256 recorded in it); delete it and train again"
+        )
     return tensors, meta
 
 
+def content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """sha256 over the metadata (without the digest) and every tensor's name, dtype, shape and
+    bytes, in name order.
+
+    Stored in the metadata, it catches damage the safetensors format cannot see: changed tensor
+    bytes, a header edit that swaps shapes of the same size, or an edited configuration.
+    """
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def refuse_foreign_format(path: Path, raw: bytes) -> None:
-    if raw.startswith(PICKLE_SIGNATURES):
+    # a safetensors file starts with its header length (8 bytes, little-endian), which may begin with
+    # 0x80 too (a 13696-byte header does); its JSON header then starts at byte 8
+    if raw.startswith(PICKLE_SIGNATURES) and raw[8:9] != b"{":
         raise CheckpointError(
             f"{path} looks like a pickle/torch.save file; avae refuses to load it because "
             "unpickling can run arbitrary code. Only safetensors checkpoints written by avae load"

@@ -14,6 +14,13 @@ import tomllib
 from avae.errors import AvaeError, ConfigError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error: `avae: error: ...`."""
+
+    def error(self, message: str):
+        self.exit(2, f"avae: error: {message}; see `{self.prog} --help`\n")
+
+
 def int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -30,14 +37,25 @@ def read_config_file(path: str) -> dict[str, Any]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {file} ({exc.strerror}); check --config") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {file} is not UTF-8 text; give a TOML or JSON file") from None
     try:
         loaded = json.loads(text) if file.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {file} does not parse ({exc}); fix its syntax") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {file} must hold a table of settings")
-    return loaded.get("config", loaded) if isinstance(loaded.get("config"), dict) else loaded
+    settings = loaded.get("config", loaded) if isinstance(loaded.get("config"), dict) else loaded
+    from avae.train import MODEL_KEYS, TRAIN_KEYS, flatten
+
+    unknown = sorted(set(flatten(settings)) - MODEL_KEYS - TRAIN_KEYS - {"model"})
+    if unknown:
+        raise ConfigError(
+            f"config file {file} has unknown setting(s) {', '.join(unknown)}; "
+            "use the names of `avae train --help` with underscores"
+        )
+    return settings
 
 
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
@@ -60,7 +78,7 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "help": "encoder widths, comma-separated (default 256,64,32; decoder mirrors)",
         },
     ),
-    ("--activation", {"help": "relu (default) | tanh | softplus | elu | leaky-relu"}),
+    ("--activation", {"help": "leaky-relu (slope 0.2; default) | relu | elu | softplus | tanh"}),
     ("--adv-loss", {"help": "AVAE encoder's adversarial loss: non-saturating (default) | minimax"}),
     (
         "--adv-weight",
@@ -95,13 +113,32 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--metrics", {"default": "elbo", "help": "comma-separated: elbo, iwae, sivi, ais, bdmc (default elbo)"}),
+    ("--k", {"type": int_list, "help": "IWAE sample sizes (default 1,100,1000)"}),
+    ("--sivi-k", {"type": int, "help": "extra eps1 draws K of SIVI's L_K (default 100)"}),
+    ("--sivi-samples", {"type": int, "help": "z draws per point for SIVI (default 10)"}),
+    ("--ais-chains", {"type": int, "help": "independent AIS chains per point (default 4)"}),
+    ("--ais-steps", {"type": int, "help": "AIS intermediate distributions (default 500)"}),
+    ("--leapfrog", {"type": int, "help": "leapfrog steps per HMC transition (default 10)"}),
+    ("--step-size", {"type": float, "help": "initial HMC step size (default 0.05; adapted)"}),
+    ("--target-accept", {"type": float, "help": "HMC acceptance the step size adapts to (default 0.65)"}),
+    ("--subset", {"type": int, "help": "evaluate on the first N test points (default 0: all)"}),
+    ("--bdmc-points", {"type": int, "help": "points simulated from the model for BDMC (default 100)"}),
+    ("--batch-size", {"type": int, "help": "test points per batch (default 100)"}),
+    ("--seed", {"type": int, "help": "seed of the evaluation's random draws (default 0)"}),
+    ("--avb-samples", {"type": int, "help": "AVB: encoder draws per point for its proposal (default 500)"}),
+    ("--avb-inflate", {"type": float, "help": "AVB: proposal scale multiplier (default 1)"}),
+]
+
+
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--data-dir", help="data cache directory (default $AVAE_DATA_DIR or ~/.cache/avae)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="avae",
         description="Adversarial variational autoencoders: train, evaluate and sample VAE, "
         "VAE+eps, AVB and AVAE on MNIST and Fashion-MNIST.",
@@ -112,24 +149,37 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train one configuration, one member per seed",
         description="Train all seeds of one configuration as one batched model. Settings come "
-        "from the defaults, then --config, then the options given here.",
+        "from the defaults, then --preset, then --config, then the options given here.",
     )
+    train.add_argument("--preset", help="a named configuration, e.g. iwae-anchor (overridden by the rest)")
     train.add_argument("--config", help="TOML or JSON file of settings (underscored option names)")
     for flag, kwargs in TRAIN_OPTIONS:
         train.add_argument(flag, **kwargs)
     train.add_argument("--out", required=True, help="run directory (metrics, checkpoint, samples)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="fp32 (default) | bf16: matrix products under bf16 autocast (changes numerics; recorded)",
+    )
+    train.add_argument("--compile", action="store_true", help="torch.compile the networks (see BENCH.md)")
     add_runtime_options(train)
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="test negative ELBO of a trained run",
-        description="Compute the test negative ELBO of every member of RUN_DIR (each model's own "
-        "objective; AVB's is a discriminator-based estimate) and write RUN_DIR/eval.json.",
+        help="test negative ELBO and log-likelihood bounds of a trained run",
+        description="Evaluate every member of RUN_DIR at once and merge the figures into "
+        "RUN_DIR/eval.json: the model's own objective (elbo), IWAE-k bounds (iwae), SIVI's bound for "
+        "noise-injected encoders (sivi), AIS with HMC (ais) and, with --bdmc, a BDMC check of AIS on "
+        "data simulated from the model. Every figure is a negative log p(x)-type value in nats.",
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    for flag, kwargs in EVALUATE_OPTIONS:
+        evaluate.add_argument(flag, **kwargs)
+    evaluate.add_argument("--bdmc", action="store_true", help="also run BDMC (forward and reverse AIS)")
     add_runtime_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -168,18 +218,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser(
         "reproduce",
-        help="train and evaluate the paper's models (see --profile)",
-        description="Train VAE, VAE+eps, AVB and AVAE on a short budget and print the test "
-        "negative ELBO table. Finished runs in --out are reused.",
+        help="train and evaluate every experiment of the paper (see --profile)",
+        description="Train, evaluate and analyse the runs behind Table 1 and Figs. 6-8 on MNIST and "
+        "Fashion-MNIST. Only what is missing runs: finished runs in --out (keyed by a hash of their "
+        "configuration) are reused and unfinished ones resume. Then write the report with `avae report`.",
     )
-    reproduce.add_argument("--profile", default="quick", help="quick (default) | smoke")
+    reproduce.add_argument(
+        "--profile",
+        default="quick",
+        help="smoke (seconds per run; tests) | quick (default; ~30 min, 2 CPU cores) | full (paper scale)",
+    )
     reproduce.add_argument(
         "--out", default="runs/reproduce", help="output directory (default runs/reproduce)"
+    )
+    reproduce.add_argument(
+        "--jobs", type=int, default=1, help="configurations trained in parallel processes (default 1)"
+    )
+    reproduce.add_argument(
+        "--dry-run", action="store_true", help="list the runs with an estimated time each; train nothing"
+    )
+    reproduce.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard scalars and sample grids (needs the [tensorboard] extra)",
     )
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_runtime_options(reproduce)
     reproduce.set_defaults(func=cmd_reproduce)
+
+    report = commands.add_parser(
+        "report",
+        help="write DIR/report.md, figures and CSVs from a reproduction",
+        description="Read the run directories of `avae reproduce --out DIR` and write DIR/report.md: "
+        "Table 1 beside the paper, honest IWAE/AIS figures, Figs. 6-8, a verdict for each claim and "
+        "analyses beyond the paper; PNG figures and CSV files go to DIR/report/.",
+    )
+    report.add_argument("dir", metavar="DIR", help="the --out directory of `avae reproduce`")
+    add_runtime_options(report)
+    report.set_defaults(func=cmd_report)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure training and evaluation speed (writes BENCH.md and bench.json)",
+        description="Matmul peak, training throughput of every model at S = 1, 5, 15 in fp32 and "
+        "bf16, a plain PyTorch loop, Pythae (if /tmp/pythae-venv exists) and evaluation, side by side.",
+    )
+    bench.add_argument("--out", default="benchmarks", help="output directory (default benchmarks)")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes and windows (seconds; for tests)")
+    bench.add_argument("--no-pythae", action="store_true", help="skip the Pythae peer")
+    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: as configured)")
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from avae.bench import cmd_bench as run
+
+    return run(args)
 
 
 def resolve_device(name: str) -> str:
@@ -195,7 +290,14 @@ def resolve_device(name: str) -> str:
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    settings = read_config_file(args.config) if args.config else {}
+    settings: dict[str, Any] = {}
+    if args.preset:
+        from avae.experiments import NAMED_CONFIGS
+
+        if args.preset not in NAMED_CONFIGS:
+            raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(NAMED_CONFIGS)}")
+        settings.update(NAMED_CONFIGS[args.preset])
+    settings.update(read_config_file(args.config) if args.config else {})
     for flag, _ in TRAIN_OPTIONS:
         key = flag[2:].replace("-", "_")
         value = getattr(args, key)
@@ -209,20 +311,54 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = make_config(train_overrides(args))
     runtime = Runtime(resolve_device(args.device), args.data_dir, progress=not args.no_progress)
+    runtime.precision, runtime.compile = args.precision, args.compile
     out = train(cfg, args.out, resume=args.resume, runtime=runtime)
     print(f"run written to {out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from avae.evaluate import evaluate_run
+    from avae.evaluate import EvalSettings, evaluate_run, parse_metrics
+    from avae.report import format_table
 
-    result = evaluate_run(args.run_dir, device=resolve_device(args.device), data_dir=args.data_dir)
-    metric = result["metrics"]["neg_elbo"]
-    print(f"{result['model']} on {result['dataset']}, epoch {result['epoch']}: test {metric['label']}")
-    for row in metric["per_member"]:
-        print(f"  seed {row['seed']}: {row['value']:.3f}")
-    print(f"  mean {metric['mean']:.3f} ± {metric['std']:.3f} (std over {metric['members']} members)")
+    metrics = parse_metrics(args.metrics) + (("bdmc",) if args.bdmc else ())
+    given = {}
+    for flag, _ in EVALUATE_OPTIONS[1:]:
+        key = flag[2:].replace("-", "_")
+        if getattr(args, key) is not None:
+            given[key] = getattr(args, key)
+    settings = EvalSettings(**given)
+    result = evaluate_run(
+        args.run_dir,
+        metrics=metrics,
+        settings=settings,
+        device=resolve_device(args.device),
+        data_dir=args.data_dir,
+    )
+    print(
+        f"{result['model']} on {result['dataset']} ({result['pixels']} pixels, {result['likelihood']} "
+        f"decoder), epoch {result['epoch']}; negative log p(x)-type figures in nats, lower is better"
+    )
+    rows = []
+    for key in result["evaluated"]:
+        m = result["metrics"][key]
+        rows.append(
+            [
+                key,
+                f"{m['kind']} ({'log-likelihood' if m['is_log_likelihood'] else 'NOT a log-likelihood'})",
+                f"{m['mean']:.2f} ± {m['sem_points']:.2f}",
+                f"{m['sem']:.2f}" if m["members"] > 1 else "-",
+                m["points"],
+                f"{m['seconds']:.1f}",
+            ]
+        )
+    header = ["metric", "what it bounds or estimates", "mean ± sem (points)", "sem (members)", "points", "s"]
+    print(format_table(header, rows))
+    if "bdmc_reverse" in result["evaluated"]:
+        gap = result["metrics"]["bdmc_reverse"]["gap"]
+        print(f"BDMC gap (forward - reverse, simulated data): {gap:.3f} nats")
+    for note in result["notes"]:
+        print(note)
     print(f"written to {Path(args.run_dir) / 'eval.json'}")
     return 0
 
@@ -280,10 +416,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     reproduce(
         args.profile,
         args.out,
-        device=resolve_device(args.device),
+        device=args.device if args.dry_run else resolve_device(args.device),  # estimate for any device
         data_dir=args.data_dir,
         progress=not args.no_progress,
+        jobs=args.jobs,
+        dry_run=args.dry_run,
+        tensorboard=args.tensorboard,
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from avae.report import write_report
+
+    path = write_report(args.dir, device=resolve_device(args.device), data_dir=args.data_dir)
+    print(f"report written to {path}")
     return 0
 
 

@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from avae.errors import DataError
+from avae.errors import AvaeError, DataError
+from avae.io import atomic_write_bytes
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -201,44 +202,28 @@ def _decoded(origin: str, data: bytes, *, gz: bool) -> tuple[str, bytes] | str:
         return str(e)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Best-effort fsync of a folder so a rename in it survives a crash."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _atomic_write(path: Path, data: bytes, md5: str | None = None) -> None:
-    """Write `data` to `path` via a temporary file in the same folder: write, fsync, verify, rename.
+    """Write `data` to `path` via `avae.io.atomic_write_bytes` (temporary file in the same folder:
+    write, fsync, verify the MD5 read back from disk, rename; mode 0644).
 
     On any failure the temporary file is removed and `path` is left as it was.
     """
-    tmp: Path | None = None
-    try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; cached data is not secret
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def verify(tmp: Path) -> None:
         if md5 is not None and (actual := _md5(tmp.read_bytes())) != md5:
             raise DataError(f"{path}: the copy written to disk has md5 {actual}, expected {md5}.")
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
-    except OSError as e:
+
+    try:
+        atomic_write_bytes(path, data, mode=0o644, verify=verify)  # cached data is not secret
+    except DataError:
+        raise
+    except AvaeError as e:
+        cause = e.__cause__
+        why = (getattr(cause, "strerror", None) or cause) if cause is not None else e
         raise DataError(
-            f"Cannot write {path} ({e.strerror or e}); make sure its folder is writable and has "
+            f"Cannot write {path} ({why}); make sure its folder is writable and has "
             f"space, or choose another with --data-dir or {ENV_VAR}."
         ) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 # ----------------------------------------------------------------------------- IDX format

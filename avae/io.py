@@ -1,54 +1,104 @@
 """Crash-safe file writes: a file is written to a temporary sibling, fsynced, then renamed over
-the target, so a reader sees either the old complete file or the new complete one, never a part."""
+the target, so a reader sees either the old complete file or the new complete one, never a part.
+
+A process killed mid-write (SIGKILL, power loss) can leave only a temporary sibling named
+``.<name>.<random>.tmp`` behind, never a damaged target; `remove_stale_temporaries` clears those.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from avae.errors import AvaeError
 
+TMP_SUFFIX = ".tmp"
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically; on any failure the previous file is untouched."""
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Files get the mode a plain open() would give them (mkstemp alone makes them 0600).
+DEFAULT_MODE = 0o666 & ~_current_umask()
+
+
+def atomic_write_bytes(
+    path: str | Path,
+    data: bytes,
+    *,
+    mode: int | None = None,
+    verify: Callable[[Path], None] | None = None,
+) -> None:
+    """Replace `path` with `data` atomically; on any failure the previous file is untouched.
+
+    `mode` sets the permission bits (default: what the umask allows). `verify`, if given, is
+    called with the fsynced temporary file before the rename and may raise to abort the write.
+    Raises AvaeError (with the OSError as its cause) when the file cannot be written.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as exc:
-        raise AvaeError(
-            f"cannot write {path}: {exc.strerror or exc}; check that the directory is writable "
-            "and the disk is not full"
-        ) from exc
+        raise write_error(path, exc) from exc
+    tmp: Path | None = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), DEFAULT_MODE if mode is None else mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise AvaeError(
-            f"cannot write {path}: {exc.strerror or exc}; the previous version (if any) is intact; "
-            "free disk space or choose a writable --out"
-        ) from exc
+        raise write_error(path, exc) from exc
+    finally:
+        if tmp is not None:  # not renamed: remove the temporary, whatever went wrong
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     fsync_dir(path.parent)
 
 
-def fsync_dir(directory: Path) -> None:
-    try:
+def write_error(path: Path, exc: OSError) -> AvaeError:
+    """One sentence for a failed write: what happened, that nothing was lost, what to do."""
+    return AvaeError(
+        f"cannot write {path} ({exc.strerror or exc}); its previous version, if any, is intact: "
+        f"free disk space or make {path.parent} writable, then try again"
+    )
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Best-effort fsync of a folder so that a rename in it survives a crash."""
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(directory: str | Path, names: tuple[str, ...] | list[str]) -> list[Path]:
+    """Delete temporaries of `names` in `directory` left by a writer that was killed mid-write.
+
+    Only call this while no other process writes those files. Returns the paths removed.
+    """
+    removed = []
+    for name in names:
+        for tmp in Path(directory).glob(f".{name}.*{TMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -32,25 +32,71 @@ def stream_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class MemberLinear(nn.Module):
-    """S independent affine maps y_s = x_s W_s + b_s computed by one `baddbmm`."""
+class _MemberAffine(torch.autograd.Function):
+    """y = x W^T + b for x [S, B, in], W [S, out, in], b [S, 1, out], with a backward that writes
+    the weight gradient straight into W's layout (autograd's baddbmm backward through a transposed
+    view returns [S, in, out] and then copies it; measured ~8 ms per step at S = 15). Under autocast
+    the operands are cast once, before the transpose, and the products of both passes run in the
+    autocast dtype with explicit casts, so the backward does not depend on the autocast state of
+    the thread that runs it (CPU or CUDA). Gradients are returned in the parameters' dtype by
+    autograd (float32 master weights)."""
 
-    def __init__(self, members: int, in_features: int, out_features: int) -> None:
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # Cast the contiguous weight once (casting its transposed view is a slow strided copy)
+            # and keep the cast copies for the backward pass.
+            dtype = torch.get_autocast_dtype(device)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            y = torch.baddbmm(bias, x, weight.transpose(1, 2))
+        ctx.save_for_backward(x, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.to(weight.dtype)
+            grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+            grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+            grad_b = grad.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+class MemberLinear(nn.Module):
+    """S independent affine maps y_s = x_s W_s^T + b_s computed by one `baddbmm`.
+
+    Weights are stored [S, out, in] (nn.Linear's layout, per member): measured on this CPU, the
+    forward and backward batched products are 10-30% faster than with [S, in, out] (fp32 / bf16).
+    With `float_output` the result is returned in float32 even under bf16 autocast, so that losses
+    and the Gaussian's scale are computed in full precision (set on every network's last layer).
+    """
+
+    def __init__(self, members: int, in_features: int, out_features: int, float_output: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(members, in_features, out_features))
+        self.float_output = float_output
+        self.weight = nn.Parameter(torch.empty(members, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(members, 1, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+        y = _MemberAffine.apply(x, self.weight, self.bias)
+        return y.float() if self.float_output else y
 
     @torch.no_grad()
     def reset_member(self, member: int, generator: torch.Generator) -> None:
-        """PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+        """PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+
+        The weight is drawn in [in, out] order (as before the layout change), so a seed gives the
+        same initial network as earlier versions."""
         bound = 1.0 / math.sqrt(self.in_features)
-        for tensor in (self.weight[member], self.bias[member]):
-            values = torch.rand(tensor.shape, generator=generator) * (2 * bound) - bound
-            tensor.copy_(values)
+        shapes = ((self.in_features, self.out_features), tuple(self.bias.shape[1:]))
+        pairs = ((self.weight[member], shapes[0], True), (self.bias[member], shapes[1], False))
+        for tensor, shape, flip in pairs:
+            values = torch.rand(shape, generator=generator) * (2 * bound) - bound
+            tensor.copy_(values.t() if flip else values)
 
     def extra_repr(self) -> str:
         members = self.weight.shape[0]
@@ -68,8 +114,9 @@ def mlp(members: int, sizes: Sequence[int], act: str) -> nn.Sequential:
     """An MLP `sizes[0] -> ... -> sizes[-1]` with `act` between layers and a linear output."""
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
-        layers.append(MemberLinear(members, fan_in, fan_out))
-        if i < len(sizes) - 2:
+        last = i == len(sizes) - 2
+        layers.append(MemberLinear(members, fan_in, fan_out, float_output=last))
+        if not last:
             layers.append(activation(act))
     return nn.Sequential(*layers)
 
@@ -88,17 +135,39 @@ class MemberRandom:
 
     A stream is named ("data", "noise", "eval", ...) so that, e.g., the order in which a member
     sees the data does not depend on how much noise its model consumed.
+
+    With `pool` > 0, `normal` hands out consecutive slices of a buffer of `pool` standard normals
+    per member, refilled by one `randn` per member when used up (instead of S small draws and a
+    stack per call). Member s's values still come from its generator alone, in the same order for
+    any S. `clear_pool()` drops the unused rest, so that a checkpoint taken right after it (the
+    generator states) continues exactly; the training loop clears it at the start of each epoch.
     """
 
-    def __init__(self, seeds: Sequence[int], stream: str, device: torch.device | str = "cpu"):
+    def __init__(self, seeds: Sequence[int], stream: str, device: torch.device | str = "cpu", pool: int = 0):
         self.device = torch.device(device)
         self.generators = [
             torch.Generator(device=self.device).manual_seed(stream_seed(s, stream)) for s in seeds
         ]
+        self.pool = pool
+        self.buffer: torch.Tensor | None = None  # [S, pool]
+        self.used = 0
 
     def normal(self, *shape: int) -> torch.Tensor:
         """Standard normal draws of `shape` for every member: [S, *shape]."""
-        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
+        count = math.prod(shape)
+        if self.pool <= 0 or count > self.pool:
+            return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in self.generators])
+        if self.buffer is None or self.used + count > self.pool:
+            self.buffer = torch.empty(len(self.generators), self.pool, device=self.device)
+            for row, g in zip(self.buffer, self.generators, strict=True):
+                torch.randn(self.pool, generator=g, device=self.device, out=row)
+            self.used = 0
+        values = self.buffer[:, self.used : self.used + count]
+        self.used += count
+        return values.view(len(self.generators), *shape)
+
+    def clear_pool(self) -> None:
+        self.buffer, self.used = None, 0
 
     def permutations(self, n: int) -> torch.Tensor:
         """One random permutation of range(n) per member: [S, n]."""
@@ -108,5 +177,6 @@ class MemberRandom:
         return [g.get_state() for g in self.generators]
 
     def set_state(self, states: Sequence[torch.Tensor]) -> None:
+        self.clear_pool()
         for g, state in zip(self.generators, states, strict=True):
             g.set_state(state)

@@ -13,6 +13,7 @@ parameters, so, e.g., the discriminator step cannot move the decoder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -33,7 +34,7 @@ from avae import data
 from avae.checkpoint import load_checkpoint, save_checkpoint
 from avae.errors import CheckpointError, ConfigError, DivergenceError
 from avae.evaluate import neg_elbo_per_member
-from avae.io import atomic_write_text, write_json
+from avae.io import atomic_write_text, remove_stale_temporaries, write_json
 from avae.models import MODELS, LatentModel, ModelConfig, Phase, build_model, default_noise_dim
 from avae.nets import MemberRandom
 from avae.report import save_sample_grids
@@ -177,6 +178,11 @@ class Runtime:
     data_dir: str | None = None
     progress: bool = True
     check_every: int = 50  # steps between checks for non-finite losses (one host sync each)
+    # "fp32" (default) or "bf16": matrix products under bf16 autocast (weights, Adam and losses stay
+    # float32). It changes the numerics (see benchmarks/BENCH.md), so it is recorded in config.json
+    # and in every checkpoint, and a run is resumed only with the precision it was trained with.
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile each network (measured: see benchmarks/BENCH.md)
 
 
 @dataclass
@@ -192,11 +198,20 @@ class TrainingState:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def new_state(cfg: TrainConfig, device: torch.device) -> TrainingState:
+NOISE_POOL = 1 << 18  # standard normals drawn per member at once by the training noise stream
+PRECISIONS = ("fp32", "bf16")
+
+
+def new_state(cfg: TrainConfig, device: torch.device, compile: bool = False) -> TrainingState:
     model = build_model(cfg.model, cfg.seeds).to(device)
+    if compile:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Sequential):
+                module.compile(dynamic=False)  # in place: parameter names stay as they are
     phases = model.phases()
+    # The fused (single-kernel) Adam: measured 4.6x faster than foreach on CPU for S=15 members.
     optimizers = [
-        torch.optim.Adam(p.params, lr=getattr(cfg, p.lr_key), betas=(cfg.beta1, cfg.beta2), foreach=True)
+        torch.optim.Adam(p.params, lr=getattr(cfg, p.lr_key), betas=(cfg.beta1, cfg.beta2), fused=True)
         for p in phases
     ]
     return TrainingState(
@@ -204,16 +219,31 @@ def new_state(cfg: TrainConfig, device: torch.device) -> TrainingState:
         phases,
         optimizers,
         MemberRandom(cfg.seeds, "data", device),
-        MemberRandom(cfg.seeds, "noise", device),
+        MemberRandom(cfg.seeds, "noise", device, pool=NOISE_POOL),
     )
 
 
-def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, runtime: Runtime | None = None) -> Path:
+def autocast(runtime: Runtime, device: torch.device):
+    """bf16 autocast of the matrix products when runtime.precision == "bf16", else nothing."""
+    if runtime.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {runtime.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.precision == "bf16")
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    runtime: Runtime | None = None,
+    on_epoch=None,
+) -> Path:
     """Train every member of `cfg` into the run directory `out`; return `out`.
 
     Each epoch appends one row per member to metrics.csv and replaces checkpoint.safetensors
     (atomically). With `resume`, training continues from the checkpoint in `out` and ends with
-    the same weights as an uninterrupted run.
+    the same weights as an uninterrupted run. `on_epoch(epoch, rows, model)`, if given, is called
+    after each epoch's checkpoint (for loggers; it must not change the model).
     """
     runtime = runtime or Runtime()
     out = Path(out)
@@ -224,22 +254,31 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, runtime: R
     train_x, test_x = train_x.to(device), test_x.to(device)
     if len(train_x) < cfg.batch_size:
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_x)} training images")
-    state = new_state(cfg, device)
+    state = new_state(cfg, device, runtime.compile)
     if checkpoint is not None:
+        saved_precision = checkpoint[1].get("precision", "fp32")
+        if saved_precision != runtime.precision:
+            raise ConfigError(
+                f"cannot resume {out / CHECKPOINT}: it was trained with --precision {saved_precision}, "
+                f"not {runtime.precision}; resume with --precision {saved_precision}"
+            )
         restore_state(state, cfg, *checkpoint)
         state.rows = [r for r in read_metrics(out / METRICS) if r["epoch"] <= state.epoch]
     else:
         write_json(out / CONFIG, run_record(cfg, runtime))
     steps = len(train_x) // cfg.batch_size
     label = f"{cfg.model.name} {cfg.dataset} S={len(cfg.seeds)}"
-    with tqdm(
-        total=cfg.epochs * steps,
-        initial=state.epoch * steps,
-        desc=label,
-        unit="step",
-        disable=not runtime.progress,
-        dynamic_ncols=True,
-    ) as bar:
+    with (
+        cpu_threads_of(checkpoint, device),
+        tqdm(
+            total=cfg.epochs * steps,
+            initial=state.epoch * steps,
+            desc=label,
+            unit="step",
+            disable=not runtime.progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         while state.epoch < cfg.epochs:
             state.epoch += 1
             started = time.perf_counter()
@@ -249,10 +288,41 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, runtime: R
                 cfg, state.epoch, train_means, test_values, time.perf_counter() - started
             )
             write_metrics(out / METRICS, state.rows)
-            save_checkpoint(out / CHECKPOINT, *checkpoint_payload(state, cfg))
+            tensors, meta = checkpoint_payload(state, cfg)
+            if runtime.precision != "fp32":  # absent means fp32 (checkpoints of earlier versions)
+                meta["precision"] = runtime.precision
+            save_checkpoint(out / CHECKPOINT, tensors, meta)
             bar.set_postfix(test=f"{float(test_values.mean()):.2f}")
+            if on_epoch is not None:  # e.g. TensorBoard logging: on_epoch(epoch, this epoch's rows, model)
+                on_epoch(state.epoch, state.rows[-len(cfg.seeds) :], state.model)
     save_sample_grids(state.model, cfg.seeds, out)
     return out
+
+
+@contextlib.contextmanager
+def cpu_threads_of(checkpoint, device: torch.device):
+    """On CPU, resume with the torch thread count the checkpoint was written with.
+
+    CPU kernels (matrix products in particular) may split their reductions by thread, so the
+    same run with 1 and 3 threads differs in the last bits. Every checkpoint records the count,
+    and a resumed run uses it again, so that resuming gives bitwise the weights of an
+    uninterrupted run even where another OMP_NUM_THREADS or CPU set would choose otherwise.
+    """
+    wanted = checkpoint[1].get("cpu_threads") if checkpoint is not None else None
+    previous = torch.get_num_threads()
+    if device.type != "cpu" or not isinstance(wanted, int) or wanted < 1 or wanted == previous:
+        yield
+        return
+    print(
+        f"avae: resuming with {wanted} CPU threads as the checkpoint was written (not {previous}) "
+        "so that the result is the same as an uninterrupted run",
+        file=sys.stderr,
+    )
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def subset(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -262,28 +332,38 @@ def subset(x: torch.Tensor, n: int) -> torch.Tensor:
 def run_epoch(
     state: TrainingState, cfg: TrainConfig, train_x: torch.Tensor, runtime: Runtime, bar
 ) -> dict[str, torch.Tensor]:
-    """One pass over the training set; returns each logged term's epoch mean, [S] per term."""
+    """One pass over the training set; returns each logged term's epoch mean, [S] per term.
+
+    No host synchronisation per step: batches are gathered by index from the device-resident
+    `train_x`, noise comes from a per-member pool (cleared here, so that a checkpoint at the end
+    of an epoch resumes exactly), and finiteness is checked every `runtime.check_every` steps.
+    """
     steps = len(train_x) // cfg.batch_size
     order = state.data_rng.permutations(len(train_x))
-    totals: dict[str, torch.Tensor] = {}
+    state.noise_rng.clear_pool()
+    device = train_x.device
+    repeats = [getattr(cfg, phase.repeats_key) if phase.repeats_key else 1 for phase in state.phases]
+    totals: torch.Tensor | None = None
+    names: list[str] = []
     pending: list[torch.Tensor] = []
     for step in range(steps):
         x = train_x[order[:, step * cfg.batch_size : (step + 1) * cfg.batch_size]]  # [S, B, D]
         if cfg.pixels == "binarized":
             x = data.binarize(x, state.data_rng.generators)
         terms: dict[str, torch.Tensor] = {}
-        for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
-            for _ in range(getattr(cfg, phase.repeats_key) if phase.repeats_key else 1):
-                terms.update(take_step(phase, optimizer, x, state.noise_rng))
-        stacked = torch.stack(list(terms.values()))  # [terms, S]
+        for phase, optimizer, count in zip(state.phases, state.optimizers, repeats, strict=True):
+            for _ in range(count):
+                with autocast(runtime, device):
+                    terms.update(take_step(phase, optimizer, x, state.noise_rng))
+        stacked = torch.stack(list(terms.values())).float()  # [terms, S]
+        names = list(terms)
         pending.append(stacked)
+        totals = stacked if totals is None else totals + stacked
         if len(pending) == runtime.check_every or step == steps - 1:
-            check_finite(pending, list(terms), state.epoch, step, cfg.seeds)
+            check_finite(pending, names, state.epoch, step, cfg.seeds)
+            bar.update(len(pending))
             pending.clear()
-        for name, value in zip(terms, stacked, strict=True):
-            totals[name] = totals.get(name, 0) + value
-        bar.update()
-    return {name: total / steps for name, total in totals.items()}
+    return {name: total / steps for name, total in zip(names, totals, strict=True)}
 
 
 def take_step(
@@ -294,7 +374,8 @@ def take_step(
     grads = torch.autograd.grad(loss.sum(), phase.params)  # members' losses are independent
     for param, grad in zip(phase.params, grads, strict=True):
         param.grad = grad
-    optimizer.step()
+    with torch.autocast(x.device.type, enabled=False):
+        optimizer.step()
     return {f"loss_{phase.name}": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
 
 
@@ -358,20 +439,26 @@ def run_record(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         "data": {"dataset": cfg.dataset, "md5": data.checksums(cfg.dataset)},
         "command": sys.argv,
         "device": runtime.device,
+        "precision": runtime.precision,
     }
 
 
 def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool):
     """Refuse to overwrite a finished or running run; return its checkpoint when resuming."""
     path = out / CHECKPOINT
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
     if not path.exists():
         if (out / METRICS).exists() and not resume:
             raise ConfigError(f"{out} already holds a run; pass --resume or choose another --out")
+        if resume and out.is_dir():
+            remove_stale_temporaries(out, (CHECKPOINT, METRICS, CONFIG))
         return None
     if not resume:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     tensors, meta = load_checkpoint(path)
     check_resumable(cfg, meta, path)
+    remove_stale_temporaries(out, (CHECKPOINT, METRICS, CONFIG))  # left by a writer killed mid-write
     return tensors, meta
 
 
@@ -410,6 +497,7 @@ def checkpoint_payload(
         "optimizer_groups": groups,
         "versions": versions(),
         "data_md5": data.checksums(cfg.dataset),
+        "cpu_threads": torch.get_num_threads(),
     }
     return tensors, meta
 

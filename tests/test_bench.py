@@ -1,0 +1,77 @@
+"""`avae bench` code paths at tiny sizes: the output structure, never the timings."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from avae import bench
+from avae.models import ModelConfig
+
+
+def test_quick_bench_writes_markdown_and_json(tmp_path, synthetic_data):
+    results = bench.run_bench(tmp_path, quick=True, pythae=False, log=lambda *_: None)
+    saved = json.loads((tmp_path / bench.BENCH_JSON).read_text())
+    assert set(saved) >= {
+        "machine",
+        "peak",
+        "plain_loop",
+        "training",
+        "pythae",
+        "evaluation",
+        "table1",
+        "targets",
+    }
+    assert {(e["model"], e["members"], e["precision"]) for e in saved["training"]} == {
+        (m, s, p) for m in ("vae", "avae") for s in (1, 2) for p in ("fp32", "bf16")
+    }
+    for entry in saved["training"]:
+        assert entry["images_per_s_per_member"] > 0 and entry["gflops"] > 0
+    assert "skipped" in saved["pythae"] and saved["evaluation"]["iwae1000_points_per_s_per_member"] > 0
+    assert all(isinstance(t["met"], bool) for t in results["targets"])
+    text = (tmp_path / bench.BENCH_MD).read_text()
+    assert "## Targets" in text and "Estimated cost of Table 1" in text
+    # the estimate reads the fresh bench.json and grows with members and epochs
+    one = bench.estimate_seconds("avae", 1, 1, 60000, bench=tmp_path / bench.BENCH_JSON)
+    assert 0 < one < bench.estimate_seconds("avae", 2, 2, 60000, bench=tmp_path / bench.BENCH_JSON)
+
+
+def test_estimate_without_bench_json_uses_builtin_figures(tmp_path):
+    missing = tmp_path / "none.json"
+    for name in bench.MODEL_NAMES:
+        assert bench.estimate_seconds(name, 5, 100, bench=missing) > bench.estimate_seconds(
+            name, 5, 1, bench=missing
+        )
+
+
+def test_flop_count_of_the_paper_vae():
+    # 784-256-64-32-20 and 10-32-64-256-784: 439,232 multiply-adds per example forward
+    assert bench.step_flops(ModelConfig(name="vae"), batch=100) == 3 * 2 * 439232 * 100
+
+
+def test_pooled_noise_depends_only_on_the_members_own_seed():
+    from avae.nets import MemberRandom
+
+    together, alone = MemberRandom([3, 5], "noise", pool=64), MemberRandom([5], "noise", pool=64)
+    for shape in ((4, 3), (10, 5), (2, 2)):  # the second draw crosses a refill
+        torch.testing.assert_close(together.normal(*shape)[1], alone.normal(*shape)[0], rtol=0, atol=0)
+
+
+def test_bf16_training_runs_and_resumes_only_in_bf16(tmp_path, synthetic_data):
+    import pytest
+
+    from avae.errors import ConfigError
+    from avae.train import Runtime, make_config, train
+
+    settings = {"model": "avae", "hidden": (32, 16), "latent_dim": 4, "batch_size": 50, "seeds": (0, 1)}
+    bf16 = Runtime(progress=False, precision="bf16")
+    train(make_config({**settings, "epochs": 1}), tmp_path / "run", runtime=bf16)
+    with pytest.raises(ConfigError, match="precision bf16"):
+        train(
+            make_config({**settings, "epochs": 2}),
+            tmp_path / "run",
+            runtime=Runtime(progress=False),
+            resume=True,
+        )
+    train(make_config({**settings, "epochs": 2}), tmp_path / "run", runtime=bf16, resume=True)

@@ -1,0 +1,214 @@
+"""Likelihood estimators: exact on a linear-Gaussian model, ordered on a trained one, the same
+code path for every model, and a CLI that refuses bad input in one sentence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, Normal
+
+from avae import evaluate as ev
+from avae import objectives as obj
+from avae.cli import main
+from avae.models import ModelConfig, build_model
+from avae.nets import MemberRandom
+from avae.train import Runtime, load_run, make_config, train
+
+QUIET = Runtime(progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread avoids oversubscription on shared cores (several times faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class LinearGaussian:
+    """x = W z + b + N(0, sigma^2 I), z ~ N(0, I): log p(x) = log N(x; b, W W^T + sigma^2 I)."""
+
+    def __init__(self, members=2, points=8, latent=3, dim=12, sigma=0.5, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(members, dim, latent, generator=g, dtype=torch.float64)
+        self.b = torch.randn(members, 1, dim, generator=g, dtype=torch.float64)
+        self.sigma = sigma
+        z = torch.randn(members, points, latent, generator=g, dtype=torch.float64)
+        noise = sigma * torch.randn(members, points, dim, generator=g, dtype=torch.float64)
+        self.x = torch.einsum("sdz,sbz->sbd", self.w, z) + self.b + noise
+        self.z_true = z
+        cov = self.w @ self.w.transpose(1, 2) + sigma**2 * torch.eye(dim, dtype=torch.float64)
+        loc = self.b.expand(members, points, dim)
+        self.exact = MultivariateNormal(loc, cov.unsqueeze(1).expand(-1, points, -1, -1)).log_prob(self.x)
+        precision = torch.eye(latent, dtype=torch.float64) + self.w.transpose(1, 2) @ self.w / sigma**2
+        post_cov = torch.linalg.inv(precision)
+        self.post_loc = torch.einsum("syz,sdz,sbd->sby", post_cov, self.w, self.x - self.b) / sigma**2
+        self.post_scale = (
+            torch.diagonal(post_cov, dim1=-2, dim2=-1).sqrt().unsqueeze(1).expand_as(self.post_loc)
+        )
+
+    def log_lik(self, z):
+        mean = torch.einsum("sdz,nsbz->nsbd", self.w, z.double()) + self.b
+        return Normal(mean, self.sigma).log_prob(self.x).sum(-1)
+
+
+def make_noise(members=2, stream="test"):
+    return MemberRandom(list(range(members)), stream)
+
+
+def test_iwae_converges_to_the_exact_log_marginal_from_below():
+    lg = LinearGaussian()
+    # deliberately imperfect: shifted mean, too wide, and diagonal where the posterior is not
+    q = Normal(lg.post_loc + 0.3, 1.5 * lg.post_scale)
+    bounds = ev.iwae(
+        ev.log_joint_of(lg.log_lik),
+        ev.gaussian_sampler(q, make_noise()),
+        ev.gaussian_log_density(q),
+        (1, 10, 100, 1000),
+        chunk=500,
+    )
+    errors = {k: float((v - lg.exact).mean()) for k, v in bounds.items()}
+    assert errors[1] < -1.0  # the ELBO is well below log p(x)
+    assert errors[1] < errors[10] < errors[100] + 0.05
+    for k, tolerance in ((10, 3.0), (100, 0.3), (1000, 0.12)):
+        assert abs(errors[k]) < tolerance, (k, errors)
+
+
+def test_ais_and_reverse_ais_bracket_the_exact_log_marginal_and_converge():
+    lg = LinearGaussian()
+    noise = make_noise(stream="ais")
+    hmc = ev.HMCSettings(leapfrog=10)
+    forward, reverse = {}, {}
+    for steps in (30, 300):
+        betas = obj.sigmoid_schedule(steps)
+        z0 = ev.normal_draws(noise, 8, *lg.z_true.shape[1:]).double()
+        log_w, info = ev.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc)
+        forward[steps] = float((ev.ais_log_marginal(log_w) - lg.exact).mean())
+        z_true = lg.z_true.unsqueeze(0).expand(8, -1, -1, -1)
+        log_w, _ = ev.ais(obj.log_prior, lg.log_lik, z_true, betas.flip(0), noise, hmc)
+        reverse[steps] = float((ev.reverse_ais_log_marginal(log_w) - lg.exact).mean())
+    # a short schedule brackets log p(x) clearly: forward below, reverse above
+    assert forward[30] < -0.3 and reverse[30] > 0.3, (forward, reverse)
+    # a longer one is close on both sides (bias in nats, mean over 16 points)
+    assert abs(forward[300]) < min(0.3, abs(forward[30])), forward
+    assert abs(reverse[300]) < min(0.4, abs(reverse[30])), reverse
+    assert 0.5 < info["mean_acceptance"] < 0.9
+
+
+def test_bound_helpers():
+    log_w = torch.tensor([[0.0], [2.0], [0.0], [2.0]])
+    torch.testing.assert_close(obj.iwae_bound(log_w, 1), torch.tensor([1.0]))
+    expected = torch.logsumexp(torch.tensor([0.0, 2.0]), 0) - torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(obj.iwae_bound(log_w, 2), expected.reshape(1))
+    betas = obj.sigmoid_schedule(10)
+    assert betas[0] == 0 and betas[-1] == 1 and bool((betas.diff() > 0).all())
+    assert obj.is_normalised_likelihood("bernoulli", "binarized")
+    assert not obj.is_normalised_likelihood("bernoulli", "continuous")
+
+
+def small_run(tmp_path, model="vae-noise", epochs=3, **extra):
+    settings = {"model": model, "hidden": (32, 16), "latent_dim": 4, "batch_size": 50, "epochs": epochs}
+    cfg = make_config({**settings, "seeds": (0, 1), "pixels": "binarized", **extra})
+    return train(cfg, tmp_path / model, runtime=QUIET)
+
+
+def test_estimates_are_ordered_on_a_trained_model(tmp_path, synthetic_data):
+    run = small_run(tmp_path)
+    ev.evaluate_run(run, metrics="elbo")
+    settings = {
+        "k": (1, 10, 200),
+        "sivi_k": 50,
+        "ais_chains": 4,
+        "ais_steps": 100,
+        "leapfrog": 5,
+        "subset": 40,
+        "bdmc_points": 20,
+        "batch_size": 20,
+    }
+    result = ev.evaluate_run(run, metrics=("iwae", "sivi", "ais", "bdmc"), settings=settings)
+    m = json.loads((run / "eval.json").read_text())["metrics"]
+    assert set(m) == {
+        "neg_elbo",  # kept from the first call
+        "iwae_k1",
+        "iwae_k10",
+        "iwae_k200",
+        "sivi_k50",
+        "ais",
+        "bdmc_forward",
+        "bdmc_reverse",
+    }
+    for entry in m.values():
+        assert {
+            "label",
+            "estimator",
+            "settings",
+            "kind",
+            "per_member",
+            "mean",
+            "sem",
+            "points",
+            "seconds",
+        } <= set(entry)
+        assert entry["is_log_likelihood"] is True  # binarized pixels, Bernoulli decoder
+        assert entry["members"] == 2
+    assert result["evaluated"][0] == "iwae_k1" and m["iwae_k1"]["points"] == 40
+    # negative log-likelihood-type values: tighter lower bounds are smaller
+    slack = 3 * m["iwae_k1"]["sem_points"] / 10 + 0.05  # paired draws: far smaller than the point sem
+    assert m["iwae_k200"]["mean"] <= m["iwae_k10"]["mean"] + slack <= m["iwae_k1"]["mean"] + 2 * slack
+    assert m["sivi_k50"]["mean"] <= m["iwae_k1"]["mean"] + slack
+    assert m["ais"]["mean"] <= m["iwae_k1"]["mean"] + slack
+    assert m["bdmc_reverse"]["mean"] <= m["bdmc_forward"]["mean"] + 0.05
+    assert m["bdmc_forward"]["gap"] == pytest.approx(m["bdmc_forward"]["mean"] - m["bdmc_reverse"]["mean"])
+
+
+def test_fitted_gaussian_proposal_matches_the_encoders_own_density(tmp_path, synthetic_data):
+    """AVB's proposal code on an encoder whose density is known: a VAE's, used only through samples."""
+    run = small_run(tmp_path, model="vae", epochs=2)
+    cfg, vae, _ = load_run(run)
+    avb = build_model(ModelConfig(name="avb", latent_dim=4, hidden=(32, 16), noise_dim=10), cfg.seeds)
+    avb.decoder.load_state_dict(vae.decoder.state_dict())
+    avb.encode = lambda x, noise: vae.reparameterise(vae.posterior(x, noise), noise)
+    x = synthetic_data["test"][:30].bernoulli(generator=torch.Generator().manual_seed(0))
+    batch = x.unsqueeze(0).expand(2, -1, -1)
+    with torch.no_grad():
+        fitted = avb.proposal(batch, make_noise(stream="fit"), samples=4000)
+        own = vae.proposal(batch, make_noise(stream="own"))
+    # sampling error of M = 4000 draws: 1/sqrt(M) of a scale for the mean, 1/sqrt(2M) relative for the scale
+    assert float(((fitted.loc - own.loc) / own.scale).abs().max()) < 5 / 4000**0.5
+    assert float((fitted.scale / own.scale - 1).abs().max()) < 5 / 8000**0.5
+    settings = ev.EvalSettings(k=(1, 100), avb_samples=4000, batch_size=30)
+    with_fit = ev.iwae_points(avb, x, cfg.seeds, settings)
+    with_own = ev.iwae_points(vae, x, cfg.seeds, settings)
+    for k in (1, 100):
+        assert abs(float((with_fit[k] - with_own[k]).mean())) < 0.3, k
+
+
+def test_cli_refuses_an_unknown_metric_in_one_sentence(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--metrics", "bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("avae: error: unknown metric 'bogus'") and err.count("\n") == 0
+
+
+def test_cli_evaluate_prints_a_table(tmp_path, synthetic_data, capsys):
+    run = small_run(tmp_path, model="avb", epochs=1)
+    code = main(["evaluate", str(run), "--metrics", "elbo,iwae,sivi", "--k", "1,5", "--subset", "10"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| iwae_k5 | lower bound (log-likelihood)" in out
+    assert "| neg_elbo | objective (log-likelihood)" in out  # AVB's is no bound
+    assert "sivi: skipped" in out
+
+
+def test_iwae_anchor_preset_trains(tmp_path, synthetic_data, capsys):
+    out = tmp_path / "anchor"
+    args = ["train", "--preset", "iwae-anchor", "--epochs", "1", "--train-subset", "100"]
+    assert main([*args, "--test-subset", "20", "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["model"]["hidden"] == [200, 200] and config["model"]["latent_dim"] == 50
+    assert config["model"]["activation"] == "tanh" and config["pixels"] == "binarized"
+    assert config["epochs"] == 1 and config["batch_size"] == 20
+    assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
