@@ -88,9 +88,9 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--epochs", {"type": int, "help": "number of epochs (default 10)"}),
     (
         "--lr",
-        {"type": float, "help": "Adam learning rate of the ELBO step (default 1e-3; avb 5e-5)"},
+        {"type": float, "help": "Adam learning rate of the ELBO step (default 1e-3)"},
     ),
-    ("--disc-lr", {"type": float, "help": "discriminator learning rate (default 1e-3; avb 1e-4)"}),
+    ("--disc-lr", {"type": float, "help": "discriminator learning rate (default 1e-3)"}),
     (
         "--adv-lr",
         {"type": float, "help": "AVAE adversarial encoder-step learning rate (default 1e-3)"},

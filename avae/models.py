@@ -309,9 +309,13 @@ class AVB(LatentModel):
     metric_label = "negative ELBO (AVB: discriminator-based estimate, not a bound)"
     elbo_kind = "objective"
     proposal_label = "a diagonal Gaussian fitted per test point to samples of the implicit encoder"
-    # The AVB reference code's optimiser: Adam with beta1 = 0.5, 5e-5 for the encoder and
-    # decoder, 1e-4 for T (its batch of 128 is not copied: every model here uses one batch size).
-    train_defaults = {"beta1": 0.5, "lr": 5e-5, "disc_lr": 1e-4}
+    # Adam with beta1 = 0.5 as in the AVB reference code, one T step per encoder/decoder step, and
+    # the learning rate every other model uses (the paper trains all four with one Adam setup).
+    # The reference code's own rates (5e-5 encoder/decoder, 1e-4 T, for long training at batch 128)
+    # are `--lr 5e-5 --disc-lr 1e-4`; measured on MNIST (20k images, latent 10) they leave AVB at
+    # 216.6 nats after 400 steps, worse than independent pixels (198.9), against 168.5 after 200
+    # steps at 1e-3.
+    train_defaults = {"beta1": 0.5}
 
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__(cfg, members)

@@ -132,7 +132,7 @@ def test_bad_train_settings_are_refused(settings, fragment):
 
 
 def test_model_defaults():
-    assert make_config({"model": "avb"}).beta1 == 0.5 and make_config({"model": "avb"}).lr == 5e-5
+    assert make_config({"model": "avb"}).beta1 == 0.5 and make_config({"model": "avae"}).beta1 == 0.9
     assert make_config({"model": "avae"}).model.noise_dim == 10
     assert make_config({"model": "vae"}).model.noise_dim == 0
 
