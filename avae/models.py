@@ -192,6 +192,12 @@ class LatentModel(nn.Module):
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
+    def critic_phase(self) -> Phase:
+        """The discriminator step shared by AVB (T, eq. 6) and AVAE (D, eq. 13), `disc_steps` times."""
+        return Phase(
+            "discriminator", list(self.critic.parameters()), self.discriminator_loss, "disc_lr", "disc_steps"
+        )
+
     def neg_elbo(self, x: torch.Tensor, noise: MemberRandom) -> torch.Tensor:
         raise NotImplementedError
 
@@ -291,13 +297,7 @@ class AVAE(GaussianEncoderModel):
     def phases(self) -> list[Phase]:
         return [
             *super().phases(),
-            Phase(
-                "discriminator",
-                list(self.critic.parameters()),
-                self.discriminator_loss,
-                "disc_lr",
-                "disc_steps",
-            ),
+            self.critic_phase(),
             Phase("adversarial", list(self.encoder.parameters()), self.adversarial_loss, "adv_lr"),
         ]
 
@@ -360,11 +360,5 @@ class AVB(LatentModel):
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
         return [
             Phase("elbo", params, self.elbo_loss),
-            Phase(
-                "discriminator",
-                list(self.critic.parameters()),
-                self.discriminator_loss,
-                "disc_lr",
-                "disc_steps",
-            ),
+            self.critic_phase(),
         ]
