@@ -81,8 +81,15 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--activation", {"help": "leaky-relu (slope 0.2; default) | relu | elu | softplus | tanh"}),
     ("--adv-loss", {"help": "AVAE encoder's adversarial loss: non-saturating (default) | minimax"}),
     (
+        "--critic-input",
+        {"help": "what AVAE's D sees: xz (default; D(x, z)) | z (D(z): the aggregate posterior)"},
+    ),
+    (
         "--adv-weight",
-        {"type": float, "help": "weight of the AVAE adversarial encoder step (default 1)"},
+        {
+            "type": float,
+            "help": "weight of AVAE's adversarial encoder step; scales its learning rate (default 1)",
+        },
     ),
     ("--batch-size", {"type": int, "help": "minibatch size (default 100)"}),
     ("--epochs", {"type": int, "help": "number of epochs (default 10)"}),

@@ -41,7 +41,10 @@ class ModelConfig:
       relu 122.9, softplus 125.3, tanh 144.4 (ReLU needed 100 epochs to reach 115.8).
     - noise_dim 10 for the noise-injected encoders: the paper's best (Fig. 6), used for all later runs.
     - likelihood "bernoulli": the paper's decoder; "continuous-bernoulli" is the normalised option.
-    - discriminator input: the concatenation [x, z], fed to an MLP of the same widths (256, 64, 32).
+    - critic_input "xz": the discriminator sees the concatenation [x, z] (the issue's D(x, z)), fed
+      to an MLP of the same widths (256, 64, 32). For AVAE, "z" lets D see z alone, so that it
+      compares the aggregate posterior q(z) with p(z), which is what the paper says the adversary
+      is for; with (x, z) it instead pushes every q(z|x) towards p(z), like a second KL term.
     - adv_loss "non-saturating" (-log D on the encoder's samples) with weight 1: the usual GAN choice;
       the paper writes the min-max form of eq. 14 but does not say how the encoder's step is taken.
     - decoder widths: the encoder's reversed (32, 64, 256), the usual mirrored layout.
@@ -55,6 +58,7 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     adv_loss: str = "non-saturating"
     adv_weight: float = 1.0
+    critic_input: str = "xz"
     data_dim: int = 784
 
     def __post_init__(self) -> None:
@@ -68,6 +72,11 @@ class ModelConfig:
         if not self.hidden or any(int(h) <= 0 for h in self.hidden):
             raise ConfigError(f"hidden widths must be positive integers, got {self.hidden}")
         MODELS[self.name].check_noise_dim(self.noise_dim)
+        if self.critic_input not in MODELS[self.name].critic_inputs:
+            raise ConfigError(
+                f"model {self.name!r} takes critic_input {' or '.join(MODELS[self.name].critic_inputs)}, "
+                f"not {self.critic_input!r}"
+            )
         if self.adv_weight < 0:
             raise ConfigError(f"adv_weight must be >= 0, got {self.adv_weight}")
 
@@ -81,6 +90,7 @@ class Phase:
     loss: Callable[[torch.Tensor, MemberRandom], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     lr_key: str = "lr"  # the TrainConfig field holding this phase's learning rate
     repeats_key: str | None = None  # the TrainConfig field saying how often to repeat it, if any
+    lr_scale: float = 1.0  # multiplies that learning rate (AVAE's adversarial weight)
 
 
 MODELS: dict[str, type[LatentModel]] = {}
@@ -138,14 +148,20 @@ class ImplicitEncoder(nn.Module):
 
 
 class Critic(nn.Module):
-    """A network of (x, z) returning one logit per pair: AVB's T or AVAE's D."""
+    """A network returning one logit per pair (x, z): AVB's T or AVAE's D.
+
+    With `critic_input` "xz" it sees the concatenation [x, z]; with "z" it sees z alone, so it
+    compares the aggregate posterior q(z) with p(z) rather than each q(z|x) with p(z).
+    """
 
     def __init__(self, members: int, cfg: ModelConfig):
         super().__init__()
-        self.net = mlp(members, [cfg.data_dim + cfg.latent_dim, *cfg.hidden, 1], cfg.activation)
+        self.sees_x = cfg.critic_input == "xz"
+        width = (cfg.data_dim if self.sees_x else 0) + cfg.latent_dim
+        self.net = mlp(members, [width, *cfg.hidden, 1], cfg.activation)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([x, z], dim=-1)).squeeze(-1)
+        return self.net(torch.cat([x, z], dim=-1) if self.sees_x else z).squeeze(-1)
 
 
 class LatentModel(nn.Module):
@@ -154,6 +170,8 @@ class LatentModel(nn.Module):
     name: ClassVar[str]
     metric_label: ClassVar[str] = "negative ELBO"
     noise_free: ClassVar[bool] = False  # True: the encoder takes no injected noise
+    # What the critic may see: AVB's T needs x (T* = log q(z|x) - log p(z)); AVAE's D may also see z alone.
+    critic_inputs: ClassVar[tuple[str, ...]] = ("xz",)
     # What `neg_elbo` is relative to log p(x): "lower bound" (in expectation) or merely "objective".
     elbo_kind: ClassVar[str] = "lower bound"
     # True: q(z|x) = E_eps1 q(z|x, eps1) with a Gaussian q(z|x, eps1), so SIVI's bound applies.
@@ -274,6 +292,7 @@ class AVAE(GaussianEncoderModel):
 
     semi_implicit = True
     proposal_label = "the encoder's Gaussian q(z|x, eps1) given one eps1 draw per test point"
+    critic_inputs = ("xz", "z")
 
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__(cfg, members)
@@ -291,14 +310,23 @@ class AVAE(GaussianEncoderModel):
     def adversarial_loss(self, x: torch.Tensor, noise: MemberRandom):
         """Eq. 14, encoder side: move q(z|x,eps1) so that D takes its samples for prior draws."""
         fake = self.reparameterise(self.posterior(x, noise), noise)
-        loss = self.cfg.adv_weight * obj.adversarial_encoder_loss(self.cfg.adv_loss, self.critic(x, fake))
+        loss = obj.adversarial_encoder_loss(self.cfg.adv_loss, self.critic(x, fake))
         return loss, {}
 
     def phases(self) -> list[Phase]:
         return [
             *super().phases(),
             self.critic_phase(),
-            Phase("adversarial", list(self.encoder.parameters()), self.adversarial_loss, "adv_lr"),
+            # The weight of eq. 14's encoder term scales this step's learning rate: the step has its
+            # own Adam, which is invariant to the scale of its loss, so a factor on the loss would
+            # change nothing.
+            Phase(
+                "adversarial",
+                list(self.encoder.parameters()),
+                self.adversarial_loss,
+                "adv_lr",
+                lr_scale=self.cfg.adv_weight,
+            ),
         ]
 
 

@@ -211,7 +211,9 @@ def new_state(cfg: TrainConfig, device: torch.device, compile: bool = False) -> 
     phases = model.phases()
     # The fused (single-kernel) Adam: measured 4.6x faster than foreach on CPU for S=15 members.
     optimizers = [
-        torch.optim.Adam(p.params, lr=getattr(cfg, p.lr_key), betas=(cfg.beta1, cfg.beta2), fused=True)
+        torch.optim.Adam(
+            p.params, lr=getattr(cfg, p.lr_key) * p.lr_scale, betas=(cfg.beta1, cfg.beta2), fused=True
+        )
         for p in phases
     ]
     return TrainingState(
@@ -515,7 +517,9 @@ def restore_state(
                 slots.setdefault(int(index), {})[slot] = value.reshape(()) if slot == "step" else value
         optimizer.load_state_dict({"state": slots, "param_groups": meta["optimizer_groups"][phase.name]})
         for group in optimizer.param_groups:
-            group["lr"] = getattr(cfg, phase.lr_key)  # a resumed run may lower the learning rate
+            group["lr"] = (
+                getattr(cfg, phase.lr_key) * phase.lr_scale
+            )  # a resumed run may lower the learning rate
     for stream in ("data", "noise"):
         rng = getattr(state, f"{stream}_rng")
         rng.set_state([tensors[f"rng.{stream}.{m}"] for m in range(len(cfg.seeds))])

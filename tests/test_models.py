@@ -103,3 +103,24 @@ def test_avb_estimate_matches_its_definition():
     z = model.encode(x, MemberRandom((0, 1), "n"))
     expected = -model.log_px_given_z(x, z) + model.critic(x, z)
     torch.testing.assert_close(got, expected)
+
+
+def test_critic_on_z_alone_ignores_x_and_avb_needs_x():
+    model = build_model(ModelConfig(name="avae", noise_dim=4, critic_input="z", **SMALL), (0, 1))
+    z = torch.randn(2, 5, 3)
+    torch.testing.assert_close(model.critic(torch.rand(2, 5, 784), z), model.critic(torch.rand(2, 5, 784), z))
+    with pytest.raises(ConfigError, match="critic_input xz"):
+        ModelConfig(name="avb", noise_dim=4, critic_input="z")
+
+
+def test_adversarial_weight_scales_the_adversarial_step():
+    """Adam ignores a constant factor on a loss, so the weight must act on the step size: half the
+    weight gives (on the first Adam step, |update| = lr) exactly half the update."""
+    moves = []
+    for weight in (1.0, 0.5):
+        cfg = make_config({"model": "avae", **SMALL, "adv_weight": weight, "seeds": (0,)})
+        state = new_state(cfg, torch.device("cpu"))
+        before = state.model.encoder.net[0].weight.detach().clone()
+        take_step(state.phases[2], state.optimizers[2], torch.rand(1, 8, 784), MemberRandom((0,), "noise"))
+        moves.append((state.model.encoder.net[0].weight.detach() - before).abs().max())
+    torch.testing.assert_close(moves[1], moves[0] / 2)
