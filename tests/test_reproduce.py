@@ -176,3 +176,49 @@ def test_a_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
             break
     assert path.read_bytes()[0] == 0x80
     assert load_checkpoint(path)[1]["epoch"] == 1
+
+
+def test_sigkill_halfway_loses_and_recomputes_no_finished_run(tmp_path):
+    """Kill `avae reproduce` with SIGKILL once a run has finished, then run it again: the finished
+    run is reused as it was (same bytes), and everything else completes."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "repro"
+    command = [
+        sys.executable,
+        "-m",
+        "avae",
+        "reproduce",
+        "--profile",
+        "smoke",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    finished = None
+    for line in process.stdout:
+        match = re.match(r"\[1/\d+\] (\S+): trained", line)
+        if match:
+            finished = match.group(1)
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert finished is not None, "the first run never finished"
+
+    def digest(run: str) -> dict[str, str]:
+        files = ("checkpoint.safetensors", "eval.json", "metrics.csv")
+        return {f: hashlib.sha256((out / run / f).read_bytes()).hexdigest() for f in files}
+
+    before = digest(finished)
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert re.search(rf"\] {re.escape(finished)}: finished earlier, reused", rerun.stdout)
+    assert digest(finished) == before
+    planned = len(runs_for(experiments.PROFILES["smoke"]))
+    assert len(re.findall(r"^\[\d+/\d+\] ", rerun.stdout, flags=re.M)) == planned
