@@ -560,8 +560,26 @@ def describe(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- loading
 
 
+# Files already MD5-checked and parsed in this process, keyed by what would change if the file did.
+_VERIFIED: dict[tuple[str, int, int, str], np.ndarray] = {}
+
+
 def _load_verified(dataset: str, path: Path) -> np.ndarray:
-    """Read a cached file, check its MD5 and parse it."""
+    """Read a cached file, check its MD5 and parse it; a file unchanged since its last check in this
+    process (same path, size, modification time and expected MD5) is not read again. Returns a copy."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return _read_verified(dataset, path)  # reports the problem as a DataError
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, MD5[dataset][path.name])
+    if key not in _VERIFIED:
+        if len(_VERIFIED) >= 16:
+            _VERIFIED.clear()
+        _VERIFIED[key] = _read_verified(dataset, path)
+    return _VERIFIED[key].copy()
+
+
+def _read_verified(dataset: str, path: Path) -> np.ndarray:
     data = _read_file(path)
     actual, expected = _md5(data), MD5[dataset][path.name]
     if actual != expected:

@@ -14,8 +14,6 @@ lock; the report reads the run directories themselves, so the index is a conveni
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import inspect
 import json
 import os
@@ -359,24 +357,6 @@ def estimate_eval_seconds(run: PlannedRun, profile: Profile, device: str, steps)
 # --- the worker ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def memoized_pixels():
-    """Load each (dataset, split, mode) once per process while reproducing (MD5 checks are slow)."""
-    from avae import data
-
-    original = data.load_pixels
-    cached = functools.lru_cache(maxsize=8)(original)
-
-    def load_pixels(dataset, split, mode, data_dir=None, *, test_seed=0):
-        return cached(dataset, split, mode, None if data_dir is None else str(data_dir), test_seed=test_seed)
-
-    data.load_pixels = load_pixels
-    try:
-        yield
-    finally:
-        data.load_pixels = original
-
-
 def locked_update_index(out: Path, key: str, entry: dict[str, Any]) -> None:
     """Merge one run's summary into OUT/index.json, under an exclusive lock on OUT/.index.lock."""
     import fcntl
@@ -437,28 +417,27 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     device, data_dir = task["device"], task["data_dir"]
     started = time.perf_counter()
     trained = False
-    with memoized_pixels():
-        if checkpoint_epoch(run_dir) < cfg.epochs:
-            callback = tensorboard_callback(run_dir, cfg) if task.get("tensorboard") else None
-            kwargs = {"on_epoch": callback} if callback is not None else {}
-            train(cfg, run_dir, resume=True, runtime=Runtime(device, data_dir, task["progress"]), **kwargs)
-            trained = True
-        evaluated = []
-        for key, family, settings in missing_metrics(run_dir, cfg, eval_steps(run, profile)):
-            if family == "elbo":
-                evaluate_run(run_dir, device=device, data_dir=data_dir)
-            else:
-                evaluate_run(run_dir, metrics=(family,), settings=settings, device=device, data_dir=data_dir)
-            evaluated.append(key)
-        if not extras_done(run_dir, cfg):
-            report.compute_extras(
-                run_dir,
-                classifier=report.classifier_path(out, cfg.dataset),
-                samples=profile.extras_samples,
-                device=device,
-                data_dir=data_dir,
-            )
-            evaluated.append("extras")
+    if checkpoint_epoch(run_dir) < cfg.epochs:
+        callback = tensorboard_callback(run_dir, cfg) if task.get("tensorboard") else None
+        kwargs = {"on_epoch": callback} if callback is not None else {}
+        train(cfg, run_dir, resume=True, runtime=Runtime(device, data_dir, task["progress"]), **kwargs)
+        trained = True
+    evaluated = []
+    for key, family, settings in missing_metrics(run_dir, cfg, eval_steps(run, profile)):
+        if family == "elbo":
+            evaluate_run(run_dir, device=device, data_dir=data_dir)
+        else:
+            evaluate_run(run_dir, metrics=(family,), settings=settings, device=device, data_dir=data_dir)
+        evaluated.append(key)
+    if not extras_done(run_dir, cfg):
+        report.compute_extras(
+            run_dir,
+            classifier=report.classifier_path(out, cfg.dataset),
+            samples=profile.extras_samples,
+            device=device,
+            data_dir=data_dir,
+        )
+        evaluated.append("extras")
     entry = summary_entry(run_dir, cfg)
     locked_update_index(out, run.key, entry)
     return {
@@ -577,16 +556,15 @@ def reproduce(
     )
     from avae import report
 
-    with memoized_pixels():
-        for dataset in profile.datasets:  # once per data set, before the workers need it
-            report.ensure_classifier(
-                report.classifier_path(out, dataset),
-                dataset,
-                epochs=profile.classifier_epochs,
-                subset=profile.classifier_subset,
-                device=device,
-                data_dir=data_dir,
-            )
+    for dataset in profile.datasets:  # once per data set, before the workers need it
+        report.ensure_classifier(
+            report.classifier_path(out, dataset),
+            dataset,
+            epochs=profile.classifier_epochs,
+            subset=profile.classifier_subset,
+            device=device,
+            data_dir=data_dir,
+        )
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
     tasks = [
         {
