@@ -9,9 +9,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tomllib
+import torch
 
+from avae import data
+from avae.analysis import analyse_run, classifier_path, ensure_classifier
+from avae.bench import cmd_bench
+from avae.config import MODEL_KEYS, PRESETS, TRAIN_KEYS, Runtime, flatten, make_config
 from avae.errors import AvaeError, ConfigError
+from avae.evaluate import EvalSettings, evaluate_run, parse_metrics
+from avae.figures import format_table, save_image_grid
+from avae.models import ADV_UPDATES, MODELS
+from avae.nets import MemberRandom
+from avae.plan import PROFILES
+from avae.report import write_report
+from avae.reproduce import reproduce
+from avae.runs import load_run
+from avae.train import train
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,12 +41,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 def int_list(text: str) -> tuple[int, ...]:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,1,2, got {text!r}"
+        ) from None
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -47,8 +64,6 @@ def read_config_file(path: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {file} must hold a table of settings")
     settings = loaded.get("config", loaded) if isinstance(loaded.get("config"), dict) else loaded
-    from avae.train import MODEL_KEYS, TRAIN_KEYS, flatten
-
     unknown = sorted(set(flatten(settings)) - MODEL_KEYS - TRAIN_KEYS - {"model"})
     if unknown:
         raise ConfigError(
@@ -59,7 +74,7 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--model", {"help": "vae | vae-noise | avb | avae (default vae)"}),
+    ("--model", {"help": f"{' | '.join(MODELS)} (default vae)"}),
     ("--dataset", {"help": "mnist | fashion-mnist (default mnist)"}),
     ("--pixels", {"help": "continuous (pixel/255, the paper's; default) | binarized (dynamic)"}),
     ("--likelihood", {"help": "decoder: bernoulli (the paper's; default) | continuous-bernoulli"}),
@@ -85,11 +100,23 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {"help": "what AVAE's D sees: xz (default; D(x, z)) | z (D(z): the aggregate posterior)"},
     ),
     (
+        "--adv-update",
+        {
+            "help": f"AVAE's encoder update against D: {' | '.join(ADV_UPDATES)}; joint (default) adds the "
+            "weighted adversarial term to the ELBO step's loss, separate takes its own Adam step"
+        },
+    ),
+    (
         "--adv-weight",
         {
             "type": float,
-            "help": "weight of AVAE's adversarial encoder step; scales its learning rate (default 1)",
+            "help": "weight of AVAE's adversarial term (joint) or of its step's learning rate "
+            "(separate); default 1",
         },
+    ),
+    (
+        "--ac-samples",
+        {"type": int, "help": "AVB-AC: encoder draws per point for q(z|x)'s moments (default 8)"},
     ),
     ("--batch-size", {"type": int, "help": "minibatch size (default 100)"}),
     ("--epochs", {"type": int, "help": "number of epochs (default 10)"}),
@@ -113,6 +140,18 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("--train-subset", {"type": int, "help": "train on the first N images only (default 0: all)"}),
+    (
+        "--holdout",
+        {
+            "type": int,
+            "help": "hold out the last N training images as a validation split for choosing settings; "
+            "metrics.csv then reports valid_neg_elbo on them (default 0: none)",
+        },
+    ),
+    (
+        "--precision",
+        {"help": "fp32 (default) | bf16: matrix products under bf16 autocast (changes the numbers)"},
+    ),
     (
         "--test-subset",
         {"type": int, "help": "evaluate on the first N test images (default 0: all)"},
@@ -140,8 +179,10 @@ EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """How to run (never what the numbers are): --device, --data-dir, --threads."""
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--data-dir", help="data cache directory (default $AVAE_DATA_DIR or ~/.cache/avae)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,12 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory (metrics, checkpoint, samples)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16"),
-        help="fp32 (default) | bf16: matrix products under bf16 autocast (changes numerics; recorded)",
-    )
     train.add_argument("--compile", action="store_true", help="torch.compile the networks (see BENCH.md)")
     add_runtime_options(train)
     train.set_defaults(func=cmd_train)
@@ -197,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("run_dir", metavar="RUN_DIR")
     sample.add_argument("--n", type=int, default=64, help="number of samples (default 64, an 8x8 grid)")
-    sample.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
+    sample.add_argument("--out", help="PNG file to write (default RUN_DIR/samples.png)")
     sample.add_argument(
         "--member", type=int, default=0, help="which member (seed index) to sample (default 0)"
     )
@@ -233,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--profile",
         default="quick",
-        help="smoke (seconds per run; tests) | quick (default; ~30 min, 2 CPU cores) | full (paper scale)",
+        help=" | ".join(PROFILES)
+        + " (default quick): "
+        + "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()),
     )
     reproduce.add_argument(
         "--out", default="runs/reproduce", help="output directory (default runs/reproduce)"
@@ -261,32 +298,46 @@ def build_parser() -> argparse.ArgumentParser:
         "analyses beyond the paper; PNG figures and CSV files go to DIR/report/.",
     )
     report.add_argument("dir", metavar="DIR", help="the --out directory of `avae reproduce`")
-    add_runtime_options(report)
     report.set_defaults(func=cmd_report)
+
+    analyse = commands.add_parser(
+        "analyse",
+        help="analyses beyond the paper for a trained run (written to RUN_DIR/analysis.json)",
+        description="KL of a Gaussian fitted to q(z), MMD to the prior, active units, and a Frechet "
+        "distance of samples to test images on the features of a classifier trained once per data set "
+        "and cached (default: RUN_DIR/../classifiers, where `avae reproduce` keeps it).",
+    )
+    analyse.add_argument("run_dir", metavar="RUN_DIR")
+    analyse.add_argument(
+        "--samples", type=int, default=1000, help="samples and test images used (default 1000)"
+    )
+    analyse.add_argument(
+        "--classifiers", help="folder of cached classifiers (default RUN_DIR/../classifiers)"
+    )
+    analyse.add_argument(
+        "--classifier-epochs", type=int, default=3, help="epochs if it must be trained (default 3)"
+    )
+    add_runtime_options(analyse)
+    analyse.set_defaults(func=cmd_analyse)
 
     bench = commands.add_parser(
         "bench",
         help="measure training and evaluation speed (writes BENCH.md and bench.json)",
         description="Matmul peak, training throughput of every model at S = 1, 5, 15 in fp32 and "
-        "bf16, a plain PyTorch loop, Pythae (if /tmp/pythae-venv exists) and evaluation, side by side.",
+        "bf16, a plain PyTorch loop, Pythae (with --pythae-python) and evaluation, side by side.",
     )
     bench.add_argument("--out", default="benchmarks", help="output directory (default benchmarks)")
     bench.add_argument("--quick", action="store_true", help="tiny sizes and windows (seconds; for tests)")
-    bench.add_argument("--no-pythae", action="store_true", help="skip the Pythae peer")
+    bench.add_argument(
+        "--pythae-python",
+        help="a Python interpreter with pythae==0.1.2 installed, for the external peer (default: skip it)",
+    )
     bench.add_argument("--threads", type=int, default=0, help="torch threads (default: as configured)")
     bench.set_defaults(func=cmd_bench)
     return parser
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from avae.bench import cmd_bench as run
-
-    return run(args)
-
-
 def resolve_device(name: str) -> str:
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -296,14 +347,25 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def runtime_of(args: argparse.Namespace, *, check_device: bool = True) -> Runtime:
+    """The how-to-run settings of a command, in the one object every layer takes."""
+    if getattr(args, "threads", 0) < 0:
+        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    return Runtime(
+        device=resolve_device(args.device) if check_device else args.device,
+        data_dir=getattr(args, "data_dir", None),
+        progress=not getattr(args, "no_progress", False),
+        threads=getattr(args, "threads", 0),
+        compile=getattr(args, "compile", False),
+    )
+
+
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if args.preset:
-        from avae.experiments import NAMED_CONFIGS
-
-        if args.preset not in NAMED_CONFIGS:
-            raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(NAMED_CONFIGS)}")
-        settings.update(NAMED_CONFIGS[args.preset])
+        if args.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        settings.update(PRESETS[args.preset])
     settings.update(read_config_file(args.config) if args.config else {})
     for flag, _ in TRAIN_OPTIONS:
         key = flag[2:].replace("-", "_")
@@ -314,33 +376,20 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from avae.train import Runtime, make_config, train
-
-    cfg = make_config(train_overrides(args))
-    runtime = Runtime(resolve_device(args.device), args.data_dir, progress=not args.no_progress)
-    runtime.precision, runtime.compile = args.precision, args.compile
-    out = train(cfg, args.out, resume=args.resume, runtime=runtime)
+    out = train(make_config(train_overrides(args)), args.out, resume=args.resume, runtime=runtime_of(args))
     print(f"run written to {out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from avae.evaluate import EvalSettings, evaluate_run, parse_metrics
-    from avae.report import format_table
-
     metrics = parse_metrics(args.metrics) + (("bdmc",) if args.bdmc else ())
     given = {}
     for flag, _ in EVALUATE_OPTIONS[1:]:
         key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:
             given[key] = getattr(args, key)
-    settings = EvalSettings(**given)
     result = evaluate_run(
-        args.run_dir,
-        metrics=metrics,
-        settings=settings,
-        device=resolve_device(args.device),
-        data_dir=args.data_dir,
+        args.run_dir, metrics=metrics, settings=EvalSettings(**given), runtime=runtime_of(args)
     )
     print(
         f"{result['model']} on {result['dataset']} ({result['pixels']} pixels, {result['likelihood']} "
@@ -362,8 +411,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     header = ["metric", "what it bounds or estimates", "mean ± sem (points)", "sem (members)", "points", "s"]
     print(format_table(header, rows))
     if "bdmc_reverse" in result["evaluated"]:
-        gap = result["metrics"]["bdmc_reverse"]["gap"]
-        print(f"BDMC gap (forward - reverse, simulated data): {gap:.3f} nats")
+        print(
+            "BDMC gap (reverse - forward, simulated data): "
+            f"{result['metrics']['bdmc_reverse']['gap']:.3f} nats"
+        )
     for note in result["notes"]:
         print(note)
     print(f"written to {Path(args.run_dir) / 'eval.json'}")
@@ -371,10 +422,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from avae.nets import MemberRandom
-    from avae.report import save_image_grid
-    from avae.train import load_run
-
     if args.n <= 0:
         raise ConfigError(f"--n must be positive, got {args.n}")
     cfg, model, _ = load_run(args.run_dir, resolve_device(args.device))
@@ -382,16 +429,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--member must be in 0..{len(cfg.seeds) - 1} for this run, got {args.member}")
     device = next(model.parameters()).device
     images = model.sample(args.n, MemberRandom([args.seed] * len(cfg.seeds), "samples", device))
-    path = save_image_grid(
-        images[args.member].float().cpu().numpy(), args.out, rows=max(1, round(args.n**0.5))
-    )
+    out = args.out or Path(args.run_dir) / "samples.png"
+    path = save_image_grid(images[args.member].float().cpu().numpy(), out, rows=max(1, round(args.n**0.5)))
     print(f"{args.n} samples of member {args.member} (seed {cfg.seeds[args.member]}) written to {path}")
     return 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from avae import data
-
     names = data.DATASETS if args.dataset == "all" else (args.dataset,)
     for name in names:
         if name not in data.DATASETS:
@@ -403,9 +447,6 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    from avae import data
-    from avae.report import format_table
-
     rows = data.describe(args.data_dir)
     print(f"data directory: {data.resolve_data_dir(args.data_dir)}")
     print(
@@ -418,14 +459,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from avae.experiments import reproduce
-
     reproduce(
         args.profile,
         args.out,
-        device=args.device if args.dry_run else resolve_device(args.device),  # estimate for any device
-        data_dir=args.data_dir,
-        progress=not args.no_progress,
+        runtime=runtime_of(args, check_device=not args.dry_run),  # a dry run estimates for any device
         jobs=args.jobs,
         dry_run=args.dry_run,
         tensorboard=args.tensorboard,
@@ -433,11 +470,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from avae.report import write_report
+def cmd_analyse(args: argparse.Namespace) -> int:
+    runtime = runtime_of(args)
+    run_dir = Path(args.run_dir)
+    cfg, _, _ = load_run(run_dir)
+    if args.classifiers:
+        path = Path(args.classifiers) / f"{cfg.dataset}.safetensors"
+    else:
+        path = classifier_path(run_dir.resolve().parent, cfg.dataset)
+    classifier = ensure_classifier(path, cfg.dataset, epochs=args.classifier_epochs, runtime=runtime)
+    analyse_run(run_dir, classifier=classifier, samples=args.samples, runtime=runtime)
+    print(f"written to {run_dir / 'analysis.json'}")
+    return 0
 
-    path = write_report(args.dir, device=resolve_device(args.device), data_dir=args.data_dir)
-    print(f"report written to {path}")
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(f"report written to {write_report(args.dir)}")
     return 0
 
 

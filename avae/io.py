@@ -8,10 +8,13 @@ A process killed mid-write (SIGKILL, power loss) can leave only a temporary sibl
 from __future__ import annotations
 
 import contextlib
+import csv
+import fcntl
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +119,51 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise AvaeError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AvaeError(f"{what} {path} is not readable JSON ({exc}); fix or delete it") from None
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A CSV file with a header row, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict[str, int | float | str]]:
+    """Rows of a CSV file with a header, numbers parsed (int, then float); [] when it is absent."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [{k: parse_number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def parse_number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on `path` (created if needed) for the `with` block.
+
+    Yields True when the lock is held. With `blocking=False` it yields False at once when
+    another process holds it, so the caller can refuse instead of waiting.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

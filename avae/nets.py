@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.distributions import Normal
 
 from avae.errors import ConfigError
 
@@ -180,3 +181,63 @@ class MemberRandom:
         self.clear_pool()
         for g, state in zip(self.generators, states, strict=True):
             g.set_state(state)
+
+
+# --- the building blocks of the models ----------------------------------------------------------
+
+
+def with_noise(x: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+    return x if eps is None else torch.cat([x, eps], dim=-1)
+
+
+def repeat_points(x: torch.Tensor, count: int) -> torch.Tensor:
+    """x [S, B, D] -> [S, count * B, D]: every point `count` times, draw-major (see `split_draws`)."""
+    members, batch, dim = x.shape
+    return x.unsqueeze(1).expand(members, count, batch, dim).reshape(members, count * batch, dim)
+
+
+def split_draws(values: torch.Tensor, count: int) -> torch.Tensor:
+    """[S, count * B, ...] from `repeat_points` -> [S, count, B, ...]."""
+    members, rows = values.shape[:2]
+    return values.reshape(members, count, rows // count, *values.shape[2:])
+
+
+class GaussianEncoder(nn.Module):
+    """q(z|x) or q(z|x, eps1) = N(mu, diag sigma^2); the net outputs mu and log sigma^2."""
+
+    def __init__(self, members: int, inputs: int, hidden: Sequence[int], latent: int, act: str):
+        super().__init__()
+        self.net = mlp(members, [inputs, *hidden, 2 * latent], act)
+
+    def forward(self, x: torch.Tensor, eps1: torch.Tensor | None = None) -> Normal:
+        mu, logvar = self.net(with_noise(x, eps1)).chunk(2, dim=-1)
+        return Normal(mu, torch.exp(0.5 * logvar), validate_args=False)
+
+
+class ImplicitEncoder(nn.Module):
+    """AVB's implicit q(z|x): z = f_phi(x, eps), with eps concatenated at the input."""
+
+    def __init__(self, members: int, inputs: int, hidden: Sequence[int], latent: int, act: str):
+        super().__init__()
+        self.net = mlp(members, [inputs, *hidden, latent], act)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.net(with_noise(x, eps))
+
+
+class Critic(nn.Module):
+    """A network returning one logit per pair (x, z): AVB's T or AVAE's D.
+
+    With `sees_x` it sees the concatenation [x, z]; without, z alone, so it compares the aggregate
+    posterior q(z) with p(z) rather than each q(z|x) with p(z).
+    """
+
+    def __init__(
+        self, members: int, data_dim: int, latent: int, hidden: Sequence[int], act: str, sees_x: bool
+    ):
+        super().__init__()
+        self.sees_x = sees_x
+        self.net = mlp(members, [(data_dim if sees_x else 0) + latent, *hidden, 1], act)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, z], dim=-1) if self.sees_x else z).squeeze(-1)

@@ -52,11 +52,6 @@ def log_prior(z: torch.Tensor) -> torch.Tensor:
     return standard_normal_like(z).log_prob(z).sum(-1)
 
 
-def neg_elbo_gaussian(log_px_z: torch.Tensor, q: Normal) -> torch.Tensor:
-    """-(E_q log p(x|z) - KL(q || p)) with a one-sample reconstruction term (eqs. 1, 9)."""
-    return -(log_px_z - kl_to_prior(q))
-
-
 def logistic_discriminator_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of a discriminator that should say 1 on `pos` and 0 on `neg`.
 
@@ -129,11 +124,6 @@ def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> torch.Tensor:
         raise ValueError(f"an annealing schedule needs at least one step, got {steps}")
     s = torch.sigmoid(sharpness * torch.linspace(-1.0, 1.0, steps + 1, dtype=torch.float64))
     return (s - s[0]) / (s[-1] - s[0])
-
-
-def annealed_log_density(log_prior_z: torch.Tensor, log_lik: torch.Tensor, beta: float) -> torch.Tensor:
-    """The geometric path between prior and posterior: log p(z) + beta log p(x|z) (unnormalised)."""
-    return log_prior_z + beta * log_lik
 
 
 def ais_log_weight_step(log_lik: torch.Tensor, beta_from: float, beta_to: float) -> torch.Tensor:

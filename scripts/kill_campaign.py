@@ -45,7 +45,7 @@ import torch
 import avae
 from avae.checkpoint import load_checkpoint
 from avae.errors import AvaeError
-from avae.train import CHECKPOINT, CONFIG, METRICS
+from avae.runs import CHECKPOINT, CONFIG, METRICS
 
 TRAIN_ARGS: tuple[str, ...] = (
     "--model", "avae",

@@ -27,3 +27,13 @@ def synthetic_data(monkeypatch):
     monkeypatch.setattr(data, "load_pixels", load_pixels)
     monkeypatch.setattr(data, "checksums", lambda dataset: {"synthetic": "no-md5"})
     return images
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for tiny tensors: on a loaded machine two spinning OpenMP threads make such
+    runs many times slower (modules opt in with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

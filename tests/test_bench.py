@@ -6,12 +6,12 @@ import json
 
 import torch
 
-from avae import bench
-from avae.models import ModelConfig
+from avae import bench, plan
+from avae.models import MODELS
 
 
 def test_quick_bench_writes_markdown_and_json(tmp_path, synthetic_data):
-    results = bench.run_bench(tmp_path, quick=True, pythae=False, log=lambda *_: None)
+    results = bench.run_bench(tmp_path, quick=True, pythae_python=None, log=lambda *_: None)
     saved = json.loads((tmp_path / bench.BENCH_JSON).read_text())
     assert set(saved) >= {
         "machine",
@@ -33,21 +33,22 @@ def test_quick_bench_writes_markdown_and_json(tmp_path, synthetic_data):
     text = (tmp_path / bench.BENCH_MD).read_text()
     assert "## Targets" in text and "Estimated cost of Table 1" in text
     # the estimate reads the fresh bench.json and grows with members and epochs
-    one = bench.estimate_seconds("avae", 1, 1, 60000, bench=tmp_path / bench.BENCH_JSON)
-    assert 0 < one < bench.estimate_seconds("avae", 2, 2, 60000, bench=tmp_path / bench.BENCH_JSON)
+    one = plan.estimate_train_seconds("avae", 1, 1, 60000, bench=tmp_path / bench.BENCH_JSON)
+    assert 0 < one < plan.estimate_train_seconds("avae", 2, 2, 60000, bench=tmp_path / bench.BENCH_JSON)
 
 
 def test_estimate_without_bench_json_uses_builtin_figures(tmp_path):
     missing = tmp_path / "none.json"
-    for name in bench.MODEL_NAMES:
-        assert bench.estimate_seconds(name, 5, 100, bench=missing) > bench.estimate_seconds(
+    for name in MODELS:
+        assert plan.estimate_train_seconds(name, 5, 100, bench=missing) > plan.estimate_train_seconds(
             name, 5, 1, bench=missing
         )
 
 
 def test_flop_count_of_the_paper_vae():
-    # 784-256-64-32-20 and 10-32-64-256-784: 439,232 multiply-adds per example forward
-    assert bench.step_flops(ModelConfig(name="vae"), batch=100) == 3 * 2 * 439232 * 100
+    # 784-256-64-32-20 and 10-32-64-256-784: 439,232 multiply-adds per example forward; the backward
+    # pass costs twice the forward, less the input gradient of the encoder's first layer (x needs none)
+    assert bench.step_flops("vae", batch=100) == 3 * 2 * 439232 * 100 - 2 * 784 * 256 * 100
 
 
 def test_pooled_noise_depends_only_on_the_members_own_seed():
@@ -61,17 +62,14 @@ def test_pooled_noise_depends_only_on_the_members_own_seed():
 def test_bf16_training_runs_and_resumes_only_in_bf16(tmp_path, synthetic_data):
     import pytest
 
+    from avae.config import Runtime, make_config
     from avae.errors import ConfigError
-    from avae.train import Runtime, make_config, train
+    from avae.train import train
 
     settings = {"model": "avae", "hidden": (32, 16), "latent_dim": 4, "batch_size": 50, "seeds": (0, 1)}
-    bf16 = Runtime(progress=False, precision="bf16")
-    train(make_config({**settings, "epochs": 1}), tmp_path / "run", runtime=bf16)
-    with pytest.raises(ConfigError, match="precision bf16"):
-        train(
-            make_config({**settings, "epochs": 2}),
-            tmp_path / "run",
-            runtime=Runtime(progress=False),
-            resume=True,
-        )
-    train(make_config({**settings, "epochs": 2}), tmp_path / "run", runtime=bf16, resume=True)
+    runtime = Runtime(progress=False)
+    train(make_config({**settings, "epochs": 1, "precision": "bf16"}), tmp_path / "run", runtime=runtime)
+    with pytest.raises(ConfigError, match="precision: 'bf16' there vs 'fp32' here"):
+        train(make_config({**settings, "epochs": 2}), tmp_path / "run", runtime=runtime, resume=True)
+    bf16 = make_config({**settings, "epochs": 2, "precision": "bf16"})
+    train(bf16, tmp_path / "run", runtime=runtime, resume=True)

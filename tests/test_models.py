@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from avae.config import make_config
 from avae.errors import ConfigError
 from avae.models import MODELS, ModelConfig, build_model, default_noise_dim
 from avae.nets import MemberRandom
-from avae.train import make_config, new_state, take_step
+from avae.train import new_state, take_step
 
 SMALL = {"hidden": (16, 8), "latent_dim": 3}
 
@@ -18,8 +19,9 @@ def small_model(name: str, seeds=(0, 1)):
     return build_model(cfg, seeds)
 
 
-def test_registry_holds_the_four_models():
-    assert set(MODELS) == {"vae", "vae-noise", "avb", "avae"}
+def test_registry_holds_the_papers_four_models_and_avb_ac():
+    assert set(MODELS) == {"vae", "vae-noise", "avb", "avb-ac", "avae"}
+    assert MODELS["avae"].readings.keys() == {"joint", "separate"}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -36,39 +38,71 @@ def test_losses_finite_and_shapes(name):
     assert samples.shape == (2, 7, 784) and samples.min() >= 0 and samples.max() <= 1
 
 
-OWNED = {  # phase -> which sub-networks it may move
-    ("vae", "elbo"): {"encoder", "decoder"},
-    ("vae-noise", "elbo"): {"encoder", "decoder"},
-    ("avae", "elbo"): {"encoder", "decoder"},
-    ("avae", "discriminator"): {"critic"},
-    ("avae", "adversarial"): {"encoder"},
-    ("avb", "elbo"): {"encoder", "decoder"},
-    ("avb", "discriminator"): {"critic"},
+OWNED = {  # (model, its settings, phase) -> which sub-networks the phase may move
+    ("vae", "", "elbo"): {"encoder", "decoder"},
+    ("vae-noise", "", "elbo"): {"encoder", "decoder"},
+    ("avae", "joint", "elbo"): {"encoder", "decoder"},
+    ("avae", "joint", "discriminator"): {"critic"},
+    ("avae", "separate", "elbo"): {"encoder", "decoder"},
+    ("avae", "separate", "discriminator"): {"critic"},
+    ("avae", "separate", "adversarial"): {"encoder"},
+    ("avb", "", "elbo"): {"encoder", "decoder"},
+    ("avb", "", "discriminator"): {"critic"},
+    ("avb-ac", "", "elbo"): {"encoder", "decoder"},
+    ("avb-ac", "", "discriminator"): {"critic"},
 }
 
 
-@pytest.mark.parametrize("name,phase_name", sorted(OWNED))
-def test_phase_moves_only_its_own_parameters(name, phase_name):
-    cfg = make_config({"model": name, **SMALL, "seeds": (0, 1)})
+@pytest.mark.parametrize("name,reading,phase_name", sorted(OWNED))
+def test_phase_moves_only_its_own_parameters(name, reading, phase_name):
+    cfg = make_config({"model": name, **SMALL, "seeds": (0, 1), **MODELS[name].readings[reading]})
     state = new_state(cfg, torch.device("cpu"))
+    assert sorted(p.name for p in state.phases) == sorted(k[2] for k in OWNED if k[:2] == (name, reading))
     index = [p.name for p in state.phases].index(phase_name)
     before = {k: v.clone() for k, v in state.model.state_dict().items()}
     x = torch.rand(2, 8, 784)
     take_step(state.phases[index], state.optimizers[index], x, MemberRandom((0, 1), "noise"))
     moved = {k.split(".")[0] for k, v in state.model.state_dict().items() if not torch.equal(v, before[k])}
-    assert moved == OWNED[(name, phase_name)]
+    assert moved == OWNED[(name, reading, phase_name)]
     # every parameter of the phase moved, in every member
     for k, v in state.model.state_dict().items():
-        if k.split(".")[0] in OWNED[(name, phase_name)]:
+        if k.split(".")[0] in OWNED[(name, reading, phase_name)]:
             assert all(not torch.equal(v[m], before[k][m]) for m in range(2)), k
 
 
 def test_avae_runs_algorithm_1_in_order():
-    assert [p.name for p in small_model("avae").phases()] == [
-        "elbo",
-        "discriminator",
-        "adversarial",
-    ]
+    separate = ModelConfig(name="avae", noise_dim=4, adv_update="separate", **SMALL)
+    assert [p.name for p in build_model(separate, (0,)).phases()] == ["elbo", "discriminator", "adversarial"]
+    assert [p.name for p in small_model("avae").phases()] == ["elbo", "discriminator"]  # joint
+
+
+def test_joint_update_adds_the_weighted_adversarial_term_to_the_encoder_only():
+    """Joint reading: one Adam step on -ELBO + w * adversarial term. The decoder's update does not
+    depend on w (the term does not reach it); the encoder's does; w = 0 is VAE+eps's step."""
+    x = torch.rand(1, 8, 784)
+    steps = {}
+    for weight in (0.0, 1.0):
+        cfg = make_config({"model": "avae", **SMALL, "adv_weight": weight, "seeds": (0,)})
+        state = new_state(cfg, torch.device("cpu"))
+        take_step(state.phases[0], state.optimizers[0], x, MemberRandom((0,), "noise"))
+        steps[weight] = {k: v.clone() for k, v in state.model.state_dict().items()}
+    plain = make_config({"model": "vae-noise", **SMALL, "noise_dim": 10, "seeds": (0,)})
+    state = new_state(plain, torch.device("cpu"))
+    take_step(state.phases[0], state.optimizers[0], x, MemberRandom((0,), "noise"))
+    for key, value in state.model.state_dict().items():
+        torch.testing.assert_close(steps[0.0][key], value, rtol=0, atol=0)  # w = 0: VAE+eps exactly
+    changed = {key.split(".")[0] for key in steps[0.0] if not torch.equal(steps[0.0][key], steps[1.0][key])}
+    assert changed == {"encoder"}  # (Adam's first step is lr * sign(grad): only sign flips show)
+
+
+def test_adversarial_term_is_the_non_saturating_loss_of_d_on_the_encoders_draw():
+    model = small_model("avae")
+    x = torch.rand(2, 6, 784)
+    loss, terms = model.joint_loss(x, MemberRandom((0, 1), "n"))
+    log_px, kl, z = model.elbo_terms(x, MemberRandom((0, 1), "n"))
+    adversarial = torch.nn.functional.softplus(-model.critic(x, z)).mean(-1)  # -log sigmoid(D)
+    torch.testing.assert_close(terms["adversarial"], adversarial)
+    torch.testing.assert_close(loss, -log_px.mean(-1) + kl.mean(-1) + adversarial)
 
 
 def test_members_are_initialised_from_their_own_seed():
@@ -118,9 +152,48 @@ def test_adversarial_weight_scales_the_adversarial_step():
     weight gives (on the first Adam step, |update| = lr) exactly half the update."""
     moves = []
     for weight in (1.0, 0.5):
-        cfg = make_config({"model": "avae", **SMALL, "adv_weight": weight, "seeds": (0,)})
-        state = new_state(cfg, torch.device("cpu"))
+        settings = {"model": "avae", **SMALL, "adv_weight": weight, "adv_update": "separate", "seeds": (0,)}
+        state = new_state(make_config(settings), torch.device("cpu"))
         before = state.model.encoder.net[0].weight.detach().clone()
         take_step(state.phases[2], state.optimizers[2], torch.rand(1, 8, 784), MemberRandom((0,), "noise"))
         moves.append((state.model.encoder.net[0].weight.detach() - before).abs().max())
     torch.testing.assert_close(moves[1], moves[0] / 2)
+
+
+def test_avae_critic_figure_is_avbs_form_with_logit_d():
+    model = small_model("avae")
+    x = torch.rand(2, 6, 784)
+    got = model.neg_critic_figure(x, MemberRandom((0, 1), "n"))
+    z = model.encode(x, MemberRandom((0, 1), "n"))
+    torch.testing.assert_close(got, -(model.log_px_given_z(x, z) + model.critic(x, z)))
+    assert small_model("vae").neg_critic_figure(x, MemberRandom((0, 1), "n")) is None
+
+
+def test_avb_ac_objective_matches_an_independent_computation():
+    """AVB-AC (Mescheder et al. 2017, Sec. 3.3): -log p(x|z) + KL(N(mu, sigma^2) || N(0, I))
+    + T(x, (z - mu) / sigma), with mu, sigma the moments of m encoder draws (unbiased std) and z
+    the first draw; recomputed here draw by draw with the same noise."""
+    m, batch = 5, 4
+    cfg = ModelConfig(name="avb-ac", noise_dim=4, ac_samples=m, **SMALL)
+    model = build_model(cfg, (0, 1))
+    x = torch.rand(2, batch, 784)
+    got = model.neg_elbo(x, MemberRandom((0, 1), "n"))
+    eps = MemberRandom((0, 1), "n").normal(m * batch, 4).reshape(2, m, batch, 4)
+    draws = torch.stack([model.encoder(x, eps[:, k]) for k in range(m)], dim=1)  # [S, m, B, Z]
+    mu = draws.sum(1) / m
+    sigma = ((draws - mu.unsqueeze(1)) ** 2).sum(1).div(m - 1).sqrt()
+    kl = 0.5 * (mu**2 + sigma**2 - 1 - 2 * sigma.log()).sum(-1)
+    z = draws[:, 0]
+    expected = -model.log_px_given_z(x, z) + kl + model.critic(x, (z - mu) / sigma)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    loss, _ = model.elbo_loss(x, MemberRandom((0, 1), "n"))
+    torch.testing.assert_close(loss, expected.mean(-1), rtol=1e-5, atol=1e-4)
+
+
+def test_avb_ac_critic_tells_standardised_draws_from_standard_normals():
+    model = build_model(ModelConfig(name="avb-ac", noise_dim=4, ac_samples=6, **SMALL), (0,))
+    positive, negative = model.critic_samples(torch.rand(1, 300, 784), MemberRandom((0,), "n"))
+    assert positive.shape == negative.shape == (1, 300, 3)
+    # standardised by their own moments: mean ~0, sd ~1 per point across draws; the negatives are N(0, I)
+    assert abs(float(negative.mean())) < 0.1 and abs(float(negative.std()) - 1) < 0.1
+    assert torch.isfinite(positive).all()

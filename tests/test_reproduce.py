@@ -13,12 +13,17 @@ from dataclasses import replace
 
 import pytest
 
-from avae import experiments
+from avae import plan
+from avae import reproduce as reproduce_module
 from avae.cli import main
-from avae.experiments import Profile, reproduce, runs_for
+from avae.config import Runtime
 from avae.io import read_json
+from avae.paper import Experiment
+from avae.plan import Profile, runs_for
 from avae.report import write_report
-from avae.train import Runtime, read_metrics, train
+from avae.reproduce import reproduce
+from avae.runs import read_metrics
+from avae.train import train
 
 SECTIONS = (
     "## Table 1",
@@ -37,7 +42,7 @@ SECTIONS = (
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
-    results = reproduce("smoke", out, progress=False)
+    results = reproduce("smoke", out, runtime=Runtime(progress=False))
     assert main(["report", str(out)]) == 0
     return out, results
 
@@ -45,16 +50,20 @@ def smoke(tmp_path_factory):
 def test_smoke_profile_trains_every_planned_run(smoke):
     out, results = smoke
     planned = runs_for("smoke")
-    assert len(results) == len(planned) == 20  # 10 configurations per data set
+    # per data set: 6 Table 1 rows (4 models + AVB-AC, AVAE in 2 readings) x latent 10, 15, Fig. 6's 2
+    assert len(results) == len(planned) == 28
     assert {r["dir"] for r in results} == {run.dir_name for run in planned}
     index = read_json(out / "index.json")["runs"]
     assert set(index) == {run.key for run in planned}
     for run in planned:
         record = read_json(out / run.dir_name / "eval.json")
         assert record["epoch"] == 1 and "neg_elbo" in record["metrics"]
-        assert read_json(out / run.dir_name / "extras.json")["epoch"] == 1
+        assert read_json(out / run.dir_name / "analysis.json")["epoch"] == 1
         if run.honest:
-            assert {"iwae_k1000", "ais"} <= set(record["metrics"])
+            assert {"iwae_k1000", "ais", "bdmc_forward", "bdmc_reverse"} <= set(record["metrics"])
+            assert record["metrics"]["iwae_k1000"]["prefix_means"].keys() == {"10"}  # the AIS points
+        if run.cfg.model.name in ("avb", "avb-ac", "avae"):
+            assert "neg_critic" in record["metrics"]
         assert [row["seed"] for row in read_metrics(out / run.dir_name / "metrics.csv")] == [0, 1]
 
 
@@ -65,22 +74,24 @@ def test_report_renders_every_section_for_both_data_sets(smoke):
         assert section in text, section
     assert "### MNIST" in text and "### Fashion-MNIST" in text
     for figure in ("fig6.png", "fig7.png") + tuple(
-        f"fig8_{d}_{m}.png" for d in ("mnist", "fashion-mnist") for m in ("vae-noise", "avae", "avb")
+        f"fig8_{d}_{m}.png" for d in ("mnist", "fashion-mnist") for m in ("vae-noise", "avae_joint", "avb")
     ):
         assert (out / "report" / figure).stat().st_size > 1000, figure
         assert f"report/{figure}" in text
-    for table in ("table1", "honest", "fig6", "fig7", "claims", "beyond"):
+    for table in ("table1", "honest", "fig6", "fig7", "claims", "analysis"):
         assert (out / "report" / f"{table}.csv").read_text().count("\n") > 1, table
     # every claim has a verdict with numbers under it
-    verdicts = re.findall(r"\*\*Verdict: (supported|not supported|inconclusive)\*\*", text)
-    assert len(verdicts) == 5
+    verdicts = re.findall(r"\*\*Verdict[^*]*: (supported|not supported|inconclusive)\*\*", text)
+    assert len(verdicts) == 7  # claims 3 and 5 have one verdict per AVAE reading
     for block in text.split("### Claim ")[1:]:
-        assert re.search(r"\| [+-]\d+\.\d\d \| -?\d", block), block[:200]
-    # smoke evaluates IWAE/AIS at latent 10 only: latent 15 is "not evaluated", with the command
-    assert "not evaluated" in text and "--metrics iwae,ais" in text
-    assert "| 10 |" in text.split("## Honest figures")[1].split("## Fig. 6")[0]
+        assert re.search(r"\| [+-]\d+\.\d\d \| \[", block), block[:200]  # a difference and its CI
+    honest = text.split("## Honest figures")[1].split("## Fig. 6")[0]
+    assert "the first 10 test images (AIS points)" in honest and "the first 20 test images" in honest
+    assert "AVAE (joint)" in honest and "AVAE (separate)" in honest and "AVB-AC" in honest
+    assert "Gap to VAE+eps" in honest
     assert "paper" in text and "109.8" in text and "221.1" in text
-    assert "reference FD between training and test images" in text
+    assert "FD between training and test images" in text
+    assert "still improving by more than 1 nat per epoch" in text  # 1 epoch: no evidence of convergence
 
 
 def test_second_call_trains_and_evaluates_nothing(smoke, monkeypatch):
@@ -89,9 +100,10 @@ def test_second_call_trains_and_evaluates_nothing(smoke, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained or evaluated again")
 
-    monkeypatch.setattr(experiments, "train", refuse)
-    monkeypatch.setattr("avae.evaluate.evaluate_run", refuse)
-    results = reproduce("smoke", out, progress=False)
+    monkeypatch.setattr(reproduce_module, "train", refuse)
+    monkeypatch.setattr(reproduce_module, "evaluate_run", refuse)
+    monkeypatch.setattr(reproduce_module, "analyse_run", refuse)
+    results = reproduce("smoke", out, runtime=Runtime(progress=False))
     assert not any(r["trained"] or r["evaluated"] for r in results)
 
 
@@ -100,8 +112,8 @@ def test_report_works_from_the_run_directories_alone(smoke, tmp_path):
     (out / "index.json").rename(tmp_path / "index.json")
     try:
         assert write_report(out).exists()
-        index = experiments.rebuild_index(out)
-        assert len(index["runs"]) == 20
+        index = reproduce_module.rebuild_index(out)
+        assert len(index["runs"]) == 28
     finally:
         (tmp_path / "index.json").replace(out / "index.json")
 
@@ -109,17 +121,13 @@ def test_report_works_from_the_run_directories_alone(smoke, tmp_path):
 def test_dry_run_lists_runs_with_estimates_and_trains_nothing(tmp_path, capsys):
     assert main(["reproduce", "--profile", "quick", "--out", str(tmp_path / "q"), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert len(re.findall(r"^\| \w[\w-]*-z\d+-n\d+-[0-9a-f]{16} \|", printed, re.M)) == 28
+    assert len(re.findall(r"^\| \w[\w-]*-z\d+-n\d+-[0-9a-f]{16} \|", printed, re.M)) == 40
     assert re.search(r"about [\d.]+ min of compute in all", printed)
     assert not (tmp_path / "q").exists()
 
 
 def tiny_profile(monkeypatch, models=("vae",)) -> Profile:
-    monkeypatch.setitem(
-        experiments.EXPERIMENTS,
-        "tiny",
-        {"title": "test", "models": models, "latent_dims": (10,), "noise_dims": (10,)},
-    )
+    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", models, (10,)))
     return Profile(
         "tiny",
         "test",
@@ -131,7 +139,7 @@ def tiny_profile(monkeypatch, models=("vae",)) -> Profile:
         latent_dims=(10,),
         experiments=("tiny",),
         honest_latents=(),
-        extras_samples=100,
+        analysis_samples=100,
         classifier_epochs=1,
         classifier_subset=1000,
     )
@@ -143,7 +151,7 @@ def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, m
     runtime = Runtime(progress=False)
     # interrupted after epoch 1 of 2: a checkpoint at epoch 1, no eval.json
     train(replace(run.cfg, epochs=1), tmp_path / "out" / run.dir_name, runtime=runtime)
-    (result,) = reproduce(profile, tmp_path / "out", progress=False)
+    (result,) = reproduce(profile, tmp_path / "out", runtime=runtime)
     assert result["trained"]
     resumed = read_metrics(tmp_path / "out" / run.dir_name / "metrics.csv")
     assert [r["epoch"] for r in resumed] == [1, 1, 2, 2]
@@ -155,7 +163,7 @@ def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, m
 def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
     profile = tiny_profile(monkeypatch, models=("vae", "vae-noise"))
     profile = replace(profile, epochs=1)
-    results = reproduce(profile, tmp_path, progress=False, jobs=2)
+    results = reproduce(profile, tmp_path, runtime=Runtime(progress=False), jobs=2)
     assert sorted(r["dir"] for r in results) == sorted(run.dir_name for run in runs_for(profile))
     index = json.loads((tmp_path / "index.json").read_text())["runs"]
     assert set(index) == {run.key for run in runs_for(profile)}
@@ -220,5 +228,5 @@ def test_sigkill_halfway_loses_and_recomputes_no_finished_run(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert re.search(rf"\] {re.escape(finished)}: finished earlier, reused", rerun.stdout)
     assert digest(finished) == before
-    planned = len(runs_for(experiments.PROFILES["smoke"]))
+    planned = len(runs_for(plan.PROFILES["smoke"]))
     assert len(re.findall(r"^\[\d+/\d+\] ", rerun.stdout, flags=re.M)) == planned

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from avae.checkpoint import load_checkpoint, save_checkpoint
+from avae.config import Runtime, make_config
 from avae.errors import CheckpointError, ConfigError, DivergenceError
-from avae.train import CHECKPOINT, METRICS, Runtime, load_run, make_config, train
+from avae.runs import CHECKPOINT, METRICS, load_run, read_metrics
+from avae.train import train
 
 QUIET = Runtime(progress=False)
 SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
@@ -157,3 +159,17 @@ def test_checkpoint_with_mismatched_shapes_is_refused(tmp_path, synthetic_data):
     save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "format"})
     with pytest.raises(CheckpointError, match="do not match"):
         load_run(tmp_path / "run")
+
+
+def test_holdout_trains_without_the_last_images_and_reports_on_them(synthetic_data, tmp_path):
+    from avae.train import split_data
+
+    cfg = make_config({"model": "vae", "hidden": (16,), "latent_dim": 2, "holdout": 100, "epochs": 1})
+    train_x, held = split_data(cfg, Runtime(progress=False))
+    torch.testing.assert_close(train_x, synthetic_data["train"][:300])
+    torch.testing.assert_close(held, synthetic_data["train"][300:])
+    train(cfg, tmp_path / "run", runtime=Runtime(progress=False))
+    row = read_metrics(tmp_path / "run" / METRICS)[0]
+    assert "valid_neg_elbo" in row and "test_neg_elbo" not in row
+    with pytest.raises(ConfigError, match="leaves none of the 400 training images"):
+        split_data(make_config({"holdout": 400}), Runtime(progress=False))

@@ -1,0 +1,223 @@
+"""Analyses beyond the paper, computed once per run and stored in RUN_DIR/analysis.json:
+
+- how far the aggregate posterior q(z) is from p(z): KL of a Gaussian fitted to q(z) samples, MMD;
+- active latent units (Burda et al. 2016);
+- a Frechet distance of samples to test images on the features of a classifier trained once per
+  data set and cached as safetensors;
+- a reconstruction grid.
+
+`avae reproduce` (or `avae analyse RUN`) runs them; `avae report` only reads their results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+from scipy import linalg
+from torch import nn
+
+from avae import data
+from avae.config import Runtime
+from avae.figures import save_image_grid
+from avae.io import atomic_write_bytes, file_lock, write_json
+from avae.nets import MemberRandom
+from avae.runs import ANALYSIS, load_run
+
+CLASSIFIER_DIR = "classifiers"
+
+
+def classifier_net() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def classifier_path(out: str | Path, dataset: str) -> Path:
+    return Path(out) / CLASSIFIER_DIR / f"{dataset}.safetensors"
+
+
+def ensure_classifier(
+    path: str | Path,
+    dataset: str,
+    *,
+    epochs: int = 3,
+    subset: int = 0,
+    runtime: Runtime | None = None,
+) -> Path:
+    """The feature classifier of `dataset`, trained once and cached as safetensors at `path`; an
+    existing file is reused. A file lock keeps parallel workers from training it twice."""
+    path = Path(path)
+    with file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            net, meta = train_classifier(dataset, epochs=epochs, subset=subset, runtime=runtime or Runtime())
+            tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            atomic_write_bytes(path, save(tensors, metadata={"avae_classifier": json.dumps(meta)}))
+    return path
+
+
+def train_classifier(
+    dataset: str, *, epochs: int, subset: int, runtime: Runtime
+) -> tuple[nn.Sequential, dict[str, Any]]:
+    """A 784-256-128-10 ReLU MLP trained with Adam 1e-3, batch 128, seed 0, and its test accuracy.
+    The global torch RNG is left as it was."""
+    started, device, data_dir = time.perf_counter(), runtime.device, runtime.data_dir
+    images, labels = data.load_split(dataset, "train", data_dir)
+    if subset:
+        images, labels = images[:subset], labels[:subset]
+    x = torch.from_numpy(images).float().div_(255).to(device)
+    y = torch.from_numpy(labels.astype("int64")).to(device)
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = classifier_net().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        for start in range(0, len(x), 128):
+            batch = order[start : start + 128]
+            loss = torch.nn.functional.cross_entropy(net(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    test_images, test_labels = data.load_split(dataset, "test", data_dir)
+    with torch.no_grad():
+        predicted = net(torch.from_numpy(test_images).float().div_(255).to(device)).argmax(1).cpu()
+    accuracy = float((predicted == torch.from_numpy(test_labels.astype("int64"))).float().mean())
+    meta = {
+        "dataset": dataset,
+        "architecture": "784-256-128-10 ReLU MLP; features: the 128 penultimate units",
+        "epochs": epochs,
+        "train_images": len(x),
+        "test_accuracy": round(accuracy, 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return net, meta
+
+
+def load_classifier(path: str | Path, device: str = "cpu"):
+    tensors = {}
+    with safe_open(str(path), framework="pt") as handle:  # safetensors: no pickle
+        meta = json.loads((handle.metadata() or {}).get("avae_classifier", "{}"))
+        for key in handle.keys():
+            tensors[key] = handle.get_tensor(key)
+    net = classifier_net()
+    net.load_state_dict(tensors)
+    return net.to(device).eval(), meta
+
+
+def classifier_features(net, x):
+    """The penultimate (128-unit) activations of images x [N, 784], float64 numpy."""
+    with torch.no_grad():
+        return net[:4](x).double().cpu().numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2)) of two feature sets [N, F]."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():  # near-singular covariances of few samples: handled below
+        warnings.simplefilter("ignore")
+        root = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():
+        offset = np.eye(len(cov_a)) * 1e-6
+        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
+
+
+# --- aggregate posterior, active units, reconstructions -------------------------------------------
+
+
+def gaussian_fit_kl(z: np.ndarray) -> float:
+    """KL( N(mean, cov) fitted to samples z [N, Z] || N(0, I) ), in nats."""
+    mean, cov = z.mean(0), np.cov(z, rowvar=False).reshape(z.shape[1], z.shape[1])
+    _, logdet = np.linalg.slogdet(cov)
+    return float(0.5 * (np.trace(cov) + mean @ mean - z.shape[1] - logdet))
+
+
+def mmd_to_prior(z: np.ndarray, rng: np.random.Generator, limit: int = 2000) -> float:
+    """Unbiased MMD^2 between samples z [N, Z] of q(z) and as many draws from N(0, I), with the
+    inverse multiquadratic kernel C / (C + |a - b|^2), C = 2 Z (as in Wasserstein autoencoders)."""
+    z = z[:limit]
+    p = rng.standard_normal(z.shape)
+    c = 2.0 * z.shape[1]
+
+    def kernel(a, b):
+        d = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
+        return c / (c + np.maximum(d, 0))
+
+    n = len(z)
+    kzz, kpp, kzp = kernel(z, z), kernel(p, p), kernel(z, p)
+    off = 1 - np.eye(n)
+    return float((kzz * off).sum() / (n * (n - 1)) + (kpp * off).sum() / (n * (n - 1)) - 2 * kzp.mean())
+
+
+def analyse_run(
+    run_dir: str | Path,
+    *,
+    classifier: str | Path,
+    samples: int = 1000,
+    runtime: Runtime | None = None,
+) -> dict[str, Any]:
+    """Beyond the paper, per member: KL of a Gaussian fitted to q(z) to p(z), MMD(q(z), p(z)), active
+    units, and the Frechet distance of samples to test images on the classifier's features. Writes
+    RUN_DIR/analysis.json and a reconstruction grid RUN_DIR/recon_seed{seed}.png (first member)."""
+    runtime = runtime or Runtime()
+    device, data_dir, run_dir = runtime.device, runtime.data_dir, Path(run_dir)
+    cfg, model, meta = load_run(run_dir, device)
+    model.requires_grad_(False).eval()
+    net, net_meta = load_classifier(classifier, device)
+    test_x = data.load_pixels(cfg.dataset, "test", cfg.pixels, data_dir)[:samples].to(device)
+    train_x = data.load_pixels(cfg.dataset, "train", cfg.pixels, data_dir)[-len(test_x) :].to(device)
+    n, members = len(test_x), len(cfg.seeds)
+    rng = MemberRandom(cfg.seeds, "extras", device)
+    with torch.no_grad():
+        x = test_x.unsqueeze(0).expand(members, -1, -1)
+        z = model.encode(x, rng)
+        z_mean = sum(model.code_location(x, rng) for _ in range(10)) / 10
+        recon = model.decoder_mean(z[:, :32]).float()
+        generated = model.sample(n, MemberRandom(cfg.seeds, "extras-samples", device)).float()
+        test_features = classifier_features(net, test_x)
+        reference = frechet_distance(classifier_features(net, train_x), test_features)
+        per_member = []
+        np_rng = np.random.default_rng(0)
+        for m, seed in enumerate(cfg.seeds):
+            zm = z[m].double().cpu().numpy()
+            activity = z_mean[m].double().var(0).cpu().numpy()
+            per_member.append(
+                {
+                    "seed": seed,
+                    "kl_fitted_gaussian": gaussian_fit_kl(zm),
+                    "mmd": mmd_to_prior(zm, np_rng),
+                    "active_units": int((activity > 0.01).sum()),
+                    "frechet_distance": frechet_distance(
+                        classifier_features(net, generated[m]), test_features
+                    ),
+                }
+            )
+    pairs = torch.stack([test_x[:32], recon[0]], 1).reshape(64, -1)  # original, reconstruction, ...
+    save_image_grid(pairs.cpu().numpy(), run_dir / f"recon_seed{cfg.seeds[0]}.png")
+    record = {
+        "epoch": meta["epoch"],
+        "points": n,
+        "latent_dim": cfg.model.latent_dim,
+        "classifier": {
+            k: net_meta.get(k) for k in ("architecture", "epochs", "train_images", "test_accuracy")
+        },
+        "reference_frechet_distance": reference,
+        "per_member": per_member,
+        "definitions": {
+            "kl_fitted_gaussian": "KL(N(mean, cov) fitted to one z ~ q(z|x) per test image || N(0, I))",
+            "mmd": "unbiased MMD^2 to N(0, I), inverse multiquadratic kernel, C = 2 * latent_dim",
+            "active_units": "units u with Cov_x(E_q[z_u|x]) > 0.01 (Burda et al. 2016); E_q over 10 draws",
+            "frechet_distance": "Frechet distance, decoder-mean samples vs test images, classifier features",
+            "reference_frechet_distance": "the same distance between training and test images",
+        },
+    }
+    write_json(run_dir / ANALYSIS, record)
+    return record

@@ -1,0 +1,333 @@
+"""What a reproduction runs: profiles (how much compute), the planned runs of the paper's
+experiments, what each still needs, and what that will cost (the cost model of `--dry-run`).
+
+Every run is keyed by the hash of its configuration: a run whose checkpoint reached the last epoch
+and whose eval.json and analysis.json hold everything planned is finished; an unfinished one
+resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avae.config import TrainConfig, config_hash, make_config
+from avae.data import DATASETS
+from avae.errors import ConfigError
+from avae.models import MODELS
+from avae.paper import EXPERIMENTS, noise_of
+from avae.runs import ANALYSIS, EVAL, checkpoint_epoch, read_record, run_dir_name
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much compute a reproduction spends: training budget and evaluation budget.
+
+    Test points: each model's own figure and the discriminator-based figure on every test image of
+    the run; IWAE on the first `iwae_points`, AIS on the first `ais_points` (0: all). Every figure
+    also records its mean over those two prefixes, so a table can set figures side by side on the
+    same test points.
+    """
+
+    name: str
+    description: str
+    epochs: int
+    seeds: tuple[int, ...]
+    train_subset: int = 0  # first N training images (0: all 60,000)
+    test_subset: int = 0  # first N test images for the per-epoch curves and the own figures (0: all)
+    datasets: tuple[str, ...] = DATASETS
+    latent_dims: tuple[int, ...] = (10, 15, 20)  # keeps only these latent sizes of the experiments
+    experiments: tuple[str, ...] = tuple(EXPERIMENTS)
+    honest_latents: tuple[int, ...] = (10, 15, 20)  # runs that also get IWAE and AIS
+    iwae_k: int = 1000
+    iwae_points: int = 0
+    ais_points: int = 500
+    ais_steps: int = 500
+    ais_chains: int = 4
+    bdmc_points: int = 0  # points simulated from each model for a BDMC check of AIS (0: none)
+    analysis_samples: int = 1000  # samples / test images for FD, q(z) statistics and active units
+    classifier_epochs: int = 3
+    classifier_subset: int = 0
+
+    def point_prefixes(self) -> tuple[int, ...]:
+        """The nested test-point counts every figure is also averaged over."""
+        return tuple(sorted({n for n in (self.ais_points, self.iwae_points) if n}))
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        "smoke",
+        "seconds per run: every code path and every report section; used by the tests",
+        epochs=1,
+        seeds=(0, 1),
+        train_subset=500,
+        test_subset=200,
+        latent_dims=(10, 15),
+        honest_latents=(10,),
+        iwae_points=20,
+        ais_points=10,
+        ais_steps=20,
+        ais_chains=2,
+        bdmc_points=4,
+        analysis_samples=200,
+        classifier_epochs=1,
+        classifier_subset=2000,
+    ),
+    "quick": Profile(
+        "quick",
+        "the README's first command: every experiment on both data sets, 3 seeds, 10 epochs on a "
+        "10k-image training subset (short of convergence)",
+        epochs=10,
+        seeds=(0, 1, 2),
+        train_subset=10000,
+        test_subset=2000,
+        honest_latents=(10,),
+        iwae_points=200,
+        ais_points=50,
+        ais_steps=200,
+        ais_chains=4,
+        bdmc_points=10,
+        analysis_samples=1000,
+        classifier_epochs=2,
+        classifier_subset=20000,
+    ),
+    "paper-z10": Profile(
+        "paper-z10",
+        "the central comparison at paper scale: latent 10, noise 10, every model and reading, "
+        "5 seeds, 100 epochs on all 60,000 training images",
+        epochs=100,
+        seeds=(0, 1, 2, 3, 4),
+        latent_dims=(10,),
+        experiments=("table1",),
+        honest_latents=(10,),
+        iwae_points=2000,
+        ais_points=200,
+        ais_steps=1000,
+        ais_chains=4,
+        bdmc_points=20,
+        analysis_samples=10000,
+        classifier_epochs=10,
+    ),
+    "full": Profile(
+        "full",
+        "paper scale: every experiment, 5 seeds, 100 epochs, all 60,000 training and 10,000 test images",
+        epochs=100,
+        seeds=(0, 1, 2, 3, 4),
+        iwae_points=0,
+        ais_points=1000,
+        ais_steps=1000,
+        ais_chains=8,
+        bdmc_points=100,
+        analysis_samples=10000,
+        classifier_epochs=10,
+    ),
+}
+
+
+def get_profile(profile: str | Profile) -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return PROFILES[profile]
+
+
+@dataclass
+class PlannedRun:
+    """One configuration to train (all its seeds at once) and what to evaluate on it."""
+
+    settings: dict[str, Any]
+    experiments: list[str]
+    honest: bool
+    cfg: TrainConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cfg = make_config(self.settings)
+
+    @property
+    def key(self) -> str:
+        return config_hash(self.cfg)
+
+    @property
+    def dir_name(self) -> str:
+        return run_dir_name(self.cfg)
+
+
+def runs_for(profile: str | Profile) -> list[PlannedRun]:
+    """Every distinct configuration the profile's experiments need, in a stable order: every
+    registered reading of each model is its own run."""
+    profile = get_profile(profile)
+    planned: dict[str, PlannedRun] = {}
+    for dataset in profile.datasets:
+        for name in profile.experiments:
+            spec = EXPERIMENTS[name]
+            for latent in (z for z in spec.latent_dims if z in profile.latent_dims):
+                for model in spec.model_names():
+                    for noise in sorted({noise_of(model, n) for n in spec.noise_dims}):
+                        for reading in MODELS[model].readings.values():
+                            settings = {
+                                "model": model,
+                                "dataset": dataset,
+                                "latent_dim": latent,
+                                "noise_dim": noise,
+                                "epochs": profile.epochs,
+                                "seeds": profile.seeds,
+                                "train_subset": profile.train_subset,
+                                "test_subset": profile.test_subset,
+                                **reading,
+                            }
+                            honest = latent in profile.honest_latents and noise == noise_of(model)
+                            run = PlannedRun(settings, [name], honest)
+                            if run.key in planned:
+                                planned[run.key].experiments.append(name)
+                            else:
+                                planned[run.key] = run
+    return list(planned.values())
+
+
+# --- evaluation plan -----------------------------------------------------------------------------
+
+EvalStep = tuple[str, str, dict[str, Any]]  # (eval.json key, metric family, evaluate settings)
+
+
+def eval_steps(run: PlannedRun, profile: Profile) -> list[EvalStep]:
+    """Every metric the run needs, with the settings that put figures on shared test points."""
+    prefixes = {"prefixes": profile.point_prefixes()}
+    steps: list[EvalStep] = [("neg_elbo", "elbo", prefixes)]
+    if MODELS[run.cfg.model.name].has_critic:
+        steps.append(("neg_critic", "critic", prefixes))
+    if run.honest:
+        steps.append(
+            (
+                f"iwae_k{profile.iwae_k}",
+                "iwae",
+                {"k": (1, profile.iwae_k), "subset": profile.iwae_points, **prefixes},
+            )
+        )
+        ais = {"ais_steps": profile.ais_steps, "ais_chains": profile.ais_chains}
+        steps.append(("ais", "ais", {"subset": profile.ais_points, **ais, **prefixes}))
+        if profile.bdmc_points:
+            steps.append(("bdmc_forward", "bdmc", {"bdmc_points": profile.bdmc_points, **ais}))
+    return steps
+
+
+def missing_metrics(run_dir: Path, cfg: TrainConfig, steps: list[EvalStep]) -> list[EvalStep]:
+    have = read_record(run_dir, EVAL, cfg.epochs).get("metrics", {})
+    return [step for step in steps if step[0] not in have]
+
+
+def analysis_done(run_dir: Path, cfg: TrainConfig) -> bool:
+    return bool(read_record(run_dir, ANALYSIS, cfg.epochs))
+
+
+def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
+    """("finished" | "evaluate" | "resume" | "new", epochs already trained)."""
+    run_dir = out / run.dir_name
+    epoch = checkpoint_epoch(run_dir)
+    if epoch >= run.cfg.epochs:
+        todo = missing_metrics(run_dir, run.cfg, eval_steps(run, profile))
+        return ("evaluate" if todo or not analysis_done(run_dir, run.cfg) else "finished"), epoch
+    return ("resume" if epoch else "new"), epoch
+
+
+# --- the cost model ------------------------------------------------------------------------------
+# Seconds per training step (batch 100, fp32, one CPU thread) as a + b * S for S members, fitted
+# to `avae bench`'s figures in benchmarks/bench.json when this checkout has them; otherwise these
+# conservative built-in figures (about twice the slowest measured on the 2-core development
+# machine). A model the bench does not know costs as the dearest known one. GPU: a guess (small
+# MLPs are bound by kernel launches there, so members cost little more than one), not measured.
+BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.json"
+BATCH = 100
+BUILTIN_STEP_MS = {"vae": (15.0, 12.0), "vae-noise": (15.0, 12.0), "avb": (40.0, 35.0), "avae": (45.0, 40.0)}
+GPU_STEP_MS = 10.0
+# IWAE importance samples (one z, one image) or AIS leapfrog steps (one chain, one image) per second
+# and member. CPU: measured on one thread of the shared 2-core machine (IWAE-1000 on 500 points, 3
+# members: 42 s; AIS 200 steps x 4 chains on 100 points: 65 s), noisy. GPU: a guess.
+DECODER_EVALS_PER_SECOND = {"cpu": 3.6e4, "cuda": 1.0e7}
+
+
+def fit_step_cost(entries: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Least-squares a + b * S (seconds per step) through measured (S, ms/step) points."""
+    points = [(e["members"], e["ms_per_step"] / 1e3) for e in entries]
+    if not points:
+        return None
+    if len(points) == 1:
+        s, t = points[0]
+        return 0.0, t / s
+    n = len(points)
+    mean_s = sum(p[0] for p in points) / n
+    mean_t = sum(p[1] for p in points) / n
+    var = sum((p[0] - mean_s) ** 2 for p in points)
+    slope = sum((p[0] - mean_s) * (p[1] - mean_t) for p in points) / var
+    return max(0.0, mean_t - slope * mean_s), max(slope, 1e-9)
+
+
+def bench_entries(model: str, bench: Path) -> list[dict[str, Any]]:
+    try:
+        results = json.loads(bench.read_text()) if bench.exists() else {}
+    except (OSError, ValueError):
+        return []
+    return [
+        e
+        for e in results.get("training", [])
+        if e.get("model") == model and e.get("precision") == "fp32" and not e.get("compile")
+    ]
+
+
+def estimate_train_seconds(
+    model: str,
+    members: int,
+    epochs: int,
+    train_images: int = 60000,
+    device: str = "cpu",
+    bench: Path = BENCH_JSON,
+) -> float:
+    """Wall time of one training process (`members` seeds of `model` trained together) for
+    `epochs` epochs over `train_images` images, with the test pass after each epoch."""
+    steps = train_images // BATCH
+    if device.startswith("cuda"):
+        return epochs * steps * GPU_STEP_MS / 1e3 * max(1.0, members / 8)
+    entries = bench_entries(model, bench)
+    fitted = fit_step_cost(entries)
+    if fitted is None:
+        a_ms, b_ms = BUILTIN_STEP_MS.get(model, max(BUILTIN_STEP_MS.values()))
+        a, b = a_ms / 1e3, b_ms / 1e3
+        eval_s = 0.1 * steps * (a + b * members) * 10000 / train_images
+    else:
+        a, b = fitted
+        eval_s = members * max(e["test_pass_s_per_10k"] / e["members"] for e in entries)
+    return float(epochs * (steps * (a + b * members) + eval_s))
+
+
+def estimate_eval_seconds(run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep]) -> float:
+    members = len(run.cfg.seeds)
+    test = run.cfg.test_subset or 10000
+    rate = DECODER_EVALS_PER_SECOND["cuda" if device.startswith("cuda") else "cpu"]
+    evals = 0.0
+    for _, family, settings in steps:
+        if family in ("elbo", "critic"):
+            evals += test
+        elif family == "iwae":
+            evals += (settings["subset"] or test) * profile.iwae_k
+        elif family == "ais":
+            evals += (settings["subset"] or test) * settings["ais_chains"] * settings["ais_steps"] * 11 * 1.25
+        elif family == "bdmc":
+            evals += 2 * settings["bdmc_points"] * settings["ais_chains"] * settings["ais_steps"] * 11 * 1.25
+    evals += 3 * profile.analysis_samples  # samples, reconstructions, encoder passes
+    return evals * members / rate + 2.0  # + loading
+
+
+def estimate_run_seconds(run: PlannedRun, profile: Profile, out: Path, device: str) -> tuple[float, float]:
+    """(training, evaluation) seconds the run still needs."""
+    status, epoch = status_of(run, profile, out)
+    if status == "finished":
+        return 0.0, 0.0
+    cfg = run.cfg
+    train_s = 0.0
+    if epoch < cfg.epochs:
+        images = cfg.train_subset or 60000
+        train_s = estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
+    todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))
+    return train_s, estimate_eval_seconds(run, profile, device, todo)

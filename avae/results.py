@@ -1,0 +1,128 @@
+"""The finished work of a reproduction as the report reads it: one `RunResult` per run directory,
+indexed by table row. Reading only: nothing here trains, evaluates or writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avae.config import TrainConfig
+from avae.io import read_json
+from avae.models import reading_of
+from avae.paper import RowKey
+from avae.runs import (
+    ANALYSIS,
+    CHECKPOINT,
+    EVAL,
+    METRICS,
+    checkpoint_epoch,
+    read_config,
+    read_metrics,
+    read_record,
+)
+
+MANIFEST = "reproduce.json"
+
+
+@dataclass
+class RunResult:
+    """One run directory: its configuration, curves, evaluation and analysis at its last epoch."""
+
+    dir: Path
+    cfg: TrainConfig
+    rows: list[dict[str, Any]]
+    eval: dict[str, Any]
+    analysis: dict[str, Any]
+    trained_epochs: int
+
+    @property
+    def key(self) -> RowKey:
+        m = self.cfg.model
+        return (self.cfg.dataset, m.name, reading_of(m), m.latent_dim, m.noise_dim)
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        return self.eval.get("metrics", {}).get(key)
+
+    def metric(self, key: str, points: int | None = None) -> list[float] | None:
+        """Per-member values of an eval.json figure, over its first `points` test points when
+        given (None when the figure was not computed on exactly those points)."""
+        entry = self.entry(key)
+        if entry is None:
+            return None
+        if points is None or points == entry["points"]:
+            return [row["value"] for row in entry["per_member"]]
+        return entry.get("prefix_means", {}).get(str(points))
+
+    def analysed(self, key: str) -> list[float] | None:
+        return [row[key] for row in self.analysis.get("per_member", [])] or None
+
+    def values(self, metric: str, points: int | None = None) -> list[float] | None:
+        """A figure of eval.json or of analysis.json by name."""
+        return self.analysed(metric) if metric == "frechet_distance" else self.metric(metric, points)
+
+
+def collect_runs(out: str | Path) -> list[RunResult]:
+    """Every run directory under `out` with a config.json and at least one finished epoch; when
+    `out/reproduce.json` lists the planned runs, only those. Checkpoints are not needed: published
+    results carry config.json, metrics.csv, eval.json and analysis.json alone."""
+    out = Path(out)
+    manifest = out / MANIFEST
+    wanted = {r["dir"] for r in read_json(manifest)["runs"]} if manifest.exists() else None
+    runs = []
+    for config in sorted(out.glob("*/config.json")):
+        run_dir = config.parent
+        cfg = read_config(run_dir)
+        if wanted is not None and run_dir.name not in wanted:
+            continue
+        rows = read_metrics(run_dir / METRICS)
+        epoch = (
+            checkpoint_epoch(run_dir)
+            if (run_dir / CHECKPOINT).exists()
+            else max((r["epoch"] for r in rows), default=0)
+        )
+        if not epoch:
+            continue
+        runs.append(
+            RunResult(
+                run_dir,
+                cfg,
+                [r for r in rows if r["epoch"] <= epoch],
+                read_record(run_dir, EVAL, epoch),
+                read_record(run_dir, ANALYSIS, epoch),
+                epoch,
+            )
+        )
+    return runs
+
+
+def index_runs(runs: list[RunResult]) -> dict[RowKey, RunResult]:
+    """Table row -> the run trained furthest (then with most seeds)."""
+    best: dict[RowKey, RunResult] = {}
+    for run in runs:
+        old = best.get(run.key)
+        if old is None or (run.trained_epochs, len(run.cfg.seeds)) > (old.trained_epochs, len(old.cfg.seeds)):
+            best[run.key] = run
+    return best
+
+
+SHORT_OF_CONVERGENCE = 1.0  # nats per epoch: still improving faster than this at the last epoch
+
+
+def last_epoch_gain(run: RunResult, column: str = "test_neg_elbo") -> float | None:
+    """How much the seeds' mean test figure fell over the last epoch (None with one epoch)."""
+    by_epoch: dict[int, list[float]] = {}
+    for row in run.rows:
+        by_epoch.setdefault(int(row["epoch"]), []).append(float(row[column]))
+    epochs = sorted(by_epoch)
+    if len(epochs) < 2:
+        return None
+    last, before = by_epoch[epochs[-1]], by_epoch[epochs[-2]]
+    return sum(before) / len(before) - sum(last) / len(last)
+
+
+def short_of_convergence(run: RunResult) -> bool:
+    """True when the run was still improving by more than SHORT_OF_CONVERGENCE nats per epoch at
+    its last epoch, or trained a single epoch (no evidence either way)."""
+    gain = last_epoch_gain(run)
+    return gain is None or gain > SHORT_OF_CONVERGENCE

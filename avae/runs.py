@@ -1,0 +1,139 @@
+"""A run directory and its files, one home for their names and formats.
+
+config.json              what the run is (configuration, versions, data checksums, command)
+metrics.csv              one row per epoch and member
+checkpoint.safetensors   weights, optimiser moments, RNG streams (`avae.checkpoint`)
+eval.json                figures of `avae evaluate` (`avae.evaluate`)
+analysis.json            analyses beyond the paper (`avae.analysis`)
+samples_seed*.png        8x8 sample grids, recon_seed*.png reconstructions
+.lock                    held by the one process that trains into the directory
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avae import data
+from avae.checkpoint import load_checkpoint
+from avae.config import (
+    RESUMABLE_CHANGES,
+    Runtime,
+    TrainConfig,
+    config_dict,
+    config_hash,
+    flatten,
+    make_config,
+    versions,
+)
+from avae.errors import CheckpointError, ConfigError
+from avae.io import read_csv, read_json, remove_stale_temporaries, write_csv
+from avae.models import LatentModel, build_model
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.csv"
+CONFIG = "config.json"
+EVAL = "eval.json"
+ANALYSIS = "analysis.json"
+LOCK = ".lock"
+
+
+def run_dir_name(cfg: TrainConfig) -> str:
+    """The directory name of a run in a reproduction: readable settings, then the config hash."""
+    return f"{cfg.model.name}-{cfg.dataset}-z{cfg.model.latent_dim}-n{cfg.model.noise_dim}-{config_hash(cfg)}"
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_csv(path, list(rows[0]), [list(row.values()) for row in rows])
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return read_csv(path)
+
+
+def run_record(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
+    """What config.json holds: enough to repeat the run exactly."""
+    return {
+        "config": config_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "versions": versions(),
+        "data": {"dataset": cfg.dataset, "md5": data.checksums(cfg.dataset)},
+        "command": sys.argv,
+        "device": runtime.device,
+    }
+
+
+def read_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration recorded in RUN_DIR/config.json."""
+    return make_config(read_json(Path(run_dir) / CONFIG, "run configuration")["config"])
+
+
+def checkpoint_epoch(run_dir: Path) -> int:
+    """The epoch of the run's last checkpoint, 0 when there is none."""
+    if not (run_dir / CHECKPOINT).exists():
+        return 0
+    return int(load_checkpoint(run_dir / CHECKPOINT)[1]["epoch"])
+
+
+def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool):
+    """Refuse to overwrite a finished or running run; return its checkpoint when resuming."""
+    path = out / CHECKPOINT
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
+    if not path.exists():
+        if (out / METRICS).exists() and not resume:
+            raise ConfigError(f"{out} already holds a run; pass --resume or choose another --out")
+        if resume and out.is_dir():
+            remove_stale_temporaries(out, (CHECKPOINT, METRICS, CONFIG))
+        return None
+    if not resume:
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    tensors, meta = load_checkpoint(path)
+    check_resumable(cfg, meta, path)
+    remove_stale_temporaries(out, (CHECKPOINT, METRICS, CONFIG))  # left by a writer killed mid-write
+    return tensors, meta
+
+
+def check_resumable(cfg: TrainConfig, meta: dict[str, Any], path: Path) -> None:
+    saved = flatten(config_dict(make_config(meta["config"])))  # older checkpoints lack newer keys
+    saved["precision"] = meta.get("precision", saved.get("precision", "fp32"))
+    wanted = flatten(config_dict(cfg))
+    differing = [
+        k
+        for k in sorted(set(saved) | set(wanted))
+        if k not in RESUMABLE_CHANGES and saved.get(k) != wanted.get(k)
+    ]
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} there vs {wanted.get(k)!r} here" for k in differing)
+        raise ConfigError(f"cannot resume {path}: it was trained with another configuration ({details})")
+
+
+def load_weights(model: LatentModel, tensors: dict[str, torch.Tensor]) -> None:
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"checkpoint weights do not match the configuration ({first})") from None
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig, LatentModel, dict[str, Any]]:
+    """The configuration, trained model and checkpoint metadata of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a run directory; give the --out of `avae train`")
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+    cfg = make_config({**meta["config"], "precision": meta.get("precision", "fp32")})
+    model = build_model(cfg.model, cfg.seeds)
+    load_weights(model, tensors)
+    return cfg, model.to(device), meta
+
+
+def read_record(run_dir: Path, name: str, epoch: int) -> dict[str, Any]:
+    """eval.json or analysis.json of a run when it belongs to checkpoint `epoch`, else {}."""
+    path = run_dir / name
+    record = read_json(path) if path.exists() else {}
+    return record if record.get("epoch") == epoch else {}

@@ -1,0 +1,204 @@
+"""The generic estimators against exact values: AIS and reverse AIS (Neal 2001; Grosse et al. 2015)
+bracket the exact log p(x) of a linear-Gaussian model, AIS weights with a pilot-fixed step-size
+schedule are unbiased (and those that reuse the pilot's own chains are not), and SIVI's L_K
+(Yin & Zhou 2018) rises towards its closed-form limit, which is below log p(x)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, Normal
+
+from avae import estimators as est
+from avae import objectives as obj
+from avae.nets import MemberRandom
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class LinearGaussian:
+    """p(z) = N(0, I), p(x|z) = N(W z + b, sigma^2 I) per member, with fixed random W and b, so that
+    log p(x) = log N(x; b, W W^T + sigma^2 I) and p(z|x) = N(mu, Sigma) are exact."""
+
+    def __init__(self, members: int, points: int, latent: int, dim: int, sigma: float, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(members, dim, latent, generator=g, dtype=torch.float64)
+        self.b = torch.randn(members, 1, dim, generator=g, dtype=torch.float64)
+        self.sigma = sigma
+        z = torch.randn(members, points, latent, generator=g, dtype=torch.float64)
+        noise = sigma * torch.randn(members, points, dim, generator=g, dtype=torch.float64)
+        self.x = torch.einsum("sdz,sbz->sbd", self.w, z) + self.b + noise
+        cov = self.w @ self.w.transpose(1, 2) + sigma**2 * torch.eye(dim, dtype=torch.float64)
+        self.exact = MultivariateNormal(self.b, cov.unsqueeze(1)).log_prob(self.x)  # [S, B]
+        precision = torch.eye(latent, dtype=torch.float64) + self.w.transpose(1, 2) @ self.w / sigma**2
+        self.post_cov = torch.linalg.inv(precision)  # [S, Z, Z]
+        self.post_loc = torch.einsum("syz,sdz,sbd->sby", self.post_cov, self.w, self.x - self.b) / sigma**2
+
+    def log_lik(self, z: torch.Tensor) -> torch.Tensor:
+        mean = torch.einsum("sdz,nsbz->nsbd", self.w, z) + self.b
+        return Normal(mean, self.sigma).log_prob(self.x).sum(-1)
+
+    def log_joint(self, z: torch.Tensor) -> torch.Tensor:
+        return obj.log_prior(z) + self.log_lik(z)
+
+    def posterior_draws(self, noise: MemberRandom, n: int) -> torch.Tensor:
+        """n exact draws from p(z|x): [n, S, B, Z]."""
+        eps = est.normal_draws(noise, n, *self.post_loc.shape[1:]).double()
+        chol = torch.linalg.cholesky(self.post_cov)
+        return self.post_loc + torch.einsum("syz,nsbz->nsby", chol, eps)
+
+    def prior_draws(self, noise: MemberRandom, n: int) -> torch.Tensor:
+        """n draws from p(z): [n, S, B, Z]."""
+        return est.normal_draws(noise, n, self.x.shape[1], self.w.shape[2]).double()
+
+    def gaussian_elbo(self, mean: torch.Tensor, var: float) -> torch.Tensor:
+        """E_q[log p(x, z) - log q(z)] for q = N(mean, var I), in closed form: [S, B]."""
+        latent, dim = self.w.shape[2], self.w.shape[1]
+        resid = self.x - torch.einsum("sdz,sbz->sbd", self.w, mean) - self.b
+        trace = self.w.pow(2).sum((1, 2)).unsqueeze(1)  # tr(W^T W) per member
+        prior = -0.5 * latent * math.log(2 * math.pi) - 0.5 * (mean.pow(2).sum(-1) + latent * var)
+        lik = -0.5 * dim * math.log(2 * math.pi * self.sigma**2)
+        lik = lik - (resid.pow(2).sum(-1) + var * trace) / (2 * self.sigma**2)
+        entropy = 0.5 * latent * math.log(2 * math.pi * math.e * var)
+        return prior + lik + entropy
+
+
+def ais_errors(lg: LinearGaussian, steps: int, chains: int, hmc: est.HMCSettings, seed: int):
+    """Forward AIS from the prior and reverse AIS from exact posterior draws, each with its default
+    pilot run: their errors against the exact log p(x), [S, B] each."""
+    betas = obj.sigmoid_schedule(steps)
+    members = lg.x.shape[0]
+    noise = MemberRandom(range(seed, seed + members), "ais")
+    log_w, _ = est.ais(obj.log_prior, lg.log_lik, lg.prior_draws(noise, chains), betas, noise, hmc)
+    forward = est.ais_log_marginal(log_w) - lg.exact
+    z_post = lg.posterior_draws(MemberRandom(range(seed, seed + members), "posterior"), chains)
+    log_w, _ = est.ais(obj.log_prior, lg.log_lik, z_post, betas.flip(0), noise, hmc)
+    return forward, est.reverse_ais_log_marginal(log_w) - lg.exact
+
+
+def test_ais_and_reverse_ais_bracket_the_exact_log_marginal():
+    lg = LinearGaussian(members=2, points=8, latent=10, dim=50, sigma=2.0)
+    hmc = est.HMCSettings(leapfrog=5)
+    short_forward, short_reverse = (float(e.mean()) for e in ais_errors(lg, 50, 8, hmc, seed=0))
+    forward, reverse = (float(e.mean()) for e in ais_errors(lg, 1000, 8, hmc, seed=0))
+    # with 50 steps the bracket is wide: forward far below, reverse above
+    assert short_forward < -1 and short_reverse > 0.5, (short_forward, short_reverse)
+    assert short_reverse - short_forward > 2, (short_forward, short_reverse)
+    # with 1,000 it is tight (means over 16 points; one point's error has sd ~0.5 with 8 chains)
+    assert forward < 0.3 and reverse > -0.3, (forward, reverse)
+    assert -0.3 < reverse - forward < 1.0, (forward, reverse)
+
+
+def unbiasedness_ratios(runs: int, reuse_pilot: bool) -> torch.Tensor:
+    """exp(log w - log p(x)) of `runs` independent one-chain AIS runs on one point (2-d latent, 20
+    steps, a strongly adapting pilot per run). With `reuse_pilot` the counted chain is the pilot's
+    own chain (same start, same draws): the adaptive scheme, whose step depends on its history."""
+    lg = LinearGaussian(members=1, points=1, latent=2, dim=5, sigma=1.0)
+    lg.x, lg.exact = lg.x.expand(1, runs, -1), lg.exact.expand(1, runs)
+    noise = MemberRandom([0], "unbiased")
+    betas = obj.sigmoid_schedule(20)
+    hmc = est.HMCSettings(leapfrog=5, step_size=0.5, adapt=0.2)
+    z0 = lg.prior_draws(noise, 1)
+    start = noise.get_state()
+    schedule = est.pilot_step_sizes(obj.log_prior, lg.log_lik, z0, betas, noise, hmc)
+    if reuse_pilot:
+        noise.set_state(start)
+    else:
+        z0 = lg.prior_draws(noise, 1)
+    log_w, _ = est.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc, step_sizes=schedule)
+    return (log_w - lg.exact).exp().flatten()
+
+
+def test_ais_weights_with_a_pilot_fixed_schedule_are_unbiased():
+    runs = 16000
+    fresh = unbiasedness_ratios(runs, reuse_pilot=False)
+    mean, se = float(fresh.mean()), float(fresh.std()) / math.sqrt(runs)
+    assert se < 0.015, se  # enough power to see a bias of a few percent
+    assert abs(mean - 1) < 4 * se, (mean, se)
+    # the test can fail: counting the adapting chains themselves biases the weights upwards
+    adaptive = unbiasedness_ratios(runs, reuse_pilot=True)
+    mean_a, se_a = float(adaptive.mean()), float(adaptive.std()) / math.sqrt(runs)
+    assert mean_a - 1 > 4 * se_a, (mean_a, se_a)
+
+
+def test_pilot_adapts_and_a_given_schedule_is_used_unchanged(monkeypatch):
+    lg = LinearGaussian(members=2, points=3, latent=2, dim=5, sigma=1.0)
+    betas = obj.sigmoid_schedule(30)
+    hmc = est.HMCSettings(leapfrog=3, step_size=0.05, pilot_chains=2)
+    noise = MemberRandom([0, 1], "schedule")
+    z0 = lg.prior_draws(noise, 4)
+    pilot = est.pilot_step_sizes(obj.log_prior, lg.log_lik, z0[:2], betas, noise, hmc)
+    assert pilot.shape == (30, 2, 3)
+    assert bool((pilot[0] == hmc.step_size).all())
+    assert bool((pilot[-1] > 1.5 * hmc.step_size).all())  # 0.05 is too small: acceptance ~1, so it grows
+
+    schedule = 0.1 + 0.2 * torch.rand(30, 2, 3, generator=torch.Generator().manual_seed(0))
+    used = []
+
+    def recording(*args, **kwargs):
+        used.append(args[5].clone())  # the step argument
+        return transition(*args, **kwargs)
+
+    transition = est.hmc_transition
+    monkeypatch.setattr(est, "hmc_transition", recording)
+    _, info = est.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc, step_sizes=schedule)
+    torch.testing.assert_close(torch.stack(used), schedule, rtol=0, atol=0)
+    assert info["final_step_size_median"] == pytest.approx(float(schedule[-1].median()))
+    with pytest.raises(ValueError, match="one row per transition"):
+        est.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc, step_sizes=schedule[:-1])
+
+
+def test_default_pilot_starts_from_the_first_chains_with_its_own_draws():
+    lg = LinearGaussian(members=2, points=3, latent=2, dim=5, sigma=1.0)
+    betas = obj.sigmoid_schedule(10)
+    hmc = est.HMCSettings(leapfrog=3, pilot_chains=2)
+    z0 = lg.prior_draws(MemberRandom([0, 1], "start"), 5)
+    log_w, info = est.ais(obj.log_prior, lg.log_lik, z0, betas, MemberRandom([0, 1], "run"), hmc)
+    noise = MemberRandom([0, 1], "run")
+    schedule = est.pilot_step_sizes(obj.log_prior, lg.log_lik, z0[:2], betas, noise, hmc)
+    expected, _ = est.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc, step_sizes=schedule)
+    torch.testing.assert_close(log_w, expected, rtol=0, atol=0)
+    assert info["final_step_size_median"] == pytest.approx(float(schedule[-1].median()))
+
+
+def test_sivi_rises_towards_the_elbo_of_its_exact_marginal():
+    """q(z|x, eps) = N(m + a eps, s^2 I), eps ~ N(0, I): the marginal q(z|x) = N(m, (a^2 + s^2) I)
+    is exact, so L_K's limit E_q[log p(x, z) - log q(z|x)] has a closed form, KL(q || p(z|x))
+    below log p(x)."""
+    lg = LinearGaussian(members=1, points=8, latent=2, dim=5, sigma=1.0)
+    a, s, samples = 0.3, 0.3, 1000
+    limit = lg.gaussian_elbo(lg.post_loc, a * a + s * s)
+    assert float((lg.exact - limit).mean()) > 0.1  # q's marginal is not the posterior
+    bounds = {}
+    for k in (1, 10, 100, 1000):
+        noise = MemberRandom([0], "sivi-own")  # the same own draws for every K: only the mixture differs
+        own = Normal(lg.post_loc + a * est.normal_draws(noise, samples, 8, 2).double(), s)
+        extra_eps = est.normal_draws(MemberRandom([0], "sivi-extra"), k, 8, 2).double()
+        extra = Normal(lg.post_loc + a * extra_eps, s)
+        bounds[k] = float((est.sivi(lg.log_joint, own, extra, noise) - limit).mean())
+    assert bounds[1] < -0.25, bounds  # far below with one extra component
+    assert bounds[1] < bounds[10] < bounds[100] < bounds[1000] + 0.01, bounds
+    assert abs(bounds[1000]) < 0.03, bounds
+    gap = float((lg.exact - limit).mean())
+    assert all(b < gap - 0.05 for b in bounds.values()), (bounds, gap)
+
+
+def test_iwae_converges_to_the_exact_log_marginal_from_below():
+    lg = LinearGaussian(members=2, points=8, latent=3, dim=12, sigma=0.5)
+    # deliberately imperfect: shifted mean, too wide, and diagonal where the posterior is not
+    scale = torch.diagonal(lg.post_cov, dim1=-2, dim2=-1).sqrt().unsqueeze(1).expand_as(lg.post_loc)
+    q = Normal(lg.post_loc + 0.3, 1.5 * scale)
+    bounds = est.iwae(
+        lg.log_joint,
+        est.gaussian_sampler(q, MemberRandom([0, 1], "test")),
+        est.gaussian_log_density(q),
+        (1, 10, 100, 1000),
+        chunk=500,
+    )
+    errors = {k: float((v - lg.exact).mean()) for k, v in bounds.items()}
+    assert errors[1] < -1.0  # the ELBO is well below log p(x)
+    assert errors[1] < errors[10] < errors[100] + 0.05
+    for k, tolerance in ((10, 3.0), (100, 0.3), (1000, 0.12)):
+        assert abs(errors[k]) < tolerance, (k, errors)
