@@ -12,7 +12,8 @@ TORCH_VERSION ?= 2.13.0
 $(BIN)/avae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, at the pinned version: any other request may pull several GB of CUDA wheels
+	# torch first, at a pinned version, so that avae's own `torch>=2.4` installs nothing more; which
+	# build this gets (CPU or CUDA) depends on the index pip uses: see the README's "Installing torch"
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(BIN)/avae

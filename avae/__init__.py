@@ -1,3 +1,38 @@
-"""avae: adversarial variational autoencoders (AVAE, VAE, VAE+eps, AVB) with honest evaluation."""
+"""avae: adversarial variational autoencoders (VAE, VAE+eps, AVB, AVB-AC, AVAE) with honest
+evaluation. The command line is `avae --help`; from Python:
 
-__version__ = "0.1.0"
+- `make_config(settings)` -> `TrainConfig`; `fit(cfg, out, runtime=Runtime(...))` trains it (the
+  function `avae train` runs, `avae.train.train`);
+- `load(run_dir)` -> `TrainedModel`: encode, decode, reconstruct, sample, score (ELBO, IWAE, AIS);
+- `evaluate_run(run_dir, metrics=..., settings=EvalSettings(...))` writes eval.json;
+- `run_profile(profile, out)` runs a profile of the paper's experiments (`PROFILES`), as
+  `avae reproduce` does (`avae.reproduce.reproduce`);
+- `MODELS` is the registry and `register` adds a model (a `LatentModel` subclass).
+"""
+
+from avae.api import TrainedModel, load
+from avae.config import Runtime, TrainConfig, make_config
+from avae.evaluate import EvalSettings, evaluate_run
+from avae.models import MODELS, LatentModel, ModelConfig, register
+from avae.plan import PROFILES
+from avae.reproduce import reproduce as run_profile
+from avae.train import train as fit
+from avae.version import __version__
+
+__all__ = [
+    "EvalSettings",
+    "LatentModel",
+    "MODELS",
+    "ModelConfig",
+    "PROFILES",
+    "Runtime",
+    "TrainConfig",
+    "TrainedModel",
+    "__version__",
+    "evaluate_run",
+    "load",
+    "make_config",
+    "fit",
+    "register",
+    "run_profile",
+]

@@ -157,67 +157,69 @@ def mmd_to_prior(z: np.ndarray, rng: np.random.Generator, limit: int = 2000) -> 
     return float((kzz * off).sum() / (n * (n - 1)) + (kpp * off).sum() / (n * (n - 1)) - 2 * kzp.mean())
 
 
+DEFINITIONS = {
+    "kl_fitted_gaussian": "KL(N(mean, cov) fitted to one z ~ q(z|x) per test image || N(0, I))",
+    "mmd": "unbiased MMD^2 to N(0, I), inverse multiquadratic kernel, C = 2 * latent_dim",
+    "active_units": "units u with Cov_x(E_q[z_u|x]) > 0.01 (Burda et al. 2016); E_q over 10 draws",
+    "frechet_distance": "Frechet distance, decoder-mean samples vs test images, classifier features",
+    "reference_frechet_distance": "the same distance between training and test images",
+}
+
+
 def analyse_run(
     run_dir: str | Path,
     *,
-    classifier: str | Path,
+    classifier: str | Path | None,
     samples: int = 1000,
     runtime: Runtime | None = None,
 ) -> dict[str, Any]:
     """Beyond the paper, per member: KL of a Gaussian fitted to q(z) to p(z), MMD(q(z), p(z)), active
-    units, and the Frechet distance of samples to test images on the classifier's features. Writes
-    RUN_DIR/analysis.json and a reconstruction grid RUN_DIR/recon_seed{seed}.png (first member)."""
+    units, and (with a classifier; the user's own data has none) the Frechet distance of samples to
+    test images on the classifier's features. Writes RUN_DIR/analysis.json and a reconstruction grid
+    RUN_DIR/recon_seed{seed}.png (first member)."""
     runtime = runtime or Runtime()
-    device, data_dir, run_dir = runtime.device, runtime.data_dir, Path(run_dir)
+    device, run_dir = runtime.device, Path(run_dir)
     cfg, model, meta = load_run(run_dir, device)
     model.requires_grad_(False).eval()
-    net, net_meta = load_classifier(classifier, device)
-    test_x = data.load_pixels(cfg.dataset, "test", cfg.pixels, data_dir)[:samples].to(device)
-    train_x = data.load_pixels(cfg.dataset, "train", cfg.pixels, data_dir)[-len(test_x) :].to(device)
-    n, members = len(test_x), len(cfg.seeds)
+    own = {"test_data": cfg.test_data, "test_fraction": cfg.test_fraction}
+    test_x = data.load_pixels(cfg.dataset, "test", cfg.pixels, runtime.data_dir, **own)[:samples].to(device)
     rng = MemberRandom(cfg.seeds, "extras", device)
     with torch.no_grad():
-        x = test_x.unsqueeze(0).expand(members, -1, -1)
+        x = test_x.unsqueeze(0).expand(len(cfg.seeds), -1, -1)
         z = model.encode(x, rng)
         z_mean = sum(model.code_location(x, rng) for _ in range(10)) / 10
         recon = model.decoder_mean(z[:, :32]).float()
-        generated = model.sample(n, MemberRandom(cfg.seeds, "extras-samples", device)).float()
-        test_features = classifier_features(net, test_x)
-        reference = frechet_distance(classifier_features(net, train_x), test_features)
-        per_member = []
-        np_rng = np.random.default_rng(0)
-        for m, seed in enumerate(cfg.seeds):
-            zm = z[m].double().cpu().numpy()
-            activity = z_mean[m].double().var(0).cpu().numpy()
-            per_member.append(
-                {
-                    "seed": seed,
-                    "kl_fitted_gaussian": gaussian_fit_kl(zm),
-                    "mmd": mmd_to_prior(zm, np_rng),
-                    "active_units": int((activity > 0.01).sum()),
-                    "frechet_distance": frechet_distance(
-                        classifier_features(net, generated[m]), test_features
-                    ),
-                }
-            )
-    pairs = torch.stack([test_x[:32], recon[0]], 1).reshape(64, -1)  # original, reconstruction, ...
+    np_rng = np.random.default_rng(0)
+    per_member = [
+        {
+            "seed": seed,
+            "kl_fitted_gaussian": gaussian_fit_kl(z[m].double().cpu().numpy()),
+            "mmd": mmd_to_prior(z[m].double().cpu().numpy(), np_rng),
+            "active_units": int((z_mean[m].double().var(0).cpu().numpy() > 0.01).sum()),
+        }
+        for m, seed in enumerate(cfg.seeds)
+    ]
+    record = {"epoch": meta["epoch"], "points": len(test_x), "latent_dim": cfg.model.latent_dim}
+    if classifier is not None:
+        record.update(sample_quality(model, cfg, test_x, Path(classifier), per_member, runtime))
+    pairs = torch.stack([test_x[:32], recon[0]], 1).reshape(-1, test_x.shape[1])  # original, reconstruction
     save_image_grid(pairs.cpu().numpy(), run_dir / f"recon_seed{cfg.seeds[0]}.png")
-    record = {
-        "epoch": meta["epoch"],
-        "points": n,
-        "latent_dim": cfg.model.latent_dim,
-        "classifier": {
-            k: net_meta.get(k) for k in ("architecture", "epochs", "train_images", "test_accuracy")
-        },
-        "reference_frechet_distance": reference,
-        "per_member": per_member,
-        "definitions": {
-            "kl_fitted_gaussian": "KL(N(mean, cov) fitted to one z ~ q(z|x) per test image || N(0, I))",
-            "mmd": "unbiased MMD^2 to N(0, I), inverse multiquadratic kernel, C = 2 * latent_dim",
-            "active_units": "units u with Cov_x(E_q[z_u|x]) > 0.01 (Burda et al. 2016); E_q over 10 draws",
-            "frechet_distance": "Frechet distance, decoder-mean samples vs test images, classifier features",
-            "reference_frechet_distance": "the same distance between training and test images",
-        },
-    }
+    record.update(per_member=per_member, definitions=DEFINITIONS)
     write_json(run_dir / ANALYSIS, record)
     return record
+
+
+def sample_quality(model, cfg, test_x: torch.Tensor, classifier: Path, per_member, runtime: Runtime) -> dict:
+    """Each member's Frechet distance of samples to the test images (added to `per_member`), and the
+    reference distance between as many training and test images."""
+    device = test_x.device
+    net, net_meta = load_classifier(classifier, device)
+    train_x = data.load_pixels(cfg.dataset, "train", cfg.pixels, runtime.data_dir)[-len(test_x) :].to(device)
+    with torch.no_grad():
+        generated = model.sample(len(test_x), MemberRandom(cfg.seeds, "extras-samples", device)).float()
+        test_features = classifier_features(net, test_x)
+        for m, row in enumerate(per_member):
+            row["frechet_distance"] = frechet_distance(classifier_features(net, generated[m]), test_features)
+        reference = frechet_distance(classifier_features(net, train_x), test_features)
+    keys = ("architecture", "epochs", "train_images", "test_accuracy")
+    return {"classifier": {k: net_meta.get(k) for k in keys}, "reference_frechet_distance": reference}

@@ -12,7 +12,7 @@ from avae import stats
 from avae.figures import format_table
 from avae.io import write_csv
 from avae.models import row_label
-from avae.paper import CLAIMS, DATASET_LABELS, Claim, RowKey, claim_families
+from avae.paper import CLAIMS, Claim, RowKey, claim_families, dataset_label
 from avae.results import RunResult, short_of_convergence
 
 METHOD = (
@@ -66,7 +66,7 @@ def family_rows(
     for (better, worse), test, p_adj, h, h_adj in zip(
         comparisons, tests, adjusted, honest, honest_adjusted, strict=True
     ):
-        label = [DATASET_LABELS[better[0]], f"{key_label(better)} < {key_label(worse)}"]
+        label = [dataset_label(better[0]), f"{key_label(better)} < {key_label(worse)}"]
         if test is None:
             rows.append([*label, "missing run", *["-"] * 6])
             outcomes.append("missing")

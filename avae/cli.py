@@ -16,14 +16,15 @@ from avae.analysis import analyse_run, classifier_path, ensure_classifier
 from avae.bench import cmd_bench
 from avae.config import MODEL_KEYS, PRESETS, TRAIN_KEYS, Runtime, flatten, make_config
 from avae.errors import AvaeError, ConfigError
-from avae.evaluate import EvalSettings, evaluate_run, parse_metrics
+from avae.evaluate import EvalSettings, evaluate_run, metric_seconds, parse_metrics
 from avae.figures import format_table, save_image_grid
 from avae.models import ADV_UPDATES, MODELS
 from avae.nets import MemberRandom
 from avae.plan import PROFILES
 from avae.report import write_report
-from avae.reproduce import reproduce
-from avae.runs import load_run
+from avae.reproduce import EXECUTORS, reproduce
+from avae.runs import load_run, read_config, resume_config
+from avae.sweep import sweep
 from avae.train import train
 
 try:
@@ -75,7 +76,21 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--model", {"help": f"{' | '.join(MODELS)} (default vae)"}),
-    ("--dataset", {"help": "mnist | fashion-mnist (default mnist)"}),
+    (
+        "--dataset",
+        {
+            "help": "mnist | fashion-mnist (default mnist), or your own data: a .npy/.npz file of values in "
+            "[0, 1] or a folder of PNG/JPEG images (see the README)"
+        },
+    ),
+    ("--test-data", {"help": "your own data: a file of test examples (default: its 'test' array)"}),
+    (
+        "--test-fraction",
+        {
+            "type": float,
+            "help": "your own data without test examples: the last fraction held out (default 0.1)",
+        },
+    ),
     ("--pixels", {"help": "continuous (pixel/255, the paper's; default) | binarized (dynamic)"}),
     ("--likelihood", {"help": "decoder: bernoulli (the paper's; default) | continuous-bernoulli"}),
     ("--latent-dim", {"type": int, "help": "latent dimension (paper: 10, 15, 20; default 10)"}),
@@ -185,6 +200,31 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
 
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """Where the configurations run: --jobs, --executor, --address."""
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="configurations run at a time: parallel processes (local), or the size of the local Ray "
+        "cluster and, on CUDA, runs sharing each GPU (ray) (default 1)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local (default): this machine; ray: each configuration, all its seeds as members, is one "
+        "Ray task declaring --threads CPUs (at least 1) and 1/--jobs of a GPU on CUDA (needs "
+        "pip install 'avae[ray]')",
+    )
+    parser.add_argument(
+        "--address",
+        help="with --executor ray: the running cluster to use (HEAD_IP:6379, auto or ray://HEAD_IP:10001); "
+        "default: start a local Ray cluster. --out must then be a directory every node reaches at the "
+        "same path (a shared file system with working file locks)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="avae",
@@ -204,7 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kwargs in TRAIN_OPTIONS:
         train.add_argument(flag, **kwargs)
     train.add_argument("--out", required=True, help="run directory (metrics, checkpoint, samples)")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with the settings of its config.json; only --epochs, --lr, "
+        "--disc-lr and --adv-lr may be given to change them",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--compile", action="store_true", help="torch.compile the networks (see BENCH.md)")
     add_runtime_options(train)
@@ -268,16 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--profile",
         default="quick",
-        help=" | ".join(PROFILES)
-        + " (default quick): "
-        + "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()),
+        help="; ".join(
+            f"{p.name}: {p.description}" + (f" (measured: {p.measured})" if p.measured else "")
+            for p in PROFILES.values()
+        )
+        + ". Default quick. `--dry-run` estimates the time of any profile on this machine.",
     )
     reproduce.add_argument(
-        "--out", default="runs/reproduce", help="output directory (default runs/reproduce)"
+        "--out",
+        default="runs/reproduce",
+        help="output directory (default runs/reproduce); with --executor ray on several nodes, a "
+        "directory every node reaches at the same path",
     )
-    reproduce.add_argument(
-        "--jobs", type=int, default=1, help="configurations trained in parallel processes (default 1)"
-    )
+    add_executor_options(reproduce)
     reproduce.add_argument(
         "--dry-run", action="store_true", help="list the runs with an estimated time each; train nothing"
     )
@@ -289,6 +337,44 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_runtime_options(reproduce)
     reproduce.set_defaults(func=cmd_reproduce)
+
+    sweep_cmd = commands.add_parser(
+        "sweep",
+        help="train and evaluate every point of a grid of settings",
+        description="Train every point of the Cartesian product of --grid over the settings given as for "
+        "`avae train` (one configuration, all its seeds as members, per task; local or Ray executor), "
+        "evaluate each one's own figure (and --metrics), and write OUT/sweep.json with every point, its "
+        "run directory and its final test figures. Runs are named and reused as by `avae reproduce`: "
+        "a finished run is reused and an unfinished one resumes.",
+    )
+    sweep_cmd.add_argument("--preset", help="a named configuration (overridden by the rest)")
+    sweep_cmd.add_argument("--config", help="TOML or JSON file of settings (underscored option names)")
+    for flag, kwargs in TRAIN_OPTIONS:
+        sweep_cmd.add_argument(flag, **kwargs)
+    sweep_cmd.add_argument(
+        "--grid",
+        nargs="+",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="settings to vary, e.g. adv_weight=0.01,0.1,1 critic_input=xz,z (names of the options above, "
+        "with underscores; a list setting separates its items by /, e.g. hidden=256/64/32,200/200)",
+    )
+    sweep_cmd.add_argument(
+        "--metrics",
+        default="elbo",
+        help="comma-separated, as for `avae evaluate` at its default settings on the run's test points "
+        "(default elbo: the model's own figure)",
+    )
+    sweep_cmd.add_argument(
+        "--out",
+        required=True,
+        help="output directory (one run directory per configuration, sweep.json); with --executor ray on "
+        "several nodes, a directory every node reaches at the same path",
+    )
+    add_executor_options(sweep_cmd)
+    sweep_cmd.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_runtime_options(sweep_cmd)
+    sweep_cmd.set_defaults(func=cmd_sweep)
 
     report = commands.add_parser(
         "report",
@@ -376,7 +462,9 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    out = train(make_config(train_overrides(args)), args.out, resume=args.resume, runtime=runtime_of(args))
+    given = train_overrides(args)
+    cfg = resume_config(Path(args.out), given) if args.resume else make_config(given)
+    out = train(cfg, args.out, resume=args.resume, runtime=runtime_of(args))
     print(f"run written to {out}")
     return 0
 
@@ -388,9 +476,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:
             given[key] = getattr(args, key)
-    result = evaluate_run(
-        args.run_dir, metrics=metrics, settings=EvalSettings(**given), runtime=runtime_of(args)
-    )
+    settings, runtime = EvalSettings(**given), runtime_of(args)
+    announce_evaluation(Path(args.run_dir), metrics, settings, runtime)
+    result = evaluate_run(args.run_dir, metrics=metrics, settings=settings, runtime=runtime)
     print(
         f"{result['model']} on {result['dataset']} ({result['pixels']} pixels, {result['likelihood']} "
         f"decoder), epoch {result['epoch']}; negative log p(x)-type figures in nats, lower is better"
@@ -419,6 +507,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(note)
     print(f"written to {Path(args.run_dir) / 'eval.json'}")
     return 0
+
+
+def announce_evaluation(run_dir: Path, metrics, settings: EvalSettings, runtime: Runtime) -> None:
+    """One line with the cost model's estimate before an evaluation starts; past about 10 minutes,
+    a second line with the --subset that would take about a minute."""
+    if not (run_dir / "config.json").is_file():
+        return  # evaluate_run says what is wrong with the directory
+    cfg = read_config(run_dir)
+    points, members = cfg.test_subset or 10000, len(cfg.seeds)
+    seconds = sum(metric_seconds(m, settings, points, members, runtime.device) for m in metrics)
+    used = min(points, settings.subset) if settings.subset else points
+    print(
+        f"avae evaluate: {', '.join(metrics)} on {used} test points x {members} members: "
+        f"about {seconds / 60:.1f} min on {runtime.device} (estimate)",
+        flush=True,
+    )
+    if seconds > 600:
+        subset = max(1, int(used * 60 / seconds))
+        print(f"avae evaluate: that is long; --subset {subset} would take about a minute", flush=True)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -459,13 +566,32 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    # a dry run estimates for any device; Ray's workers, not this driver, need the GPU
+    check_device = not args.dry_run and args.executor == "local"
     reproduce(
         args.profile,
         args.out,
-        runtime=runtime_of(args, check_device=not args.dry_run),  # a dry run estimates for any device
+        runtime=runtime_of(args, check_device=check_device),
         jobs=args.jobs,
         dry_run=args.dry_run,
         tensorboard=args.tensorboard,
+        executor=args.executor,
+        address=args.address,
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`avae sweep`: the train options are the settings every point shares, --grid what varies."""
+    sweep(
+        train_overrides(args),
+        args.grid,
+        args.out,
+        metrics=args.metrics,
+        runtime=runtime_of(args, check_device=args.executor == "local"),
+        jobs=args.jobs,
+        executor=args.executor,
+        address=args.address,
     )
     return 0
 
@@ -474,11 +600,13 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     runtime = runtime_of(args)
     run_dir = Path(args.run_dir)
     cfg, _, _ = load_run(run_dir)
-    if args.classifiers:
-        path = Path(args.classifiers) / f"{cfg.dataset}.safetensors"
-    else:
-        path = classifier_path(run_dir.resolve().parent, cfg.dataset)
-    classifier = ensure_classifier(path, cfg.dataset, epochs=args.classifier_epochs, runtime=runtime)
+    classifier = None  # the user's own data has no labels, so no classifier features
+    if cfg.dataset in data.DATASETS:
+        if args.classifiers:
+            path = Path(args.classifiers) / f"{cfg.dataset}.safetensors"
+        else:
+            path = classifier_path(run_dir.resolve().parent, cfg.dataset)
+        classifier = ensure_classifier(path, cfg.dataset, epochs=args.classifier_epochs, runtime=runtime)
     analyse_run(run_dir, classifier=classifier, samples=args.samples, runtime=runtime)
     print(f"written to {run_dir / 'analysis.json'}")
     return 0

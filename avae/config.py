@@ -18,10 +18,10 @@ from typing import Any
 import numpy
 import torch
 
-import avae
-from avae import data
+from avae import data, userdata
 from avae.errors import ConfigError
 from avae.models import MODELS, ModelConfig, default_noise_dim
+from avae.version import __version__
 
 # Settings that may change when a run is resumed (e.g. a lower learning rate after divergence).
 RESUMABLE_CHANGES = ("epochs", "lr", "disc_lr", "adv_lr")
@@ -58,12 +58,19 @@ class TrainConfig:
     seeds: tuple[int, ...] = (0,)
     train_subset: int = 0  # use only the first N training images (0: all); for tests and smoke runs
     test_subset: int = 0  # evaluate on the first N test images (0: all 10,000)
+    test_data: str = ""  # the user's data: a file of test examples (else its own "test" array)
+    test_fraction: float = 0.1  # the user's data without test examples: the last fraction held out
     holdout: int = 0  # last N training images held out for validation (0: none)
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if self.dataset not in data.DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.DATASETS)}")
+        if self.dataset not in data.DATASETS and not userdata.is_user_data(self.dataset):
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.DATASETS)}, or give a "
+                ".npy/.npz file or a folder of images"
+            )
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if self.pixels not in data.PIXEL_MODES:
             raise ConfigError(
                 f"unknown pixel mode {self.pixels!r}; choose one of {', '.join(data.PIXEL_MODES)}"
@@ -91,7 +98,14 @@ TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"model"}
 # Settings added after runs were already published, with the value that reproduces the earlier
 # behaviour. At that value a setting is left out of the hash, so those runs keep their identity, and
 # a config.json written before the setting existed is read with that value.
-HASH_NEUTRAL: dict[str, Any] = {"precision": "fp32", "adv_update": "separate", "holdout": 0, "ac_samples": 8}
+HASH_NEUTRAL: dict[str, Any] = {
+    "precision": "fp32",
+    "adv_update": "separate",
+    "holdout": 0,
+    "ac_samples": 8,
+    "test_data": "",
+    "test_fraction": 0.1,
+}
 
 # Named configurations (`avae train --preset NAME`): flat settings for `make_config`; options given
 # on the command line or in --config override them.
@@ -131,6 +145,9 @@ def make_config(overrides: dict[str, Any]) -> TrainConfig:
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     model_args = {"name": name, "noise_dim": default_noise_dim(name)}
+    dataset = flat.get("dataset", "mnist")
+    if isinstance(dataset, str) and userdata.is_user_data(dataset) and "data_dim" not in flat:
+        model_args["data_dim"] = data.width(dataset)  # the networks take their width from the data
     model_args.update({k: v for k, v in flat.items() if k in MODEL_KEYS})
     train_args = {**MODELS[name].train_defaults}
     train_args.update({k: v for k, v in flat.items() if k in TRAIN_KEYS})
@@ -196,7 +213,7 @@ def config_hash(cfg: TrainConfig) -> str:
 
 def versions() -> dict[str, str]:
     return {
-        "avae": avae.__version__,
+        "avae": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "python": sys.version.split()[0],

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avae import sources
+from avae import sources, userdata
 from avae.errors import DataError
 from avae.sources import ENV_VAR, Log
 
@@ -146,8 +146,11 @@ def fetch(dataset: str, data_dir: str | Path | None = None, *, log: Log = print)
     return sources.fetch_files(dataset, root, folder, {name: MD5[dataset][name] for name in FILES}, log)
 
 
-def checksums(dataset: str) -> dict[str, str]:
-    """The MD5 of each decompressed file of `dataset` (what a run records)."""
+def checksums(dataset: str, test_data: str = "") -> dict[str, str]:
+    """The MD5 of each decompressed file of `dataset`, or of each file of the user's data and of
+    `test_data` (what a run records)."""
+    if userdata.is_user_data(dataset):
+        return {**userdata.checksums(dataset), **(userdata.checksums(test_data) if test_data else {})}
     _choice(dataset, DATASETS, "dataset")
     return dict(MD5[dataset])
 
@@ -249,22 +252,45 @@ def load_split(dataset: str, split: str, data_dir: str | Path | None = None) -> 
 
 
 def load_pixels(
-    dataset: str, split: str, mode: str, data_dir: str | Path | None = None, *, test_seed: int = 0
+    dataset: str,
+    split: str,
+    mode: str,
+    data_dir: str | Path | None = None,
+    *,
+    test_seed: int = 0,
+    test_data: str = "",
+    test_fraction: float = 0.1,
 ) -> torch.Tensor:
-    """Pixels float32 [N, 784] for `mode`.
+    """Pixels float32 [N, D] for `mode`, of a registered data set or of the user's own
+    (`avae.userdata`: `dataset` a file or folder, with `test_data` / `test_fraction`).
 
-    ``continuous``: pixel / 255. ``binarized``: the training split also returns pixel / 255 (the
-    training loop draws a fresh binarisation per batch with `binarize`); the test split is one fixed
-    Bernoulli draw from a generator seeded with `test_seed`, identical on every call.
+    ``continuous``: values as they are (pixel / 255). ``binarized``: the training split also returns
+    them as they are (the training loop draws a fresh binarisation per batch with `binarize`); the
+    test split is one fixed Bernoulli draw from a generator seeded with `test_seed`, identical on
+    every call.
     """
-    _choice(dataset, DATASETS, "dataset")
     _choice(split, SPLITS, "split")
     _choice(mode, PIXEL_MODES, "pixel mode")
-    images, _ = load_split(dataset, split, data_dir)
-    probs = torch.from_numpy(images).to(torch.float32).div_(255.0)
+    if userdata.is_user_data(dataset):
+        train, test = userdata.splits(dataset, test_data, test_fraction)
+        probs = torch.from_numpy(train if split == "train" else test)
+    else:
+        _choice(dataset, DATASETS, "dataset")
+        images, _ = load_split(dataset, split, data_dir)
+        probs = torch.from_numpy(images).to(torch.float32).div_(255.0)
     if mode == "binarized" and split == "test":
         return torch.bernoulli(probs, generator=torch.Generator().manual_seed(test_seed))
     return probs
+
+
+def width(dataset: str) -> int:
+    """Values per example: 784 for MNIST and Fashion-MNIST, else the user data's."""
+    return userdata.width(dataset) if userdata.is_user_data(dataset) else IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+
+
+def label(dataset: str) -> str:
+    """A short name for tables and run directories."""
+    return userdata.label(dataset) if userdata.is_user_data(dataset) else dataset
 
 
 def binarize(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

@@ -5,6 +5,7 @@ this module changes no global plotting state."""
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,24 @@ from avae.models import LatentModel
 from avae.nets import MemberRandom
 
 
-def image_grid(images: np.ndarray, rows: int = 8, side: int = 28, pad: int = 2) -> np.ndarray:
-    """Tile `images` [n, side*side] with values in [0, 1] into one array, `rows` per column."""
+def image_shape(width: int) -> tuple[int, int]:
+    """(height, width) to draw a vector of `width` values: square when it can be, else the most
+    nearly square factorisation (a 50-vector is drawn 5 x 10)."""
+    height = max(h for h in range(1, math.isqrt(width) + 1) if width % h == 0)
+    return height, width // height
+
+
+def image_grid(images: np.ndarray, rows: int = 8, pad: int = 2) -> np.ndarray:
+    """Tile `images` [n, D] with values in [0, 1] into one array, `rows` per column; each image is
+    drawn `image_shape(D)` (28 x 28 for MNIST)."""
     n = len(images)
     cols = -(-n // rows)
-    grid = np.ones((rows * (side + pad) + pad, cols * (side + pad) + pad), dtype=np.float32)
+    height, width = image_shape(images.shape[1])
+    grid = np.ones((rows * (height + pad) + pad, cols * (width + pad) + pad), dtype=np.float32)
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        top, left = pad + r * (side + pad), pad + c * (side + pad)
-        grid[top : top + side, left : left + side] = image.reshape(side, side)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        grid[top : top + height, left : left + width] = image.reshape(height, width)
     return grid
 
 

@@ -295,7 +295,8 @@ class GaussianEncoderModel(LatentModel):
     def posteriors(self, x: torch.Tensor, noise: MemberRandom, count: int) -> Normal:
         """q(z|x, eps1^(j)) for `count` independent eps1 draws per point: [count, S, B, Z] (SIVI)."""
         q = self.posterior(repeat_points(x, count), noise)
-        return Normal(split_draws(q.loc, count).movedim(1, 0), split_draws(q.scale, count).movedim(1, 0))
+        loc, scale = split_draws(q.loc, count).movedim(1, 0), split_draws(q.scale, count).movedim(1, 0)
+        return Normal(loc, scale, validate_args=False)
 
     def reparameterise(self, q: Normal, noise: MemberRandom) -> torch.Tensor:
         """z = mu + sigma * eps2 with eps2 from the member's own stream."""

@@ -167,6 +167,21 @@ class MemberRandom:
         self.used += count
         return values.view(len(self.generators), *shape)
 
+    def fill(self, out: torch.Tensor, counts: Sequence[int]) -> None:
+        """Write into `out` [S, sum(counts)] the values that `normal(c)` for each c in `counts`, in
+        order, would return, and advance the stream as those calls would: a replayable unit's static
+        noise (`avae.graphs.StaticNoise`) then holds exactly the eager draws. One copy when the
+        pool holds them all; else call by call (across a refill the pool drops its unused rest)."""
+        total = sum(counts)
+        if self.pool > 0 and self.buffer is not None and self.used + total <= self.pool:
+            out.copy_(self.buffer[:, self.used : self.used + total])
+            self.used += total
+            return
+        start = 0
+        for count in counts:
+            out[:, start : start + count].copy_(self.normal(count))
+            start += count
+
     def clear_pool(self) -> None:
         self.buffer, self.used = None, 0
 

@@ -39,12 +39,12 @@ def log_likelihood(likelihood: str, logits: torch.Tensor, x: torch.Tensor) -> to
 
 
 def standard_normal_like(z: torch.Tensor) -> Normal:
-    return Normal(torch.zeros_like(z), torch.ones_like(z))
+    return Normal(torch.zeros_like(z), torch.ones_like(z), validate_args=False)
 
 
 def kl_to_prior(q: Normal) -> torch.Tensor:
     """KL(q(z|x) || N(0, I)), analytic, summed over latent dimensions (eq. 1 and eq. 9)."""
-    return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(-1)
+    return kl_divergence(q, standard_normal_like(q.loc)).sum(-1)
 
 
 def log_prior(z: torch.Tensor) -> torch.Tensor:

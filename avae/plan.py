@@ -16,9 +16,11 @@ from typing import Any
 from avae.config import TrainConfig, config_hash, make_config
 from avae.data import DATASETS
 from avae.errors import ConfigError
+from avae.evaluate import decoder_rate, metric_seconds
 from avae.models import MODELS
 from avae.paper import EXPERIMENTS, noise_of
 from avae.runs import ANALYSIS, EVAL, checkpoint_epoch, read_record, run_dir_name
+from avae.scoring import EvalSettings
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Profile:
     analysis_samples: int = 1000  # samples / test images for FD, q(z) statistics and active units
     classifier_epochs: int = 3
     classifier_subset: int = 0
+    measured: str = ""  # a measured wall time, with its machine; `--dry-run` estimates any machine
 
     def point_prefixes(self) -> tuple[int, ...]:
         """The nested test-point counts every figure is also averaged over."""
@@ -92,6 +95,7 @@ PROFILES: dict[str, Profile] = {
         analysis_samples=1000,
         classifier_epochs=2,
         classifier_subset=20000,
+        measured="186 s on one NVIDIA H200 with --device cuda --jobs 8 (results/quick-h200)",
     ),
     "paper-z10": Profile(
         "paper-z10",
@@ -242,10 +246,6 @@ BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.json
 BATCH = 100
 BUILTIN_STEP_MS = {"vae": (15.0, 12.0), "vae-noise": (15.0, 12.0), "avb": (40.0, 35.0), "avae": (45.0, 40.0)}
 GPU_STEP_MS = 10.0
-# IWAE importance samples (one z, one image) or AIS leapfrog steps (one chain, one image) per second
-# and member. CPU: measured on one thread of the shared 2-core machine (IWAE-1000 on 500 points, 3
-# members: 42 s; AIS 200 steps x 4 chains on 100 points: 65 s), noisy. GPU: a guess.
-DECODER_EVALS_PER_SECOND = {"cpu": 3.6e4, "cuda": 1.0e7}
 
 
 def fit_step_cost(entries: list[dict[str, Any]]) -> tuple[float, float] | None:
@@ -302,21 +302,13 @@ def estimate_train_seconds(
 
 
 def estimate_eval_seconds(run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep]) -> float:
-    members = len(run.cfg.seeds)
-    test = run.cfg.test_subset or 10000
-    rate = DECODER_EVALS_PER_SECOND["cuda" if device.startswith("cuda") else "cpu"]
-    evals = 0.0
-    for _, family, settings in steps:
-        if family in ("elbo", "critic"):
-            evals += test
-        elif family == "iwae":
-            evals += (settings["subset"] or test) * profile.iwae_k
-        elif family == "ais":
-            evals += (settings["subset"] or test) * settings["ais_chains"] * settings["ais_steps"] * 11 * 1.25
-        elif family == "bdmc":
-            evals += 2 * settings["bdmc_points"] * settings["ais_chains"] * settings["ais_steps"] * 11 * 1.25
-    evals += 3 * profile.analysis_samples  # samples, reconstructions, encoder passes
-    return evals * members / rate + 2.0  # + loading
+    """Evaluation and analysis time of the steps a run still needs."""
+    test, members = run.cfg.test_subset or 10000, len(run.cfg.seeds)
+    seconds = sum(
+        metric_seconds(family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device)
+        for _, family, settings in steps
+    )
+    return seconds + 3 * profile.analysis_samples * members / decoder_rate(device)  # + the analysis
 
 
 def estimate_run_seconds(run: PlannedRun, profile: Profile, out: Path, device: str) -> tuple[float, float]:

@@ -15,7 +15,8 @@ from avae.errors import ConfigError
 from avae.figures import format_table, plot_curves
 from avae.io import atomic_write_bytes, atomic_write_text, read_json, write_csv
 from avae.models import MODELS, row_label
-from avae.paper import DATASET_LABELS, PAPER_LATENTS, PAPER_TABLE1, RowKey, noise_of, rows_of
+from avae.paper import DATASET_LABELS, PAPER_LATENTS, PAPER_TABLE1, RowKey, dataset_label, noise_of, rows_of
+from avae.plan import PROFILES, estimate_run_seconds, get_profile, runs_for
 from avae.results import MANIFEST, RunResult, collect_runs, index_runs, last_epoch_gain, short_of_convergence
 
 Table = dict[RowKey, RunResult]
@@ -50,7 +51,7 @@ def header_section(runs: list[RunResult], datasets: list[str], profile: str) -> 
     return (
         "# Reproduction report: Variational Autoencoder Model Based on Adversarial Strategy (AVAE)\n\n"
         f"Profile `{profile}`, {len(runs)} runs, data sets: "
-        f"{', '.join(DATASET_LABELS[d] for d in datasets)}. "
+        f"{', '.join(dataset_label(d) for d in datasets)}. "
         "Written by `avae report` from the run directories alone.\n\n" + budget
     )
 
@@ -86,7 +87,7 @@ def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
             rows.append(row)
         lines += [
             "",
-            f"### {DATASET_LABELS[dataset]}{budget_note(table, dataset)}",
+            f"### {dataset_label(dataset)}{budget_note(table, dataset)}",
             "",
             format_table(header, rows),
         ]
@@ -117,7 +118,7 @@ def shared_points(table: Table, dataset: str, key: str) -> int | None:
     return min(counts) if counts else None
 
 
-def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: str) -> str:
+def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: str, fill: str) -> str:
     iwae_name = iwae_key.replace("iwae_k", "IWAE-")
     lines = [
         "## Honest figures on shared test points",
@@ -146,12 +147,14 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
                     mean, half = stats.mean_ci(v) if v else (float("nan"), float("nan"))
                     csv_rows.append([dataset, key[1], key[2], points, name, len(v or []), mean, half])
             title = (
-                f"### {DATASET_LABELS[dataset]}, latent 10: the first {points} test images ({label} points)"
+                f"### {dataset_label(dataset)}, latent 10: the first {points} test images ({label} points)"
             )
             lines += ["", title, "", format_table(["model", *(f for _, f in figures)], rows)]
         lines += pattern_lines(table, dataset, iwae_key)
         missing += [
-            r.dir.name for k, r in table.items() if k[0] == dataset and r.entry("ais") is None and k[3] == 10
+            table[k].dir.name
+            for k in table_rows(table, dataset, 10)
+            if k in table and not table[k].entry("ais")
         ]
     if any(
         not r.eval.get("metrics", {}).get("neg_elbo", {}).get("is_log_likelihood", True)
@@ -166,8 +169,7 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
     if missing:
         lines += [
             "",
-            f"Not evaluated with AIS: {', '.join(missing)}. `avae reproduce` with the same profile and "
-            "--out fills them.",
+            f"Not evaluated with AIS: {', '.join(missing)}. {fill}",
         ]
     write_csv(
         figdir / "honest.csv",
@@ -181,9 +183,9 @@ def pattern_lines(table: Table, dataset: str, iwae_key: str) -> list[str]:
     """Does the paper's Table 1 pattern (AVAE and AVB ~14 nats better than VAE+eps) appear under
     the discriminator-based figures and disappear under the honest ones?"""
     base = table.get(rows_of(dataset, "vae-noise", 10)[0])
-    if base is None:
+    if base is None or dataset not in PAPER_TABLE1:
         return []
-    out = ["", f"Gap to VAE+eps (positive: better than VAE+eps), {DATASET_LABELS[dataset]}, latent 10:", ""]
+    out = ["", f"Gap to VAE+eps (positive: better than VAE+eps), {dataset_label(dataset)}, latent 10:", ""]
     rows = []
     for model in ("avae", "avb"):
         paper_gap = PAPER_TABLE1[dataset]["vae-noise"][10] - PAPER_TABLE1[dataset][model][10]
@@ -207,7 +209,7 @@ def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) 
         title = "Fig. 6: VAE+eps with noise dimension 5, 10, 15 against the VAE (latent 10)"
         panels = [
             {
-                "title": DATASET_LABELS[d],
+                "title": dataset_label(d),
                 "keys": [*rows_of(d, "vae", 10), *(rows_of(d, "vae-noise", 10, n)[0] for n in (5, 10, 15))],
             }
             for d in datasets
@@ -216,7 +218,7 @@ def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) 
         title = "Fig. 7: VAE, VAE+eps and AVAE over training (latent 10 and 15)"
         panels = [
             {
-                "title": f"{DATASET_LABELS[d]}, latent {z}",
+                "title": f"{dataset_label(d)}, latent {z}",
                 "keys": [k for m in ("vae", "vae-noise", "avae") for k in rows_of(d, m, z)],
             }
             for d in datasets
@@ -302,7 +304,7 @@ def grid_section(
                 cells.append(f"![{model}](report/{name})")
             else:
                 cells.append("missing run")
-        lines.append(f"| {DATASET_LABELS[dataset]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {dataset_label(dataset)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -317,7 +319,7 @@ def recon(run: RunResult) -> Path:
 ANALYSES = ("active_units", "kl_fitted_gaussian", "mmd", "frechet_distance")
 
 
-def analysis_section(table: Table, datasets: list[str], figdir: Path) -> str:
+def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str) -> str:
     rows, csv_rows, references, missing = [], [], {}, []
     for key in sorted(
         table, key=lambda k: (datasets.index(k[0]), k[3], list(MODELS).index(k[1]), k[2], k[4])
@@ -326,13 +328,15 @@ def analysis_section(table: Table, datasets: list[str], figdir: Path) -> str:
         if not run.analysis:
             missing.append(run.dir.name)
             continue
-        references[key[0]] = (run.analysis["reference_frechet_distance"], run.analysis.get("classifier", {}))
+        if "reference_frechet_distance" in run.analysis:
+            references[key[0]] = (run.analysis["reference_frechet_distance"], run.analysis["classifier"])
         cells = []
         for metric in ANALYSES:
             values = run.analysed(metric)
             cells.append(stats.fmt_ci(values, 1 if metric == "active_units" else 3))
-            csv_rows.append([*key, metric, len(values), *stats.mean_ci(values)])
-        rows.append([DATASET_LABELS[key[0]], key_label(key), f"{cells[0]} of {key[3]}", *cells[1:]])
+            if values:
+                csv_rows.append([*key, metric, len(values), *stats.mean_ci(values)])
+        rows.append([dataset_label(key[0]), key_label(key), f"{cells[0]} of {key[3]}", *cells[1:]])
     lines = [
         "### Aggregate posterior against the prior, active units, sample quality",
         "",
@@ -345,13 +349,13 @@ def analysis_section(table: Table, datasets: list[str], figdir: Path) -> str:
     ]
     for dataset, (reference, info) in references.items():
         lines.append(
-            f"\n{DATASET_LABELS[dataset]}: FD between training and test images {reference:.3f} (the floor a "
+            f"\n{dataset_label(dataset)}: FD between training and test images {reference:.3f} (the floor a "
             f"perfect model would reach with this many samples); classifier test accuracy "
             f"{info.get('test_accuracy')}, {info.get('epochs')} epoch(s) on "
             f"{info.get('train_images')} images."
         )
     if missing:
-        lines.append(f"\nNot analysed: {', '.join(missing)}; `avae analyse RUN_DIR` fills each.")
+        lines.append(f"\nNot analysed: {', '.join(missing)}. {fill}")
     write_csv(
         figdir / "analysis.csv",
         ["dataset", "model", "reading", "latent_dim", "noise_dim", "metric", "seeds", "mean", "ci95"],
@@ -365,7 +369,7 @@ def runs_section(runs: list[RunResult]) -> str:
         [
             r.dir.name,
             key_label(r.key),
-            DATASET_LABELS[r.cfg.dataset],
+            dataset_label(r.cfg.dataset),
             ",".join(map(str, r.cfg.seeds)),
             f"{r.trained_epochs}/{r.cfg.epochs}",
             r.cfg.train_subset or 60000,
@@ -385,6 +389,21 @@ def runs_section(runs: list[RunResult]) -> str:
     )
 
 
+def fill_command(profile: str | None, out: Path) -> str:
+    """The command that fills a report's gaps with the settings and test points of its other rows,
+    with the cost model's estimate of its time (DIR is this report's directory)."""
+    if profile not in PROFILES:
+        return (
+            "Fill them with `avae evaluate` / `avae analyse` on each run, with the settings in its eval.json."
+        )
+    planned = get_profile(profile)
+    seconds = sum(sum(estimate_run_seconds(run, planned, out, "cpu")) for run in runs_for(planned))
+    return (
+        f"`avae reproduce --profile {profile} --out DIR` fills them with the same settings and test points "
+        f"(about {seconds / 60:.0f} min of one CPU core by the cost model; runs without checkpoints retrain)."
+    )
+
+
 def write_report(out: str | Path) -> Path:
     """Write OUT/report.md, with figures and CSV files under OUT/report/, from the run directories."""
     out = Path(out)
@@ -395,14 +414,16 @@ def write_report(out: str | Path) -> Path:
     if not runs:
         raise ConfigError(f"no trained runs in {out}; run `avae reproduce --out {out}` first")
     table = index_runs(runs)
-    datasets = [d for d in DATASET_LABELS if any(k[0] == d for k in table)]
+    present = {k[0] for k in table}
+    datasets = [d for d in DATASET_LABELS if d in present] + sorted(present - set(DATASET_LABELS))
     figdir = out / "report"
     figdir.mkdir(parents=True, exist_ok=True)
     iwae_key = f"iwae_k{manifest.get('settings', {}).get('iwae_k', 1000)}"
+    fill = fill_command(manifest.get("profile"), out)
     sections = [
         header_section(runs, datasets, manifest.get("profile", "unknown (no reproduce.json)")),
         table1_section(table, datasets, figdir),
-        honest_section(table, datasets, figdir, iwae_key),
+        honest_section(table, datasets, figdir, iwae_key, fill),
         curves_section(table, datasets, figdir, "fig6"),
         curves_section(table, datasets, figdir, "fig7"),
         grid_section(
@@ -428,7 +449,7 @@ def write_report(out: str | Path) -> Path:
             recon,
             "recon",
         ),
-        analysis_section(table, datasets, figdir),
+        analysis_section(table, datasets, figdir, fill),
         runs_section(runs),
     ]
     path = out / "report.md"

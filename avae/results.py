@@ -55,7 +55,8 @@ class RunResult:
         return entry.get("prefix_means", {}).get(str(points))
 
     def analysed(self, key: str) -> list[float] | None:
-        return [row[key] for row in self.analysis.get("per_member", [])] or None
+        values = [row.get(key) for row in self.analysis.get("per_member", [])]
+        return values if values and None not in values else None
 
     def values(self, metric: str, points: int | None = None) -> list[float] | None:
         """A figure of eval.json or of analysis.json by name."""

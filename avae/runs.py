@@ -30,7 +30,7 @@ from avae.config import (
     versions,
 )
 from avae.errors import CheckpointError, ConfigError
-from avae.io import read_csv, read_json, remove_stale_temporaries, write_csv
+from avae.io import read_csv, read_json, remove_stale_temporaries, write_csv, write_json
 from avae.models import LatentModel, build_model
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -43,7 +43,8 @@ LOCK = ".lock"
 
 def run_dir_name(cfg: TrainConfig) -> str:
     """The directory name of a run in a reproduction: readable settings, then the config hash."""
-    return f"{cfg.model.name}-{cfg.dataset}-z{cfg.model.latent_dim}-n{cfg.model.noise_dim}-{config_hash(cfg)}"
+    name, model = data.label(cfg.dataset), cfg.model
+    return f"{model.name}-{name}-z{model.latent_dim}-n{model.noise_dim}-{config_hash(cfg)}"
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -60,10 +61,46 @@ def run_record(cfg: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         "config": config_dict(cfg),
         "config_hash": config_hash(cfg),
         "versions": versions(),
-        "data": {"dataset": cfg.dataset, "md5": data.checksums(cfg.dataset)},
+        "data": {"dataset": cfg.dataset, "md5": data.checksums(cfg.dataset, cfg.test_data)},
         "command": sys.argv,
         "device": runtime.device,
     }
+
+
+def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
+    """The configuration to resume RUN_DIR with: its config.json, with only the resumable settings
+    (epochs, learning rates) taken from `given`; any other setting given with a different value is
+    refused, so a resumed run cannot silently become another run."""
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(
+            f"--resume: {run_dir} holds no run (no {CONFIG}); drop --resume to start one there, "
+            "or give the --out of an existing run"
+        )
+    saved = flatten(config_dict(read_config(run_dir)))
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(given).items()}
+    refused = sorted(k for k, v in given.items() if k not in RESUMABLE_CHANGES and v != saved.get(k))
+    if refused:
+        details = ", ".join(f"{k} {saved.get(k)!r} -> {given[k]!r}" for k in refused)
+        raise ConfigError(
+            f"--resume continues {run_dir} as its {CONFIG} says; only {', '.join(RESUMABLE_CHANGES)} "
+            f"may change ({details}); drop those options or train into another --out"
+        )
+    return make_config({**saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES}})
+
+
+def record_resume(run_dir: Path, cfg: TrainConfig, from_epoch: int) -> None:
+    """Keep config.json describing the run after a resume: the configuration as it now is, and
+    one entry per resume with its command and the settings it changed."""
+    path = run_dir / CONFIG
+    record = read_json(path, "run configuration") if path.exists() else {}
+    before = flatten(record.get("config", {}))
+    now = flatten(config_dict(cfg))
+    changes = {k: [before.get(k), v] for k, v in now.items() if k in before and before[k] != v}
+    record.setdefault("resumes", []).append(
+        {"from_epoch": from_epoch, "command": sys.argv, "changes": changes}
+    )
+    record.update(config=config_dict(cfg), config_hash=config_hash(cfg))
+    write_json(path, record)
 
 
 def read_config(run_dir: str | Path) -> TrainConfig:

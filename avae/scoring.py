@@ -26,6 +26,7 @@ from avae.estimators import (
     sivi,
     uniform_draws,
 )
+from avae.graphs import GraphedCall, StaticNoise, count_draws
 from avae.models import LatentModel
 from avae.nets import MemberRandom, repeat_points, split_draws
 
@@ -116,6 +117,52 @@ def neg_elbo_per_member(
     never disturbs the training streams.
     """
     return per_point(model.neg_elbo, x, seeds, batch_size).mean(1).cpu()
+
+
+class EpochFigure:
+    """The per-epoch figure, `neg_elbo_per_member(model, x, seeds)` [S], as a reusable unit.
+
+    Eager (CPU): exactly that call each time. `graphed` (CUDA): the "eval" stream restarts at
+    every pass, so its draws are the same every epoch: they are drawn once into a static buffer
+    (`MemberRandom.fill`, the values the eager pass would draw) and the whole pass over `x` (kept
+    alive, so its address is fixed) is captured in one CUDA graph and replayed. One host sync per
+    pass, for the result."""
+
+    def __init__(
+        self,
+        model: LatentModel,
+        x: torch.Tensor,
+        seeds: Sequence[int],
+        batch_size: int = 1000,
+        graphed: bool = False,
+    ):
+        self.model, self.x, self.seeds, self.batch_size = model, x, tuple(seeds), batch_size
+        self.graphed = graphed
+        self.noise: StaticNoise | None = None
+        self.unit = GraphedCall(self._pass, enabled=graphed, warmup=1)
+
+    def __call__(self) -> torch.Tensor:
+        if not self.graphed:
+            return neg_elbo_per_member(self.model, self.x, self.seeds, self.batch_size)
+        if self.noise is None:
+            members, device = len(self.seeds), self.x.device
+            counts = count_draws(self._figures, members, device)
+            self.noise = StaticNoise(members, counts, device)
+            MemberRandom(self.seeds, "eval", device).fill(self.noise.buffer, counts)
+        return self.unit().cpu()
+
+    @torch.no_grad()
+    def _figures(self, noise) -> torch.Tensor:
+        members = len(self.seeds)
+        chunks = self.x.split(self.batch_size)
+        return torch.cat(
+            [self.model.neg_elbo(c.unsqueeze(0).expand(members, -1, -1), noise).double() for c in chunks],
+            dim=1,
+        )
+
+    def _pass(self) -> torch.Tensor:
+        self.noise.rewind()
+        return self._figures(self.noise).mean(1)
 
 
 @torch.no_grad()

@@ -288,7 +288,7 @@ def run_campaign(
         kill = summary.kills < kills
         summary.launches += 1
         summary.resumes += (run / CHECKPOINT).exists()
-        launch = Launch(command(train_args, run, True, data_dir), spawn)
+        launch = Launch(command(train_args, run, (run / CONFIG).exists(), data_dir), spawn)
         # A kill is aimed at a checkpoint write, or at a random moment of start-up (imports, data
         # loading, restoring), or, mostly, at a random moment of the training that is left.
         training_s = (epochs - last_epoch) * epoch_s

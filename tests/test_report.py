@@ -58,7 +58,35 @@ def test_report_names_what_is_missing_and_gives_no_verdict_without_runs(tmp_path
     reproduce(profile, tmp_path, runtime=Runtime(progress=False))
     text = write_report(tmp_path).read_text()
     honest = text.split("## Honest figures")[1].split("## Fig. 6")[0]
-    assert "Not evaluated with AIS" in honest and "avae reproduce" in honest
+    assert "Not evaluated with AIS" in honest and "avae evaluate" in honest  # "tiny" is no named profile
     assert "missing run" in text  # sections render even when their runs are absent
     verdicts = re.findall(r"\*\*Verdict[^*]*: ([a-z ]+)\*\*", text)
     assert verdicts == ["inconclusive"] * 7
+
+
+def fake_run(tmp_path, curve: list[float]):
+    """A RunResult whose per-epoch test figure (both seeds) follows `curve`."""
+    from avae.config import make_config
+    from avae.results import RunResult
+
+    rows = [
+        {"epoch": e, "member": m, "seed": m, "test_neg_elbo": value + 0.01 * m}
+        for e, value in enumerate(curve, 1)
+        for m in (0, 1)
+    ]
+    return RunResult(tmp_path, make_config({"seeds": (0, 1), "epochs": len(curve)}), rows, {}, {}, len(curve))
+
+
+def test_the_report_warns_when_runs_are_short_of_convergence(tmp_path):
+    from avae.report import header_section
+    from avae.results import last_epoch_gain, short_of_convergence
+
+    improving = fake_run(tmp_path, [150.0, 140.0, 137.0])  # still falling 3 nats per epoch
+    settled = fake_run(tmp_path, [150.0, 140.0, 139.5])  # 0.5 nat in the last epoch
+    assert last_epoch_gain(improving) == pytest.approx(3.0) and short_of_convergence(improving)
+    assert last_epoch_gain(settled) == pytest.approx(0.5) and not short_of_convergence(settled)
+    assert short_of_convergence(fake_run(tmp_path, [150.0]))  # one epoch: no evidence either way
+    warned = header_section([improving, settled], ["mnist"], "test")
+    assert "Warning: 1 of 2 runs were still improving by more than 1 nat per epoch" in warned
+    assert "up to 3.0 nats in the last epoch" in warned
+    assert "Warning" not in header_section([settled], ["mnist"], "test")

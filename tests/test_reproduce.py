@@ -230,3 +230,36 @@ def test_sigkill_halfway_loses_and_recomputes_no_finished_run(tmp_path):
     assert digest(finished) == before
     planned = len(runs_for(plan.PROFILES["smoke"]))
     assert len(re.findall(r"^\[\d+/\d+\] ", rerun.stdout, flags=re.M)) == planned
+
+
+def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_path):
+    """In a pseudo-terminal, the overall bar with an estimate of the time left appears within 5 s."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: avae reproduce with a terminal on stdout and stderr
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "avae", "reproduce", "--profile", "smoke", "--out", str(tmp_path)],
+        )
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    started, seen = time.monotonic(), b""
+    try:
+        while time.monotonic() - started < 5 and b"left (estimate)" not in seen:
+            if select.select([fd], [], [], 0.1)[0]:
+                seen += os.read(fd, 4096)
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    text = seen.decode(errors="replace")
+    assert "avae reproduce: profile 'smoke', 28 runs" in text
+    assert re.search(r"reproduce +\d+%\|.*\| [\d:]+ elapsed, ~[\d:]+ left \(estimate\)", text), text[-500:]

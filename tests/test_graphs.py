@@ -1,0 +1,136 @@
+"""Replayable units (avae.graphs): the static-buffer training iteration gives bitwise the numbers of
+the plain eager loop it replaced, the static noise holds exactly the pooled draws, and the GPU
+benchmark's code path runs on the CPU. (Members equal single runs and resume is exact:
+tests/test_train.py, unchanged, runs on the static-buffer iteration.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from avae import bench_gpu, scoring
+from avae.config import Runtime, make_config
+from avae.graphs import GraphedCall, StaticNoise, count_draws
+from avae.nets import MemberRandom
+from avae.train import autocast, new_state, run_epoch, take_step
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
+
+
+class NoBar:
+    def update(self, n=1):
+        pass
+
+
+def eager_epoch(state, cfg, train_x):
+    """The loop as it was before the static buffers: gather, then every phase with the pooled noise."""
+    steps = len(train_x) // cfg.batch_size
+    order = state.data_rng.permutations(len(train_x))
+    state.noise_rng.clear_pool()
+    totals = None
+    for step in range(steps):
+        x = train_x[order[:, step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+        terms = {}
+        for phase, optimizer, count in zip(state.phases, state.optimizers, state.repeats, strict=True):
+            for _ in range(count):
+                with autocast(cfg, x.device):
+                    terms.update(take_step(phase, optimizer, x, state.noise_rng))
+        stacked = torch.stack(list(terms.values())).float()
+        totals = stacked if totals is None else totals + stacked
+    return {name: total / steps for name, total in zip(terms, totals, strict=True)}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"model": "vae"},
+        {"model": "vae-noise"},
+        {"model": "avb-ac", "ac_samples": 3},
+        {"model": "avae", "adv_update": "separate", "disc_steps": 2},
+    ],
+)
+def test_static_buffer_iteration_equals_the_eager_loop_bitwise(settings):
+    cfg = make_config({**SMALL, **settings, "seeds": (0, 3)})
+    x = torch.rand(300, 784, generator=torch.Generator().manual_seed(5))
+    static, eager = new_state(cfg, torch.device("cpu")), new_state(cfg, torch.device("cpu"))
+    assert not static.graphs and not static.iteration.enabled  # CPU: eager, no capture
+    for epoch in (1, 2):
+        static.epoch = epoch
+        got = run_epoch(static, cfg, x, Runtime(progress=False), NoBar())
+        want = eager_epoch(eager, cfg, x)
+        assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    a, b = static.model.state_dict(), eager.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for o1, o2 in zip(static.optimizers, eager.optimizers, strict=True):
+        for s1, s2 in zip(o1.state.values(), o2.state.values(), strict=True):
+            assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_fill_hands_out_the_pooled_draws_across_refills():
+    counts = [7, 3, 12]  # 22 per pass: the third pass crosses the refill of a 50-value pool
+    pooled, filled = MemberRandom([1, 2], "noise", pool=50), MemberRandom([1, 2], "noise", pool=50)
+    noise = StaticNoise(2, counts, "cpu")
+    for _ in range(6):
+        want = [pooled.normal(c) for c in counts]
+        filled.fill(noise.buffer, counts)
+        noise.rewind()
+        for w, c in zip(want, counts, strict=True):
+            assert torch.equal(noise.normal(c), w)
+    assert torch.equal(pooled.get_state()[0], filled.get_state()[0]) and pooled.used == filled.used
+
+
+def test_static_noise_refuses_a_draw_it_did_not_record():
+    noise = StaticNoise(1, [4, 6], "cpu")
+    assert noise.normal(2, 2).shape == (1, 2, 2)
+    with pytest.raises(RuntimeError, match="asks for 5 values"):
+        noise.normal(5)
+
+
+def test_count_draws_and_disabled_graph_run_eagerly():
+    assert count_draws(lambda noise: (noise.normal(3, 2), noise.normal(4)), 2, torch.device("cpu")) == [6, 4]
+    calls = []
+    unit = GraphedCall(lambda: calls.append(1) or len(calls), enabled=False)
+    assert [unit(), unit(), unit()] == [1, 2, 3]
+
+
+def test_epoch_figure_on_cpu_is_the_plain_test_pass():
+    cfg = make_config({**SMALL, "model": "avae", "seeds": (0, 1)})
+    state = new_state(cfg, torch.device("cpu"))
+    x = torch.rand(120, 784, generator=torch.Generator().manual_seed(2))
+    figure = scoring.EpochFigure(state.model, x, cfg.seeds, batch_size=50)
+    assert torch.equal(figure(), scoring.neg_elbo_per_member(state.model, x, cfg.seeds, 50))
+
+
+def test_gpu_benchmark_runs_on_cpu_quick(tmp_path):
+    results = bench_gpu.run(tmp_path, "cpu", quick=True, log=lambda *_: None)
+    saved = json.loads((tmp_path / bench_gpu.GPU_JSON).read_text())
+    assert saved["checks"]["graph_vs_eager_bitwise"] and saved["checks"]["resume_bitwise"]
+    assert {(e["model"], e["members"]) for e in saved["training"]} == {
+        (m, s) for m in ("vae", "avae") for s in (1, 2)
+    }
+    assert all(e["eager_ms"] > 0 and e["graphed_ms"] > 0 for e in results["training"])
+    assert all(c["ms"] > 0 for c in saved["ceiling"]) and saved["evaluation"]["iwae1000_points_per_s"] > 0
+    assert "## Training step" in (tmp_path / bench_gpu.GPU_MD).read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_gpu_benchmark_without_cuda_says_so():
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        bench_gpu.run("unused", "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_iteration_equals_eager_on_cuda():
+    cfg = make_config({**SMALL, "model": "avae", "seeds": (0, 1)})
+    x = torch.rand(300, 784, generator=torch.Generator().manual_seed(5)).cuda()
+    runs = []
+    for graphs in (False, True):
+        state = new_state(cfg, torch.device("cuda"), graphs=graphs)
+        state.epoch = 1
+        means = run_epoch(state, cfg, x, Runtime(device="cuda", progress=False), NoBar())
+        runs.append((means, state.model.state_dict()))
+    (m0, w0), (m1, w1) = runs
+    assert all(torch.equal(m0[k], m1[k]) for k in m0) and all(torch.equal(w0[k], w1[k]) for k in w0)

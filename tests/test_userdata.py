@@ -1,0 +1,137 @@
+"""Your own data: arrays and image folders train, evaluate and report end to end; bad data is
+refused in one sentence naming the file and the fix, before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avae import data, userdata
+from avae.checkpoint import load_checkpoint
+from avae.cli import main
+from avae.config import Runtime, make_config
+from avae.errors import ConfigError, DataError
+from avae.evaluate import evaluate_run
+from avae.report import write_report
+from avae.train import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+QUIET = Runtime(progress=False)
+SMALL = {"model": "vae-noise", "latent_dim": 3, "hidden": (16, 8), "batch_size": 20, "seeds": (0, 1)}
+
+
+def vectors(tmp_path, n=200, width=50, seed=0, name="vectors.npy"):
+    path = tmp_path / name
+    np.save(path, np.random.default_rng(seed).random((n, width)).astype(np.float32))
+    return path
+
+
+def test_an_array_of_width_50_trains_evaluates_and_reports(tmp_path):
+    path = vectors(tmp_path)
+    cfg = make_config({**SMALL, "dataset": str(path), "epochs": 2})
+    assert cfg.model.data_dim == 50  # the networks take their width from the data
+    out = tmp_path / "runs" / "mine"
+    train(cfg, out, runtime=QUIET)
+    record = evaluate_run(out, metrics=("elbo", "iwae"), settings={"k": (1, 10)}, runtime=QUIET)
+    assert record["metrics"]["neg_elbo"]["points"] == 20  # the last 10% held out as the test set
+    assert np.isfinite(record["metrics"]["iwae_k10"]["mean"])
+    text = write_report(tmp_path / "runs").read_text()
+    assert "vectors" in text and "VAE+eps" in text
+    assert (out / "samples_seed0.png").exists()  # 50 values drawn as 5 x 10 images
+
+
+def test_a_folder_of_images_trains_with_its_own_test_file(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        Image.fromarray((rng.random((40, 30, 3)) * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    test = vectors(tmp_path, n=10, width=784, name="test.npy")
+    cfg = make_config({**SMALL, "dataset": str(folder), "test_data": str(test), "epochs": 1})
+    assert cfg.model.data_dim == 28 * 28
+    train(cfg, tmp_path / "run", runtime=QUIET)
+    assert len(data.load_pixels(str(folder), "train", "continuous", test_data=str(test))) == 60
+    assert main(["evaluate", str(tmp_path / "run"), "--metrics", "elbo"]) == 0
+
+
+@pytest.mark.parametrize(
+    "values,fragment",
+    [
+        (np.array([[0.5, np.nan]] * 30, dtype=np.float32), "NaN or infinite values; replace them"),
+        (np.full((30, 4), 255.0), "outside [0, 1]; rescale them (images: divide by 255)"),
+        (np.zeros((0, 4)), "holds no examples"),
+        (np.zeros((30,)), "has shape (30,); save [N, D] vectors or [N, H, W] images"),
+        (np.array(["a", "b"]), "holds <U1 values; save numbers in [0, 1]"),
+    ],
+)
+def test_bad_arrays_are_refused_naming_the_file_and_the_fix(tmp_path, values, fragment):
+    path = tmp_path / "bad.npy"
+    np.save(path, values)
+    with pytest.raises(DataError, match="bad.npy") as error:
+        userdata.read(str(path))
+    assert fragment in str(error.value)
+
+
+def test_ragged_data_and_a_test_set_of_another_width_are_refused(tmp_path):
+    ragged = tmp_path / "ragged.npy"
+    np.save(ragged, np.array([np.zeros(3), np.zeros(4)], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="ragged.npy holds objects or arrays of different shapes"):
+        userdata.read(str(ragged))
+    train_file, other = vectors(tmp_path, width=50), vectors(tmp_path, width=40, name="other.npy")
+    with pytest.raises(DataError, match="other.npy: test examples have 40 values, training ones 50"):
+        userdata.splits(str(train_file), str(other))
+
+
+def test_bad_data_writes_nothing_and_too_few_examples_are_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.full((30, 4), 2.0))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(bad), "--out", str(out), "--no-progress"]) == 2
+    assert "outside [0, 1]" in capsys.readouterr().err and not out.exists()
+    few = vectors(tmp_path, n=30, width=6, name="few.npy")
+    with pytest.raises(ConfigError, match="batch_size 100 exceeds the 27 training images"):
+        train(make_config({"dataset": str(few)}), out, runtime=QUIET)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="unknown dataset 'svhn'"):
+        make_config({"dataset": "svhn"})
+
+
+def test_binarisation_works_on_any_data_in_0_1(tmp_path):
+    path = vectors(tmp_path, width=12)
+    cfg = make_config({**SMALL, "dataset": str(path), "pixels": "binarized", "epochs": 1})
+    train(cfg, tmp_path / "run", runtime=QUIET)
+    test = data.load_pixels(str(path), "test", "binarized")
+    assert set(torch.unique(test).tolist()) <= {0.0, 1.0}
+
+
+def test_every_finished_run_has_a_model_card_and_exported_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    path = vectors(tmp_path)
+    out = tmp_path / "run"
+    train(make_config({**SMALL, "dataset": str(path), "epochs": 1}), out, runtime=QUIET)
+    card = (out / "README.md").read_text()
+    assert card.startswith("# VAE+eps on") and "vectors.npy`: MD5" in card and "Not evaluated yet" in card
+    weights = load_file(out / "model.safetensors")
+    assert set(weights) == {
+        k[len("model.") :]
+        for k in load_checkpoint(out / "checkpoint.safetensors")[0]
+        if k.startswith("model.")
+    }
+    evaluate_run(out, metrics="elbo", runtime=QUIET)
+    assert "| `neg_elbo` |" in (out / "README.md").read_text()
+
+
+def test_the_command_line_takes_a_file_and_analyses_it_without_a_classifier(tmp_path, capsys):
+    path = vectors(tmp_path, n=100, width=16)
+    out = tmp_path / "run"
+    args = ["train", "--dataset", str(path), "--test-fraction", "0.2", "--latent-dim", "2", "--hidden", "8"]
+    assert main([*args, "--batch-size", "20", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert main(["analyse", str(out), "--samples", "20"]) == 0
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["points"] == 20 and "frechet_distance" not in analysis["per_member"][0]
+    assert "reference_frechet_distance" not in analysis
