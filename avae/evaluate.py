@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from avae import data
 from avae import objectives as obj
@@ -35,7 +36,16 @@ from avae.errors import ConfigError
 from avae.io import read_json, write_json
 from avae.models import LatentModel
 from avae.runs import EVAL, load_run
-from avae.scoring import EvalSettings, ais_points, bdmc_points, iwae_points, per_point, sivi_points
+from avae.scoring import (
+    EvalSettings,
+    Progress,
+    ais_points,
+    bdmc_points,
+    iwae_points,
+    no_progress,
+    per_point,
+    sivi_points,
+)
 
 METRICS = ("elbo", "critic", "iwae", "sivi", "ais", "bdmc")  # names accepted by --metrics / `metrics=`
 ALIASES = {"neg_elbo": "elbo"}
@@ -122,6 +132,7 @@ class Evaluation:
     seeds: Sequence[int]
     settings: EvalSettings
     is_log_likelihood: bool
+    progress: Progress = no_progress  # called with each batch's number of points
 
     def entry(
         self, label: str, estimator: str, settings: dict[str, Any], kind: str, neg_values, started: float
@@ -156,7 +167,7 @@ def elbo_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     started = time.perf_counter()
     stream = "eval" if ev.settings.seed == 0 else f"eval-{ev.settings.seed}"
     # batches of 1000 as in training, so that seed 0 repeats metrics.csv's test_neg_elbo
-    values = per_point(ev.model.neg_elbo, ev.x, ev.seeds, 1000, stream)
+    values = per_point(ev.model.neg_elbo, ev.x, ev.seeds, 1000, stream, ev.progress)
     return {
         "neg_elbo": ev.entry(
             ev.model.metric_label,
@@ -177,7 +188,7 @@ def critic_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
         return {}
     started = time.perf_counter()
     stream = "eval-critic" if ev.settings.seed == 0 else f"eval-critic-{ev.settings.seed}"
-    values = per_point(ev.model.neg_critic_figure, ev.x, ev.seeds, 1000, stream)
+    values = per_point(ev.model.neg_critic_figure, ev.x, ev.seeds, 1000, stream, ev.progress)
     return {
         "neg_critic": ev.entry(
             "negative discriminator-based ELBO estimate",
@@ -192,7 +203,7 @@ def critic_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
 
 def iwae_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     started, s = time.perf_counter(), ev.settings
-    bounds = iwae_points(ev.model, ev.x, ev.seeds, s)
+    bounds = iwae_points(ev.model, ev.x, ev.seeds, s, ev.progress)
     extra = {}
     if not (ev.model.noise_free or ev.model.semi_implicit):  # an implicit encoder: a fitted Gaussian
         extra = {"fit_samples": s.avb_samples, "scale_inflation": s.avb_inflate}
@@ -214,7 +225,7 @@ def sivi_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     if not ev.model.semi_implicit:
         return {}
     started, s = time.perf_counter(), ev.settings
-    values = sivi_points(ev.model, ev.x, ev.seeds, s)
+    values = sivi_points(ev.model, ev.x, ev.seeds, s, ev.progress)
     return {
         f"sivi_k{s.sivi_k}": ev.entry(
             f"negative SIVI bound L_{s.sivi_k} on log p(x)",
@@ -229,7 +240,7 @@ def sivi_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
 
 def ais_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     started = time.perf_counter()
-    values, stats = ais_points(ev.model, ev.x, ev.seeds, ev.settings, "eval-ais")
+    values, stats = ais_points(ev.model, ev.x, ev.seeds, ev.settings, "eval-ais", ev.progress)
     return {
         "ais": ev.entry(
             "negative AIS estimate of log p(x) (stochastic lower bound)",
@@ -244,7 +255,7 @@ def ais_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
 
 def bdmc_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     started, s = time.perf_counter(), ev.settings
-    lower, upper, stats = bdmc_points(ev.model, ev.seeds, s, ev.x.device)
+    lower, upper, stats = bdmc_points(ev.model, ev.seeds, s, ev.x.device, ev.progress)
     gap = float((upper - lower).mean())
     data_note = {"data": f"{s.bdmc_points} points simulated from each member (z ~ p(z), x ~ p(x|z))"}
     entries = {}
@@ -283,13 +294,23 @@ def compute_metrics(
     metrics: Sequence[str],
     settings: EvalSettings,
     is_log_likelihood: bool,
+    progress: bool = False,
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Every requested metric of `model` on test points `x` [N, D]: (entries by key, notes)."""
-    ev = Evaluation(model, x, seeds, settings, is_log_likelihood)
+    """Every requested metric of `model` on test points `x` [N, D]: (entries by key, notes). With
+    `progress`, a bar per metric over its test points (on a terminal), else one line per metric."""
     entries: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     for name in metrics:
-        new = METRIC_FUNCTIONS[name](ev)
+        points = settings.bdmc_points if name == "bdmc" else len(x)
+        bar = tqdm(total=points, desc=f"evaluate {name}", unit="pt", disable=None if progress else True)
+        started = time.perf_counter()
+        with bar:
+            new = METRIC_FUNCTIONS[name](Evaluation(model, x, seeds, settings, is_log_likelihood, bar.update))
+        if progress and bar.disable:
+            print(
+                f"avae evaluate: {name} on {points} points in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
         if not new:
             notes.append(
                 f"{name}: skipped, {model.name} has no "
@@ -353,7 +374,8 @@ def evaluate_run(
     if settings.subset:
         test_x = test_x[: settings.subset]
     honest = obj.is_normalised_likelihood(cfg.model.likelihood, cfg.pixels)
-    entries, notes = compute_metrics(model, test_x.to(runtime.device), cfg.seeds, chosen, settings, honest)
+    x = test_x.to(runtime.device)
+    entries, notes = compute_metrics(model, x, cfg.seeds, chosen, settings, honest, runtime.progress)
     path = Path(run_dir) / EVAL
     previous = read_json(path) if path.exists() else {}
     kept = previous.get("metrics", {}) if previous.get("epoch") == meta["epoch"] else {}

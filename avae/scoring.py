@@ -4,7 +4,7 @@ per member and test point, [S, N]; `avae.evaluate` turns them into eval.json ent
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -96,15 +96,28 @@ def k_chunk(members: int, batch: int, data_dim: int) -> int:
     return max(1, ELEMENT_BUDGET // (members * batch * data_dim))
 
 
+Progress = Callable[[int], object]  # called with the number of test points just finished
+
+
+def no_progress(points: int) -> None:
+    return None
+
+
 @torch.no_grad()
 def per_point(
-    figure, x: torch.Tensor, seeds: Sequence[int], batch_size: int = 1000, stream: str = "eval"
+    figure,
+    x: torch.Tensor,
+    seeds: Sequence[int],
+    batch_size: int = 1000,
+    stream: str = "eval",
+    progress: Progress = no_progress,
 ) -> torch.Tensor:
     """`figure(x [S, B, D], noise)` -> [S, B] on every point of `x` [N, D]: [S, N] (float64)."""
     rng = MemberRandom(seeds, stream, x.device)
-    parts = [
-        figure(chunk.unsqueeze(0).expand(len(seeds), -1, -1), rng).double() for chunk in x.split(batch_size)
-    ]
+    parts = []
+    for chunk in x.split(batch_size):
+        parts.append(figure(chunk.unsqueeze(0).expand(len(seeds), -1, -1), rng).double())
+        progress(len(chunk))
     return torch.cat(parts, dim=1)
 
 
@@ -167,7 +180,7 @@ class EpochFigure:
 
 @torch.no_grad()
 def iwae_points(
-    model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettings
+    model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettings, progress: Progress = no_progress
 ) -> dict[int, torch.Tensor]:
     """IWAE-k of every k in settings.k with the model's proposal: {k: log p(x) bounds [S, N]}."""
     noise = MemberRandom(seeds, f"eval-iwae-{settings.seed}", x.device)
@@ -185,11 +198,14 @@ def iwae_points(
         )
         for k, value in bounds.items():
             out[k].append(value.double())
+        progress(len(chunk))
     return {k: torch.cat(v, dim=1) for k, v in out.items()}
 
 
 @torch.no_grad()
-def sivi_points(model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettings) -> torch.Tensor:
+def sivi_points(
+    model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettings, progress: Progress = no_progress
+) -> torch.Tensor:
     """SIVI's L_K per point, [S, N], for a semi-implicit encoder (`model.posteriors`)."""
     noise = MemberRandom(seeds, f"eval-sivi-{settings.seed}", x.device)
     parts = []
@@ -198,6 +214,7 @@ def sivi_points(model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettin
         own = model.posteriors(batch, noise, settings.sivi_samples)
         extra = model.posteriors(batch, noise, settings.sivi_k)
         parts.append(sivi(log_joint_of(model_log_lik(model, batch)), own, extra, noise).double())
+        progress(len(chunk))
     return torch.cat(parts, dim=1)
 
 
@@ -220,7 +237,14 @@ def reversed_schedule(forward: torch.Tensor) -> torch.Tensor:
     return torch.cat([forward[:-1].flip(0), forward[:1]])
 
 
-def ais_points(model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettings, stream: str):
+def ais_points(
+    model: LatentModel,
+    x: torch.Tensor,
+    seeds,
+    settings: EvalSettings,
+    stream: str,
+    progress: Progress = no_progress,
+):
     """Forward AIS per point, [S, N], and acceptance statistics."""
     noise = MemberRandom(seeds, f"{stream}-{settings.seed}", x.device)
     parts, stats = [], []
@@ -229,10 +253,11 @@ def ais_points(model: LatentModel, x: torch.Tensor, seeds, settings: EvalSetting
         log_w, _, info = forward_ais(model, model_log_lik(model, batch), batch.shape[1], settings, noise)
         parts.append(ais_log_marginal(log_w))
         stats.append(info)
+        progress(len(chunk))
     return torch.cat(parts, dim=1), mean_stats(stats)
 
 
-def bdmc_points(model: LatentModel, seeds, settings: EvalSettings, device):
+def bdmc_points(model: LatentModel, seeds, settings: EvalSettings, device, progress: Progress = no_progress):
     """BDMC on `bdmc_points` points simulated from each member (z ~ p(z), x ~ p(x|z)):
     forward AIS (lower) and reverse AIS from the true z (upper) per point, [S, N] each. Both use the
     forward pilot's schedule, so neither adapts on its counted chains."""
@@ -262,6 +287,7 @@ def bdmc_points(model: LatentModel, seeds, settings: EvalSettings, device):
         lower.append(ais_log_marginal(forward))
         upper.append(reverse_ais_log_marginal(reverse))
         stats += [info_f, info_r]
+        progress(n)
     return torch.cat(lower, dim=1), torch.cat(upper, dim=1), mean_stats(stats)
 
 
