@@ -205,9 +205,9 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=1,
         help="configurations run at a time: parallel processes (local), or the size of the local Ray "
-        "cluster and, on CUDA, runs sharing each GPU (ray) (default 1)",
+        "cluster and, on CUDA, runs sharing each GPU (ray); default 1 on a CPU, and on CUDA as many as "
+        "CPU cores and free GPU memory (2 GiB each) allow, at most 16",
     )
     parser.add_argument(
         "--executor",

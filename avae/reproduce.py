@@ -204,7 +204,7 @@ def reproduce(
     out: str | Path,
     *,
     runtime: Runtime | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     dry_run: bool = False,
     tensorboard: bool = False,
     executor: str = "local",
@@ -217,6 +217,7 @@ def reproduce(
     a directory every node of the cluster reaches at the same path."""
     profile = get_profile(profile)
     runtime = runtime or Runtime()
+    jobs = default_jobs(runtime.device) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
     check_executor(executor, address, runtime.device, need_ray=False)
@@ -303,6 +304,19 @@ def worker_runtime(runtime: Runtime, jobs: int, executor: str = "local") -> Runt
         progress=False,
         threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else runtime.threads,
     )
+
+
+GPU_MEMORY_PER_JOB = 2 << 30  # bytes a configuration's process may take on a GPU (context and all)
+
+
+def default_jobs(device: str) -> int:
+    """Configurations at a time when --jobs is not given: 1 on a CPU (each process uses every core);
+    on CUDA, as many processes as CPU cores and free GPU memory allow (a graphed step is short, so
+    several processes keep one GPU busy; 8 on an H200 ran the quick profile in 93 s)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return 1
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return max(1, min(os.cpu_count() or 1, free // GPU_MEMORY_PER_JOB, 16))
 
 
 def run_tasks(

@@ -30,6 +30,7 @@ from avae.reproduce import (
     Task,
     check_executor,
     clock,
+    default_jobs,
     ray_cluster,
     run_tasks,
     worker_runtime,
@@ -141,7 +142,7 @@ def sweep(
     *,
     metrics: str | tuple[str, ...] = ("elbo",),
     runtime: Runtime | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     executor: str = "local",
     address: str | None = None,
 ) -> dict[str, Any]:
@@ -149,6 +150,7 @@ def sweep(
     one task per configuration, and write OUT/sweep.json; returns its content. Everything is
     checked before anything is written."""
     runtime = runtime or Runtime()
+    jobs = default_jobs(runtime.device) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
     grid = parse_grid(grid, base) if isinstance(grid, list) else grid

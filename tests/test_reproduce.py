@@ -263,3 +263,15 @@ def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_p
     text = seen.decode(errors="replace")
     assert "avae reproduce: profile 'smoke', 28 runs" in text
     assert re.search(r"reproduce +\d+%\|.*\| [\d:]+ elapsed, ~[\d:]+ left \(estimate\)", text), text[-500:]
+
+
+def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
+    from avae.reproduce import default_jobs
+
+    assert default_jobs("cpu") == 1
+    monkeypatch.setattr(reproduce_module.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(reproduce_module.torch.cuda, "mem_get_info", lambda device: (7 << 30, 80 << 30))
+    monkeypatch.setattr(reproduce_module.os, "cpu_count", lambda: 16)
+    assert default_jobs("cuda") == 3  # 7 GiB free, 2 GiB a process
+    monkeypatch.setattr(reproduce_module.torch.cuda, "mem_get_info", lambda device: (130 << 30, 140 << 30))
+    assert default_jobs("cuda:0") == 16  # as many as CPU cores, at most 16

@@ -53,9 +53,11 @@ def test_a_folder_of_images_trains_with_its_own_test_file(tmp_path):
     test = vectors(tmp_path, n=10, width=784, name="test.npy")
     cfg = make_config({**SMALL, "dataset": str(folder), "test_data": str(test), "epochs": 1})
     assert cfg.model.data_dim == 28 * 28
-    train(cfg, tmp_path / "run", runtime=QUIET)
+    train(cfg, tmp_path / "runs" / "images", runtime=QUIET)
     assert len(data.load_pixels(str(folder), "train", "continuous", test_data=str(test))) == 60
-    assert main(["evaluate", str(tmp_path / "run"), "--metrics", "elbo"]) == 0
+    assert main(["evaluate", str(tmp_path / "runs" / "images"), "--metrics", "elbo"]) == 0
+    text = write_report(tmp_path / "runs").read_text()
+    assert "### images" in text and "VAE+eps" in text
 
 
 @pytest.mark.parametrize(
