@@ -112,8 +112,22 @@ def claims_section(table: dict[RowKey, RunResult], datasets: list[str], figdir: 
                 format_table([*HEADER, f"on {honest_key}"], rows),
             ]
             csv_rows += [[claim.number, family, *row] for row in rows]
+            if claim.metric == "frechet_distance" and "unclear" in outcomes:
+                lines += ["", precision_note(comparisons, table)]
     write_csv(figdir / "claims.csv", ["claim", "family", *HEADER, f"on {honest_key}"], csv_rows)
     return "\n".join(lines)
+
+
+def precision_note(comparisons, table: dict[RowKey, RunResult]) -> str:
+    """Whether the Frechet distances were measured precisely enough for the differences judged."""
+    samples = sorted(
+        {table[k].analysis.get("points") for pair in comparisons for k in pair if k in table} - {None}
+    )
+    return (
+        f"Some of these differences are within their 95% CI of zero: with {', '.join(map(str, samples))} "
+        "samples per seed the Frechet distance is not measured precisely enough to judge them; more "
+        "samples per seed (the profile's analysis_samples) or more seeds would narrow the intervals."
+    )
 
 
 def verdict_line(claim: Claim, family: str, outcomes: list[str], short: bool) -> str:
