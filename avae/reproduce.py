@@ -16,7 +16,9 @@ import contextlib
 import json
 import multiprocessing
 import os
+import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -80,12 +82,20 @@ class Task:
         return eval_steps(self.run, self.profile)
 
 
-def locked_update_index(out: Path, key: str, entry: dict[str, Any]) -> None:
-    """Merge one run's summary into OUT/index.json, under an exclusive lock on OUT/.index.lock."""
+def locked_update_index(
+    out: Path, key: str, entry: dict[str, Any], seconds: dict[str, float] | None = None
+) -> None:
+    """Merge one run's summary into OUT/index.json, under an exclusive lock on OUT/.index.lock; the
+    seconds of each part are added to what earlier sessions recorded."""
     with file_lock(out / ".index.lock"):
         path = out / INDEX
         index = read_json(path) if path.exists() else {"runs": {}}
-        index.setdefault("runs", {})[key] = entry
+        before = index.setdefault("runs", {}).get(key, {}).get("seconds", {})
+        spent = {
+            part: round(before.get(part, 0.0) + (seconds or {}).get(part, 0.0), 1)
+            for part in {*before, *(seconds or {})}
+        }
+        index["runs"][key] = {**entry, "seconds": dict(sorted(spent.items()))}
         write_json(path, index)
 
 
@@ -116,20 +126,25 @@ def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def execute_run(task: Task) -> dict[str, Any]:
-    """Train (or resume), evaluate and analyse one planned run."""
+    """Train (or resume), evaluate and analyse one planned run; index.json accumulates the seconds
+    each part took, over every session that worked on the run."""
     cfg, run_dir, runtime = task.run.cfg, task.out / task.run.dir_name, task.runtime
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    started = time.perf_counter()
+    started, seconds = time.perf_counter(), {}
     trained = checkpoint_epoch(run_dir) < cfg.epochs
     if trained:
         callback = tensorboard_callback(run_dir, cfg) if task.tensorboard else None
         train(cfg, run_dir, resume=True, runtime=runtime, on_epoch=callback)
+        seconds["train"] = time.perf_counter() - started
     evaluated = []
     for key, family, settings in missing_metrics(run_dir, cfg, task.eval_plan()):
+        part = time.perf_counter()
         evaluate_run(run_dir, metrics=(family,), settings=settings, runtime=runtime)
         evaluated.append(key)
+        seconds[key] = time.perf_counter() - part
     if task.profile is not None and not analysis_done(run_dir, cfg):
+        part = time.perf_counter()
         analyse_run(
             run_dir,
             classifier=classifier_path(task.out, cfg.dataset),
@@ -137,12 +152,41 @@ def execute_run(task: Task) -> dict[str, Any]:
             runtime=runtime,
         )
         evaluated.append("analysis")
-    locked_update_index(task.out, task.run.key, summary_entry(run_dir, cfg))
+        seconds["analysis"] = time.perf_counter() - part
+    locked_update_index(task.out, task.run.key, summary_entry(run_dir, cfg), seconds)
     return {
         "dir": task.run.dir_name,
         "trained": trained,
         "evaluated": evaluated,
         "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def previous_sessions(out: Path) -> list[dict[str, Any]]:
+    path = out / MANIFEST
+    return read_json(path).get("sessions", []) if path.exists() else []
+
+
+def provenance(runtime: Runtime, jobs: int) -> dict[str, Any]:
+    """What a reproduction ran on: the commit of this checkout (if it is one), machine, device."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    device = torch.cuda.get_device_name() if runtime.device.startswith("cuda") else platform.processor()
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": commit or "unknown (not a git checkout)",
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "device": f"{runtime.device}: {device or 'unknown'}",
+        "torch": torch.__version__,
+        "jobs": jobs,
     }
 
 
@@ -249,6 +293,7 @@ def reproduce(
             "profile": profile.name,
             "settings": json.loads(json.dumps(asdict(profile))),
             "runs": [{"key": r.key, "dir": r.dir_name, "experiments": r.experiments} for r in runs],
+            "sessions": [*previous_sessions(out), provenance(runtime, jobs)],
         },
     )
     worker = worker_runtime(runtime, jobs, executor)

@@ -168,6 +168,10 @@ def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
     index = json.loads((tmp_path / "index.json").read_text())["runs"]
     assert set(index) == {run.key for run in runs_for(profile)}
     assert all(entry["trained_epochs"] == 1 for entry in index.values())
+    # the seconds of each part, and what the reproduction ran on
+    assert all({"train", "neg_elbo", "analysis"} <= set(entry["seconds"]) for entry in index.values())
+    (session,) = json.loads((tmp_path / "reproduce.json").read_text())["sessions"]
+    assert session["jobs"] == 2 and session["commit"] and "CPUs" in session["machine"]
 
 
 def test_a_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
