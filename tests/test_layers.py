@@ -37,6 +37,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("train", "claims", "plan"),
     ("bench", "reproduce", "report", "bench_gpu", "api"),
     ("sweep",),
+    ("parser",),
     ("cli", "__init__"),
     ("__main__",),
 )
