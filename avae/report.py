@@ -17,7 +17,15 @@ from avae.io import atomic_write_bytes, atomic_write_text, read_json, write_csv
 from avae.models import MODELS, row_label
 from avae.paper import DATASET_LABELS, PAPER_LATENTS, PAPER_TABLE1, RowKey, dataset_label, noise_of, rows_of
 from avae.plan import PROFILES, estimate_run_seconds, get_profile, runs_for
-from avae.results import MANIFEST, RunResult, collect_runs, index_runs, last_epoch_gain, short_of_convergence
+from avae.results import (
+    INDEX,
+    MANIFEST,
+    RunResult,
+    collect_runs,
+    index_runs,
+    last_epoch_gain,
+    short_of_convergence,
+)
 
 Table = dict[RowKey, RunResult]
 
@@ -364,7 +372,10 @@ def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str)
     return "\n".join([*lines, "", "CSV: [report/analysis.csv](report/analysis.csv)"])
 
 
-def runs_section(runs: list[RunResult]) -> str:
+def runs_section(runs: list[RunResult], manifest: dict[str, Any], index: dict[str, Any]) -> str:
+    """The run directories behind every figure, the seconds each part took (index.json, summed over
+    sessions) and the sessions that worked on them (reproduce.json: commit, machine, device)."""
+    spent = {entry["dir"]: entry.get("seconds", {}) for entry in index.get("runs", {}).values()}
     rows = [
         [
             r.dir.name,
@@ -374,19 +385,26 @@ def runs_section(runs: list[RunResult]) -> str:
             f"{r.trained_epochs}/{r.cfg.epochs}",
             r.cfg.train_subset or 60000,
             r.cfg.test_subset or 10000,
+            ", ".join(f"{part} {seconds:.0f}" for part, seconds in spent.get(r.dir.name, {}).items()) or "-",
         ]
         for r in runs
     ]
-    header = ["run", "configuration", "data set", "seeds", "epochs", "train images", "test images"]
-    return "\n".join(
-        [
-            "## Runs",
-            "",
-            "Every figure above comes from these run directories.",
-            "",
-            format_table(header, rows),
-        ]
-    )
+    header = ["run", "configuration", "data set", "seeds", "epochs", "train images", "test images", "seconds"]
+    lines = [
+        "## Runs",
+        "",
+        "Every figure above comes from these run directories.",
+        "",
+        format_table(header, rows),
+    ]
+    sessions = manifest.get("sessions", [])
+    if sessions:
+        keys = ("started", "commit", "machine", "device", "torch", "jobs")
+        lines += ["", "Sessions of `avae reproduce` on this directory:", ""]
+        lines.append(
+            format_table(list(keys), [[str(session.get(k, "-")) for k in keys] for session in sessions])
+        )
+    return "\n".join(lines)
 
 
 def fill_command(profile: str | None, out: Path) -> str:
@@ -450,7 +468,7 @@ def write_report(out: str | Path) -> Path:
             "recon",
         ),
         analysis_section(table, datasets, figdir, fill),
-        runs_section(runs),
+        runs_section(runs, manifest, read_json(out / INDEX) if (out / INDEX).exists() else {}),
     ]
     path = out / "report.md"
     atomic_write_text(path, "\n\n".join(sections) + "\n")

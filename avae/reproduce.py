@@ -50,11 +50,10 @@ from avae.plan import (
     runs_for,
     status_of,
 )
+from avae.results import INDEX, MANIFEST
 from avae.runs import EVAL, checkpoint_epoch, read_config
 from avae.train import train
 
-MANIFEST = "reproduce.json"
-INDEX = "index.json"
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install 'avae[ray]'"
 
@@ -167,6 +166,17 @@ def previous_sessions(out: Path) -> list[dict[str, Any]]:
     return read_json(path).get("sessions", []) if path.exists() else []
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def provenance(runtime: Runtime, jobs: int) -> dict[str, Any]:
     """What a reproduction ran on: the commit of this checkout (if it is one), machine, device."""
     try:
@@ -179,7 +189,7 @@ def provenance(runtime: Runtime, jobs: int) -> dict[str, Any]:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    device = torch.cuda.get_device_name() if runtime.device.startswith("cuda") else platform.processor()
+    device = torch.cuda.get_device_name() if runtime.device.startswith("cuda") else cpu_name()
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": commit or "unknown (not a git checkout)",

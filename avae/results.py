@@ -23,6 +23,7 @@ from avae.runs import (
 )
 
 MANIFEST = "reproduce.json"
+INDEX = "index.json"
 
 
 @dataclass
