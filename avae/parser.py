@@ -13,7 +13,7 @@ from avae.config import MODEL_KEYS, TRAIN_KEYS, flatten
 from avae.errors import ConfigError
 from avae.models import ADV_UPDATES, MODELS
 from avae.plan import PROFILES
-from avae.reproduce import EXECUTORS
+from avae.runner import EXECUTORS
 
 try:
     import tomllib

@@ -2,7 +2,7 @@
 
 A sweep is a list of planned runs without a profile: each point of the grid's Cartesian product is
 one configuration (all its seeds trained together as members), run as one task by the local or the
-Ray executor (`avae.reproduce.run_tasks`), in OUT/<the run directory name of `avae reproduce`>. So
+Ray executor (`avae.runner.run_tasks`), in OUT/<the run directory name of `avae reproduce`>. So
 the same rules hold: a finished run (checkpoint at the last epoch, every asked-for metric in
 eval.json) is reused, an unfinished one resumes, and OUT/index.json lists every run. OUT/sweep.json
 lists the points of the last sweep, their run directories and their final test figures.
@@ -25,7 +25,7 @@ from avae.figures import format_table
 from avae.io import read_json, write_json
 from avae.models import MODELS, ModelConfig
 from avae.plan import EvalStep, PlannedRun, estimate_train_seconds, missing_metrics
-from avae.reproduce import (
+from avae.runner import (
     PlanProgress,
     Task,
     check_executor,

@@ -13,8 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from avae import plan
-from avae import reproduce as reproduce_module
+from avae import plan, runner
 from avae.cli import main
 from avae.config import Runtime
 from avae.io import read_json
@@ -100,9 +99,9 @@ def test_second_call_trains_and_evaluates_nothing(smoke, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained or evaluated again")
 
-    monkeypatch.setattr(reproduce_module, "train", refuse)
-    monkeypatch.setattr(reproduce_module, "evaluate_run", refuse)
-    monkeypatch.setattr(reproduce_module, "analyse_run", refuse)
+    monkeypatch.setattr(runner, "train", refuse)
+    monkeypatch.setattr(runner, "evaluate_run", refuse)
+    monkeypatch.setattr(runner, "analyse_run", refuse)
     results = reproduce("smoke", out, runtime=Runtime(progress=False))
     assert not any(r["trained"] or r["evaluated"] for r in results)
 
@@ -112,7 +111,7 @@ def test_report_works_from_the_run_directories_alone(smoke, tmp_path):
     (out / "index.json").rename(tmp_path / "index.json")
     try:
         assert write_report(out).exists()
-        index = reproduce_module.rebuild_index(out)
+        index = runner.rebuild_index(out)
         assert len(index["runs"]) == 28
     finally:
         (tmp_path / "index.json").replace(out / "index.json")
@@ -273,12 +272,12 @@ def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_p
 
 
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
-    from avae.reproduce import default_jobs
+    from avae.runner import default_jobs
 
     assert default_jobs("cpu") == 1
-    monkeypatch.setattr(reproduce_module.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(reproduce_module.torch.cuda, "mem_get_info", lambda device: (7 << 30, 80 << 30))
-    monkeypatch.setattr(reproduce_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runner.torch.cuda, "mem_get_info", lambda device: (7 << 30, 80 << 30))
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
     assert default_jobs("cuda") == 3  # 7 GiB free, 2 GiB a process
-    monkeypatch.setattr(reproduce_module.torch.cuda, "mem_get_info", lambda device: (130 << 30, 140 << 30))
+    monkeypatch.setattr(runner.torch.cuda, "mem_get_info", lambda device: (130 << 30, 140 << 30))
     assert default_jobs("cuda:0") == 16  # as many as CPU cores, at most 16
