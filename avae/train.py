@@ -185,7 +185,7 @@ def train_locked(
             initial=state.epoch * steps,
             desc=label,
             unit="step",
-            disable=not runtime.progress,
+            disable=None if runtime.progress else True,  # None: off unless stderr is a terminal
             dynamic_ncols=True,
         ) as bar,
     ):
@@ -202,6 +202,13 @@ def train_locked(
             if checkpoint is not None and state.epoch == checkpoint[1]["epoch"] + 1:
                 record_resume(out, cfg, state.epoch - 1)  # once the resumed run has written an epoch
             bar.set_postfix(test=f"{float(test_values.mean()):.2f}")
+            if runtime.progress and bar.disable:  # no terminal: one line per epoch instead of a bar
+                print(
+                    f"{label}: epoch {state.epoch}/{cfg.epochs}, test figure "
+                    f"{float(test_values.mean()):.2f}, {time.perf_counter() - started:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if on_epoch is not None:  # e.g. TensorBoard logging: on_epoch(epoch, this epoch's rows, model)
                 on_epoch(state.epoch, state.rows[-len(cfg.seeds) :], state.model)
     save_sample_grids(state.model, cfg.seeds, out)
