@@ -20,6 +20,7 @@ from avae.evaluate import EvalSettings, evaluate_run, metric_seconds, parse_metr
 from avae.figures import format_table, save_image_grid
 from avae.nets import MemberRandom
 from avae.parser import EVALUATE_OPTIONS, TRAIN_OPTIONS, build_parser, read_config_file
+from avae.publish import publish
 from avae.report import write_report
 from avae.reproduce import reproduce
 from avae.runs import load_run, read_config, resume_config
@@ -216,6 +217,11 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    print(f"published to {publish(args.out, args.dest)}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     print(f"report written to {write_report(args.dir)}")
     return 0
@@ -230,6 +236,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reproduce": cmd_reproduce,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "publish": cmd_publish,
     "analyse": cmd_analyse,
     "bench": cmd_bench,
 }

@@ -375,6 +375,18 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     report.add_argument("dir", metavar="DIR", help="the --out directory of `avae reproduce`")
     report.set_defaults(func=handlers["report"])
 
+    publish = commands.add_parser(
+        "publish",
+        help="copy a reproduction's results, without checkpoints, into a folder for a repository",
+        description="Copy every run's config.json, metrics.csv, eval.json, analysis.json, model card and "
+        "first sample and reconstruction grids from OUT into the new folder DEST, with reproduce.json and "
+        "index.json; write DEST/report.md from those files alone and DEST/INDEX.md (command, commits, "
+        "machines, compute time).",
+    )
+    publish.add_argument("out", metavar="OUT", help="the --out directory of `avae reproduce`")
+    publish.add_argument("dest", metavar="DEST", help="a new or empty folder, e.g. results/paper-z10")
+    publish.set_defaults(func=handlers["publish"])
+
     analyse = commands.add_parser(
         "analyse",
         help="analyses beyond the paper for a trained run (written to RUN_DIR/analysis.json)",

@@ -36,7 +36,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("evaluate", "analysis", "results"),
     ("train", "claims", "plan"),
     ("runner", "report", "bench", "bench_gpu", "api"),
-    ("reproduce",),
+    ("reproduce", "publish"),
     ("sweep",),
     ("parser",),
     ("cli", "__init__"),

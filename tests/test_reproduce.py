@@ -16,6 +16,7 @@ import pytest
 from avae import plan, runner
 from avae.cli import main
 from avae.config import Runtime
+from avae.errors import AvaeError
 from avae.io import read_json
 from avae.paper import Experiment
 from avae.plan import Profile, runs_for
@@ -281,3 +282,19 @@ def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
     assert default_jobs("cuda") == 3  # 7 GiB free, 2 GiB a process
     monkeypatch.setattr(runner.torch.cuda, "mem_get_info", lambda device: (130 << 30, 140 << 30))
     assert default_jobs("cuda:0") == 16  # as many as CPU cores, at most 16
+
+
+def test_publish_copies_results_without_checkpoints_and_the_report_regenerates(smoke, tmp_path):
+    from avae.publish import publish
+
+    out, _ = smoke
+    dest = publish(out, tmp_path / "published")
+    assert not list(dest.rglob("*.safetensors"))  # no checkpoints, no classifiers
+    assert len(list(dest.glob("*/config.json"))) == 28 and (dest / "report.md").exists()
+    index = (dest / "INDEX.md").read_text()
+    assert "avae reproduce --profile smoke" in index and "Sessions:" in index and "train " in index
+    before = (dest / "report.md").read_bytes()
+    write_report(dest)
+    assert (dest / "report.md").read_bytes() == before
+    with pytest.raises(AvaeError, match="not empty"):
+        publish(out, dest)

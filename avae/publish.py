@@ -1,0 +1,73 @@
+"""`avae publish OUT DEST`: a reproduction's results as they go into a repository: every run's
+config.json, metrics.csv, eval.json, analysis.json, model card and first sample and reconstruction
+grids (no checkpoints), the manifest and index, the report regenerated from those files alone, and
+INDEX.md saying what was run, with which command, on which commit and machine, and how long it took."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from avae.errors import ConfigError
+from avae.figures import format_table
+from avae.io import atomic_write_text, read_json
+from avae.report import write_report
+from avae.results import INDEX, MANIFEST, collect_runs
+from avae.runs import ANALYSIS, CONFIG, EVAL, METRICS
+
+RUN_FILES = (CONFIG, METRICS, EVAL, ANALYSIS, "README.md")
+
+
+def publish(out: str | Path, dest: str | Path) -> Path:
+    """Copy the publishable files of reproduction OUT to DEST, write DEST/report.md and INDEX.md."""
+    out, dest = Path(out), Path(dest)
+    runs = collect_runs(out)
+    if not runs:
+        raise ConfigError(f"no trained runs in {out}; give the --out of `avae reproduce`")
+    if dest.exists() and any(dest.iterdir()):
+        raise ConfigError(f"{dest} is not empty; publish into a new folder")
+    for run in runs:
+        target = dest / run.dir.name
+        target.mkdir(parents=True)
+        seed = run.cfg.seeds[0]
+        for name in (*RUN_FILES, f"samples_seed{seed}.png", f"recon_seed{seed}.png"):
+            if (run.dir / name).exists():
+                shutil.copyfile(run.dir / name, target / name)
+    for name in (MANIFEST, INDEX):
+        if (out / name).exists():
+            shutil.copyfile(out / name, dest / name)
+    write_report(dest)
+    atomic_write_text(dest / "INDEX.md", index_text(dest, len(runs)))
+    return dest
+
+
+def index_text(dest: Path, count: int) -> str:
+    """What was run, how (the command, per session: commit, machine, device) and how long it took."""
+    manifest: dict[str, Any] = read_json(dest / MANIFEST) if (dest / MANIFEST).exists() else {}
+    index: dict[str, Any] = read_json(dest / INDEX) if (dest / INDEX).exists() else {}
+    profile = manifest.get("profile", "unknown")
+    totals: dict[str, float] = {}
+    for entry in index.get("runs", {}).values():
+        for part, seconds in entry.get("seconds", {}).items():
+            kind = "train" if part == "train" else ("analysis" if part == "analysis" else "evaluation")
+            totals[kind] = totals.get(kind, 0.0) + seconds
+    keys = ("started", "commit", "machine", "device", "torch", "jobs")
+    sessions = manifest.get("sessions", [])
+    lines = [
+        f"# Results of `avae reproduce --profile {profile}`",
+        "",
+        f"{count} runs; each folder holds config.json (settings, versions, data checksums), metrics.csv, "
+        "eval.json, analysis.json, a model card and the first seed's sample and reconstruction grids; "
+        "no checkpoints. `avae report DIR` regenerates report.md from them.",
+        "",
+        f"Command: `avae reproduce --profile {profile} --out DIR`, then `avae report DIR`.",
+        "",
+        "Compute time, summed over runs and sessions (seconds of one process): "
+        + (", ".join(f"{kind} {seconds:.0f}" for kind, seconds in sorted(totals.items())) or "not recorded")
+        + ".",
+    ]
+    if sessions:
+        rows = [[str(session.get(k, "-")) for k in keys] for session in sessions]
+        lines += ["", "Sessions:", "", format_table(list(keys), rows)]
+    return "\n".join(lines) + "\n"
