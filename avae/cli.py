@@ -208,7 +208,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     classifier = None  # the user's own data has no labels, so no classifier features
     if cfg.dataset in data.DATASETS:
         if args.classifiers:
-            path = Path(args.classifiers) / f"{cfg.dataset}.safetensors"
+            path = Path(args.classifiers) / classifier_path(args.classifiers, cfg.dataset).name
         else:
             path = classifier_path(run_dir.resolve().parent, cfg.dataset)
         classifier = ensure_classifier(path, cfg.dataset, epochs=args.classifier_epochs, runtime=runtime)

@@ -163,7 +163,10 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 
 
 EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--metrics", {"default": "elbo", "help": "comma-separated: elbo, iwae, sivi, ais, bdmc (default elbo)"}),
+    (
+        "--metrics",
+        {"default": "elbo", "help": "comma-separated: elbo, critic, iwae, sivi, ais, bdmc (default elbo)"},
+    ),
     ("--k", {"type": int_list, "help": "IWAE sample sizes (default 1,100,1000)"}),
     ("--sivi-k", {"type": int, "help": "extra eps1 draws K of SIVI's L_K (default 100)"}),
     ("--sivi-samples", {"type": int, "help": "z draws per point for SIVI (default 10)"}),
@@ -217,8 +220,8 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
     """The whole command line; `handlers` maps each command to the function that runs it."""
     parser = OneLineParser(
         prog="avae",
-        description="Adversarial variational autoencoders: train, evaluate and sample VAE, "
-        "VAE+eps, AVB and AVAE on MNIST and Fashion-MNIST.",
+        description="Adversarial variational autoencoders: train, evaluate, sample and compare VAE, "
+        "VAE+eps, AVB, AVB-AC and AVAE on MNIST, Fashion-MNIST or your own data.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -248,7 +251,8 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "evaluate",
         help="test negative ELBO and log-likelihood bounds of a trained run",
         description="Evaluate every member of RUN_DIR at once and merge the figures into "
-        "RUN_DIR/eval.json: the model's own objective (elbo), IWAE-k bounds (iwae), SIVI's bound for "
+        "RUN_DIR/eval.json: the model's own objective (elbo), the discriminator-based figure of a model "
+        "with a critic (critic), IWAE-k bounds (iwae), SIVI's bound for "
         "noise-injected encoders (sivi), AIS with HMC (ais) and, with --bdmc, a BDMC check of AIS on "
         "data simulated from the model. Every figure is a negative log p(x)-type value in nats.",
     )
