@@ -9,7 +9,12 @@ Side by side in one run, on one device, each in a short timed window after a war
   `run_epoch`, test pass excluded);
 - the ceiling: a hand-written single-VAE step with the same shapes ([S, B, D] batched products,
   fused capturable Adam), captured whole in one CUDA graph;
-- IWAE-1000 and AIS test points per second with `avae.scoring`'s drivers (VAE, 5 members).
+- the same training step under bf16 autocast (graphed);
+- IWAE-1000 and AIS test points per second with `avae.scoring`'s drivers (VAE, 5 members), eager
+  against graphed (the IWAE chunk and the AIS transition as CUDA-graph replays);
+- several configurations on one device: N worker processes (as `reproduce --jobs N`) against N
+  CUDA streams in one process, training steps per second all together;
+- with `--protocol PROFILE`, the wall time of a whole `avae reproduce --profile PROFILE`.
 
 Writes gpu_bench.json and GPU_BENCH.md under --out. Needs no install (PYTHONPATH=.), only torch,
 numpy, scipy, safetensors, tqdm, matplotlib. Without CUDA it stops with a message, unless
@@ -20,9 +25,14 @@ CUDA); `--quick` shrinks everything for a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +40,10 @@ import torch
 
 from avae import scoring
 from avae.config import Runtime, make_config
+from avae.graphs import ENV_SWITCH
 from avae.io import atomic_write_text, write_json
 from avae.models import MODELS, build_model
-from avae.train import checkpoint_payload, new_state, restore_state, run_epoch
+from avae.train import checkpoint_payload, epoch_batches, new_state, restore_state, run_epoch, train_step
 
 GPU_JSON, GPU_MD = "gpu_bench.json", "GPU_BENCH.md"
 BATCH = 100
@@ -66,11 +77,23 @@ def images_for(count: int, device: torch.device) -> torch.Tensor:
     return torch.rand(count, 784, generator=torch.Generator().manual_seed(0)).to(device)
 
 
+def train_config(model: str, members: int, precision: str = "fp32"):
+    return make_config(
+        {"model": model, "seeds": tuple(range(members)), "batch_size": BATCH, "precision": precision}
+    )
+
+
 def train_step_ms(
-    model: str, members: int, graphed: bool, device: torch.device, x: torch.Tensor, seconds: float
+    model: str,
+    members: int,
+    graphed: bool,
+    device: torch.device,
+    x: torch.Tensor,
+    seconds: float,
+    precision: str = "fp32",
 ) -> float:
     """ms per step of avae's training loop (`run_epoch` on `x`), graphs on or off."""
-    cfg = make_config({"model": model, "seeds": tuple(range(members)), "batch_size": BATCH})
+    cfg = train_config(model, members, precision)
     state = new_state(cfg, device, graphs=graphed and device.type == "cuda")
     runtime = Runtime(device=str(device), progress=False)
     steps = len(x) // BATCH
@@ -183,9 +206,17 @@ def equivalence(device: torch.device, images: int = 600) -> dict[str, Any]:
     return out
 
 
-def eval_points_per_s(device: torch.device, members: int, points: int, ais_steps: int) -> dict[str, Any]:
+def eval_points_per_s(
+    device: torch.device, members: int, points: int, ais_steps: int, graphed: bool = True
+) -> dict[str, Any]:
     """IWAE-1000 and AIS (8 chains, 10 leapfrog steps) test points/s with avae.scoring's drivers on an
-    untrained VAE (the cost does not depend on the weights); AIS extrapolated to 1,000 steps."""
+    untrained VAE (the cost does not depend on the weights); AIS extrapolated to 1,000 steps. With
+    `graphed` the IWAE chunk and the AIS transition are CUDA-graph replays (on CUDA)."""
+    with cuda_graphs(graphed):
+        return {"graphed": graphed, **_eval_points_per_s(device, members, points, ais_steps)}
+
+
+def _eval_points_per_s(device: torch.device, members: int, points: int, ais_steps: int) -> dict[str, Any]:
     seeds = tuple(range(members))
     model = build_model(make_config({"model": "vae"}).model, seeds).to(device).requires_grad_(False)
     x = images_for(points, device)
@@ -212,6 +243,116 @@ def eval_points_per_s(device: torch.device, members: int, points: int, ais_steps
     }
 
 
+@contextlib.contextmanager
+def cuda_graphs(enabled: bool):
+    """AVAE_CUDA_GRAPHS set for the block: the estimators' drivers read it (`graphs_wanted`)."""
+    before = os.environ.get(ENV_SWITCH)
+    os.environ[ENV_SWITCH] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV_SWITCH) if before is None else os.environ.__setitem__(ENV_SWITCH, before)
+
+
+def one_config_steps(model: str, members: int, device: torch.device, x: torch.Tensor):
+    """A fresh graphed (on CUDA) training state and `step(i)`, training step i of one fixed epoch order."""
+    cfg = train_config(model, members)
+    state = new_state(cfg, device, graphs=device.type == "cuda")
+    steps = len(x) // BATCH
+    batches = epoch_batches(state.data_rng.permutations(len(x)), steps, BATCH)
+    return steps, lambda i: train_step(state, cfg, x, batches[i % steps])
+
+
+def streams_steps_per_s(
+    count: int, model: str, members: int, device: torch.device, x: torch.Tensor, seconds: float
+) -> float:
+    """Training steps per second, all configurations together, of `count` configurations in one
+    process, each on its own CUDA stream, their steps interleaved (the host queues step i of every
+    configuration, then step i + 1: nothing waits for the device)."""
+    configs = [one_config_steps(model, members, device, x) for _ in range(count)]
+    streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in range(count)]
+    steps = configs[0][0]
+
+    def rounds() -> int:
+        for i in range(steps):
+            for (_, step), stream in zip(configs, streams, strict=True):
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    step(i)
+        return steps * count
+
+    return 1.0 / timed_steps(rounds, device, seconds)
+
+
+def _process_worker(job: tuple[str, int, str, float, int, Any]) -> float:
+    """One configuration in its own process: warm up, wait for the others, train for `seconds`;
+    returns its steps per second."""
+    model, members, device_name, seconds, images, barrier = job
+    device = torch.device(device_name)
+    if device.type == "cpu":  # share the cores, as `reproduce --jobs` does
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // barrier.parties))
+    steps, step = one_config_steps(model, members, device, images_for(images, device))
+    for i in range(3):
+        step(i)
+    sync(device)
+    barrier.wait()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for i in range(steps):
+            step(i)
+        done += steps
+        sync(device)
+    return done / (time.perf_counter() - start)
+
+
+def processes_steps_per_s(
+    count: int, model: str, members: int, device: torch.device, images: int, seconds: float
+) -> float:
+    """Training steps per second, all processes together, of `count` worker processes (spawned, as
+    `reproduce --jobs` does), each training one configuration; they start timing together."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(count)
+        jobs = [(model, members, str(device), seconds, images, barrier)] * count
+        with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+            return sum(pool.map(_process_worker, jobs))
+
+
+def concurrency(device: torch.device, quick: bool, seconds: float, log=print) -> list[dict[str, Any]]:
+    """Several configurations on one device: processes against streams (VAE and AVAE, S = 5)."""
+    rows = []
+    counts, members, images = ((1, 2), 2, 400) if quick else ((1, 4, 8, 16), 5, 5000)
+    x = images_for(images, device)
+    for model in ("vae", "avae"):
+        for count in counts:
+            row: dict[str, Any] = {"model": model, "members": members, "configurations": count}
+            for kind in ("processes", "streams"):
+                try:
+                    if kind == "processes":
+                        rate = processes_steps_per_s(count, model, members, device, images, seconds)
+                    else:
+                        rate = streams_steps_per_s(count, model, members, device, x, seconds)
+                    row[f"{kind}_steps_per_s"] = rate
+                except Exception as error:  # a benchmark records a failure and goes on
+                    row[f"{kind}_error"] = f"{type(error).__name__}: {error}"
+            rows.append(row)
+            log(f"concurrency: {row}")
+    return rows
+
+
+def protocol_seconds(out: Path, device: torch.device, profile: str, log=print) -> dict[str, Any]:
+    """The wall time of a whole `avae reproduce --profile PROFILE` (training, every figure, every
+    honest metric) into OUT/protocol-PROFILE, in a child process; a rerun reuses finished runs, so
+    use a fresh OUT to time it again."""
+    command = [sys.executable, "-m", "avae", "reproduce", "--profile", profile]
+    command += ["--out", str(out / f"protocol-{profile}"), "--device", str(device), "--no-progress"]
+    log(f"timing: {' '.join(command)}")
+    start = time.perf_counter()
+    returncode = subprocess.run(command, check=False).returncode
+    seconds = time.perf_counter() - start
+    log(f"reproduce --profile {profile}: {seconds:.0f} s (exit {returncode})")
+    return {"profile": profile, "seconds": seconds, "returncode": returncode, "command": " ".join(command)}
+
+
 def device_of(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -224,7 +365,12 @@ def device_of(name: str) -> torch.device:
 
 
 def run(
-    out: str | Path, device_name: str = "cuda", quick: bool = False, members=(1, 5, 40), log=print
+    out: str | Path,
+    device_name: str = "cuda",
+    quick: bool = False,
+    members=(1, 5, 40),
+    log=print,
+    protocol: str = "",
 ) -> dict[str, Any]:
     device = device_of(device_name)
     window = 0.05 if quick else 1.0
@@ -255,13 +401,24 @@ def run(
                 f"{model:9s} S={s:2d}: eager {row['eager_ms']:7.3f} ms/step, graphed "
                 f"{row['graphed_ms']:7.3f} ms/step ({row['speedup']:.1f}x)"
             )
+    results["bf16"] = []
+    for model in models:
+        row = {"model": model, "members": counts[-1]}
+        row["graphed_ms"] = train_step_ms(model, counts[-1], True, device, x, window, "bf16")
+        results["bf16"].append(row)
+        log(f"{model:9s} S={counts[-1]:2d} bf16 autocast, graphed: {row['graphed_ms']:7.3f} ms/step")
     results["ceiling"] = [{"members": s, "ms": ceiling_step_ms(s, device, window)} for s in counts]
     for c in results["ceiling"]:
         log(f"hand-written captured VAE step S={c['members']:2d}: {c['ms']:.3f} ms")
-    results["evaluation"] = eval_points_per_s(
-        device, 2 if quick else 5, 4 if quick else 100, 3 if quick else 100
-    )
-    log(f"evaluation: {results['evaluation']}")
+    results["evaluation"] = [
+        eval_points_per_s(device, 2 if quick else 5, 4 if quick else 100, 3 if quick else 100, graphed)
+        for graphed in (False, True)
+    ]
+    for entry in results["evaluation"]:
+        log(f"evaluation: {entry}")
+    results["concurrency"] = concurrency(device, quick, window if quick else 5.0, log)
+    if protocol:
+        results["protocol"] = protocol_seconds(Path(out), device, protocol, log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / GPU_JSON, results)
@@ -302,15 +459,47 @@ def markdown(r: dict[str, Any]) -> str:
         )
     lines += ["", "Hand-written captured VAE step (the ceiling): "]
     lines[-1] += ", ".join(f"S={s}: {ms:.3f} ms" for s, ms in ceiling.items()) + "."
-    ev = r["evaluation"]
+    lines += ["", "## Training step under bf16 autocast (graphed)", ""]
+    fp32 = {(e["model"], e["members"]): e["graphed_ms"] for e in r["training"]}
+    for e in r["bf16"]:
+        ratio = e["graphed_ms"] / fp32[(e["model"], e["members"])]
+        lines.append(
+            f"- {e['model']} S={e['members']}: {e['graphed_ms']:.3f} ms/step ({ratio:.2f}x fp32's time)"
+        )
     lines += [
         "",
-        "## Evaluation (eager estimators)",
+        "## Evaluation",
         "",
-        f"VAE, {ev['members']} members, {ev['points']} points: IWAE-1000 {ev['iwae1000_points_per_s']:.1f} "
-        f"points/s; AIS ({ev['ais_chains']} chains, {ev['ais_steps_timed']} steps timed) "
-        f"{ev['ais_points_per_s_at_1000_steps']:.2f} points/s at 1,000 steps.",
+        "| estimators | IWAE-1000 points/s | AIS points/s at 1,000 steps |",
+        "|---|---|---|",
     ]
+    for ev in r["evaluation"]:
+        lines.append(
+            f"| {'graphed' if ev['graphed'] else 'eager'} | {ev['iwae1000_points_per_s']:.1f} | "
+            f"{ev['ais_points_per_s_at_1000_steps']:.2f} |"
+        )
+    ev = r["evaluation"][0]
+    lines += [
+        "",
+        f"VAE, {ev['members']} members, {ev['points']} points; AIS with {ev['ais_chains']} chains, "
+        f"{ev['ais_steps_timed']} steps timed and scaled to 1,000.",
+        "",
+        "## Several configurations on one device (training steps/s, all together)",
+        "",
+        "| model | S | configurations | processes | streams |",
+        "|---|---|---|---|---|",
+    ]
+    for c in r["concurrency"]:
+        cells = [
+            f"{c[kind + '_steps_per_s']:.0f}"
+            if kind + "_steps_per_s" in c
+            else f"failed ({c[kind + '_error']})"
+            for kind in ("processes", "streams")
+        ]
+        lines.append(f"| {c['model']} | {c['members']} | {c['configurations']} | {cells[0]} | {cells[1]} |")
+    if "protocol" in r:
+        p = r["protocol"]
+        lines += ["", f"Whole protocol: `{p['command']}` took {p['seconds']:.0f} s (exit {p['returncode']})."]
     return "\n".join(lines) + "\n"
 
 
@@ -320,9 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to check the code")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a test of the code path)")
     parser.add_argument("--members", default="1,5,40", help="member counts S (default 1,5,40)")
+    parser.add_argument(
+        "--protocol",
+        default="",
+        metavar="PROFILE",
+        help="also time a whole `avae reproduce --profile PROFILE` (e.g. full; needs the data sets)",
+    )
     args = parser.parse_args(argv)
     members = tuple(int(s) for s in args.members.split(","))
-    run(args.out, args.device, args.quick, members)
+    run(args.out, args.device, args.quick, members, protocol=args.protocol)
     return 0
 
 

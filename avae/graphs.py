@@ -10,8 +10,9 @@ it can be captured once in a CUDA graph and replayed, one launch instead of hund
   stream, captures it in a CUDA graph and from then on replays it. Its output tensors are the
   graph's static outputs: the caller copies what it keeps before the next call.
 
-On CUDA the training loop and the per-epoch test pass use graphs unless AVAE_CUDA_GRAPHS=0 (or
---compile) is set; on CPU the same code runs eagerly and gives the same numbers as before.
+On CUDA the training loop, the per-epoch test pass, the IWAE chunk and the AIS transition
+(`avae.estimators`) use graphs unless AVAE_CUDA_GRAPHS=0 (or, for training, --compile) is set; on
+CPU the same code runs eagerly and gives the same numbers as before.
 """
 
 from __future__ import annotations
@@ -85,8 +86,10 @@ class GraphedCall:
     capture included, so a caller may count calls as steps. No call synchronises with the host.
     """
 
-    def __init__(self, fn: Callable[[], object], enabled: bool, warmup: int = 2, pool=None):
-        self.fn, self.enabled, self.warmup, self.pool = fn, enabled, warmup, pool
+    def __init__(
+        self, fn: Callable[[], object], enabled: bool, warmup: int = 2, pool=None, name: str = "unit"
+    ):
+        self.fn, self.enabled, self.warmup, self.pool, self.name = fn, enabled, warmup, pool, name
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: object = None
@@ -106,7 +109,13 @@ class GraphedCall:
             # (every distribution in the models is built with validate_args=False: argument checks
             # read values on the host, which a capture forbids)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=self.pool):
-                self.out = self.fn()
+            try:
+                with torch.cuda.graph(self.graph, pool=self.pool):
+                    self.out = self.fn()
+            except RuntimeError as error:
+                raise RuntimeError(
+                    f"capturing the {self.name} in a CUDA graph failed ({error}); "
+                    f"{ENV_SWITCH}=0 runs it eagerly"
+                ) from error
         self.graph.replay()
         return self.out

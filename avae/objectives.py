@@ -126,7 +126,9 @@ def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def ais_log_weight_step(log_lik: torch.Tensor, beta_from: float, beta_to: float) -> torch.Tensor:
+def ais_log_weight_step(
+    log_lik: torch.Tensor, beta_from: float | torch.Tensor, beta_to: float | torch.Tensor
+) -> torch.Tensor:
     """AIS's increment log f_to(z) - log f_from(z) = (beta_to - beta_from) log p(x|z) on the path."""
     return (beta_to - beta_from) * log_lik
 

@@ -16,8 +16,6 @@ from avae.estimators import (
     LogDensity,
     ais,
     ais_log_marginal,
-    gaussian_log_density,
-    gaussian_sampler,
     iwae,
     log_joint_of,
     normal_draws,
@@ -26,7 +24,7 @@ from avae.estimators import (
     sivi,
     uniform_draws,
 )
-from avae.graphs import GraphedCall, StaticNoise, count_draws
+from avae.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted
 from avae.models import LatentModel
 from avae.nets import MemberRandom, repeat_points, split_draws
 
@@ -189,13 +187,8 @@ def iwae_points(
         batch = chunk.unsqueeze(0).expand(len(seeds), -1, -1)
         q = model.proposal(batch, noise, samples=settings.avb_samples, inflate=settings.avb_inflate)
         chunk_k = k_chunk(*batch.shape)
-        bounds = iwae(
-            log_joint_of(model_log_lik(model, batch)),
-            gaussian_sampler(q, noise),
-            gaussian_log_density(q),
-            settings.k,
-            chunk_k,
-        )
+        log_joint = log_joint_of(model_log_lik(model, batch))
+        bounds = iwae(log_joint, q, noise, settings.k, chunk_k, graphs_wanted(x.device))
         for k, value in bounds.items():
             out[k].append(value.double())
         progress(len(chunk))
@@ -225,9 +218,10 @@ def forward_ais(model: LatentModel, log_lik, n: int, settings: EvalSettings, noi
     betas = obj.sigmoid_schedule(settings.ais_steps)
     latent = model.cfg.latent_dim
     pilot = normal_draws(noise, settings.hmc.pilot_chains, n, latent)
-    schedule = pilot_step_sizes(obj.log_prior, log_lik, pilot, betas, noise, settings.hmc)
+    graphed = graphs_wanted(pilot.device)
+    schedule = pilot_step_sizes(obj.log_prior, log_lik, pilot, betas, noise, settings.hmc, graphed)
     z0 = normal_draws(noise, settings.ais_chains, n, latent)
-    log_w, info = ais(obj.log_prior, log_lik, z0, betas, noise, settings.hmc, step_sizes=schedule)
+    log_w, info = ais(obj.log_prior, log_lik, z0, betas, noise, settings.hmc, schedule, graphed=graphed)
     return log_w, schedule, info
 
 
@@ -283,6 +277,7 @@ def bdmc_points(model: LatentModel, seeds, settings: EvalSettings, device, progr
             noise,
             settings.hmc,
             step_sizes=reversed_schedule(schedule),
+            graphed=graphs_wanted(torch.device(device)),
         )
         lower.append(ais_log_marginal(forward))
         upper.append(reverse_ais_log_marginal(reverse))

@@ -120,8 +120,10 @@ def new_state(
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast of the matrix products when cfg.precision == "bf16", else nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    """bf16 autocast of the matrix products when cfg.precision == "bf16", else nothing. No cast
+    cache on CUDA: cached casts would outlive a CUDA-graph capture (PyTorch's graph notes)."""
+    enabled = cfg.precision == "bf16"
+    return torch.autocast(device.type, torch.bfloat16, enabled=enabled, cache_enabled=device.type != "cuda")
 
 
 def train(
@@ -283,9 +285,7 @@ def run_epoch(
     totals: torch.Tensor | None = None
     pending: list[torch.Tensor] = []
     for step in range(steps):
-        load_batch(state, cfg, train_x, batches[step])  # 1. this step's images -> state.batch
-        state.noise_rng.fill(state.step_noise.buffer, state.step_noise.counts)  # 2. its noise
-        stacked = state.iteration().clone()  # 3. every phase: forward, backward, Adam -> [terms, S]
+        stacked = train_step(state, cfg, train_x, batches[step])
         pending.append(stacked)
         totals = stacked if totals is None else totals + stacked
         if len(pending) == runtime.check_every or step == steps - 1:
@@ -293,6 +293,15 @@ def run_epoch(
             bar.update(len(pending))
             pending.clear()
     return {name: total / steps for name, total in zip(state.term_names, totals, strict=True)}
+
+
+def train_step(state: TrainingState, cfg: TrainConfig, train_x: torch.Tensor, indices: torch.Tensor):
+    """One step, no host synchronisation: the images of `indices` into the static batch, this step's
+    noise into the static noise, then the iteration (every phase: forward, backward, Adam; one graph
+    replay on CUDA). Returns the logged terms [terms, S], a copy the next step does not overwrite."""
+    load_batch(state, cfg, train_x, indices)
+    state.noise_rng.fill(state.step_noise.buffer, state.step_noise.counts)
+    return state.iteration().clone()
 
 
 def epoch_batches(order: torch.Tensor, steps: int, batch_size: int) -> torch.Tensor:

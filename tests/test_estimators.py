@@ -137,12 +137,12 @@ def test_pilot_adapts_and_a_given_schedule_is_used_unchanged(monkeypatch):
     schedule = 0.1 + 0.2 * torch.rand(30, 2, 3, generator=torch.Generator().manual_seed(0))
     used = []
 
-    def recording(*args, **kwargs):
-        used.append(args[5].clone())  # the step argument
-        return transition(*args, **kwargs)
+    def recording(chains, adapt):
+        used.append(chains.step.clone())  # the step this transition uses
+        return transition(chains, adapt)
 
-    transition = est.hmc_transition
-    monkeypatch.setattr(est, "hmc_transition", recording)
+    transition = est.AISChains.transition
+    monkeypatch.setattr(est.AISChains, "transition", recording)
     _, info = est.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc, step_sizes=schedule)
     torch.testing.assert_close(torch.stack(used), schedule, rtol=0, atol=0)
     assert info["final_step_size_median"] == pytest.approx(float(schedule[-1].median()))
@@ -190,15 +190,109 @@ def test_iwae_converges_to_the_exact_log_marginal_from_below():
     # deliberately imperfect: shifted mean, too wide, and diagonal where the posterior is not
     scale = torch.diagonal(lg.post_cov, dim1=-2, dim2=-1).sqrt().unsqueeze(1).expand_as(lg.post_loc)
     q = Normal(lg.post_loc + 0.3, 1.5 * scale)
-    bounds = est.iwae(
-        lg.log_joint,
-        est.gaussian_sampler(q, MemberRandom([0, 1], "test")),
-        est.gaussian_log_density(q),
-        (1, 10, 100, 1000),
-        chunk=500,
-    )
+    bounds = est.iwae(lg.log_joint, q, MemberRandom([0, 1], "test"), (1, 10, 100, 1000), chunk=500)
     errors = {k: float((v - lg.exact).mean()) for k, v in bounds.items()}
     assert errors[1] < -1.0  # the ELBO is well below log p(x)
     assert errors[1] < errors[10] < errors[100] + 0.05
     for k, tolerance in ((10, 3.0), (100, 0.3), (1000, 0.12)):
         assert abs(errors[k]) < tolerance, (k, errors)
+
+
+# --- the static-buffer units against a plain loop ---------------------------------------------------
+
+
+def textbook_ais(log_prior, log_lik, z0, betas, noise, hmc, schedule=None):
+    """AIS written as a plain loop over transitions (the form before the static-buffer units):
+    returns the log-weights and the steps used. Draws: the momenta, then the Metropolis uniforms."""
+
+    def evaluate(z):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            lp, ll = log_prior(z), log_lik(z)
+            grad_lp = torch.autograd.grad(lp.sum(), z, retain_graph=True)[0]
+            return lp.detach(), ll.detach(), grad_lp, torch.autograd.grad(ll.sum(), z)[0]
+
+    z, (lp, ll, glp, gll) = z0, evaluate(z0)
+    log_w = torch.zeros(z0.shape[:-1], dtype=torch.float64)
+    step, used = torch.full(z0.shape[1:-1], hmc.step_size), []
+    for t in range(1, len(betas)):
+        step = step if schedule is None else schedule[t - 1]
+        used.append(step)
+        beta = float(betas[t])
+        log_w += ((beta - float(betas[t - 1])) * ll).double()
+        eps = step.unsqueeze(0).unsqueeze(-1)
+        p0 = est.normal_draws(noise, z.shape[0], *z.shape[2:])
+        p, new = p0 + 0.5 * eps * (glp + beta * gll), z
+        for i in range(hmc.leapfrog):
+            new = new + eps * p
+            nlp, nll, nglp, ngll = evaluate(new)
+            p = p + (eps if i < hmc.leapfrog - 1 else 0.5 * eps) * (nglp + beta * ngll)
+        h0 = -(lp + beta * ll) + 0.5 * p0.pow(2).sum(-1)
+        h1 = -(nlp + beta * nll) + 0.5 * p.pow(2).sum(-1)
+        log_accept = (h0 - h1).clamp(max=0).nan_to_num(nan=-math.inf)
+        accept = torch.log(est.uniform_draws(noise, z.shape[0], *z.shape[2:-1])) < log_accept
+        keep = accept.unsqueeze(-1)
+        z, glp, gll = torch.where(keep, new, z), torch.where(keep, nglp, glp), torch.where(keep, ngll, gll)
+        lp, ll = torch.where(accept, nlp, lp), torch.where(accept, nll, ll)
+        if schedule is None:
+            rate = log_accept.exp().mean(0)
+            step = step * torch.where(rate > hmc.target_accept, 1 + hmc.adapt, 1 - hmc.adapt)
+    return log_w, torch.stack(used)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ais_static_buffer_transitions_equal_a_plain_loop_bitwise(dtype):
+    lg = LinearGaussian(members=2, points=3, latent=2, dim=5, sigma=1.0)
+    if dtype == torch.float32:
+        lg.w, lg.b, lg.x = lg.w.float(), lg.b.float(), lg.x.float()
+    betas = obj.sigmoid_schedule(25)
+    hmc = est.HMCSettings(leapfrog=3, step_size=0.3, adapt=0.1)
+    z0 = lg.prior_draws(MemberRandom([0, 1], "start"), 4).to(dtype)
+    ours = MemberRandom([0, 1], "run")
+    schedule = est.pilot_step_sizes(obj.log_prior, lg.log_lik, z0[:2], betas, ours, hmc)
+    log_w, _ = est.ais(obj.log_prior, lg.log_lik, z0, betas, ours, hmc, step_sizes=schedule)
+
+    plain = MemberRandom([0, 1], "run")
+    _, expected_schedule = textbook_ais(obj.log_prior, lg.log_lik, z0[:2], betas, plain, hmc)
+    expected, _ = textbook_ais(obj.log_prior, lg.log_lik, z0, betas, plain, hmc, expected_schedule)
+    assert bool((schedule != hmc.step_size).any())  # the pilot did adapt
+    torch.testing.assert_close(schedule, expected_schedule, rtol=0, atol=0)
+    torch.testing.assert_close(log_w, expected, rtol=0, atol=0)
+    assert torch.equal(z0, lg.prior_draws(MemberRandom([0, 1], "start"), 4).to(dtype))  # z0 untouched
+
+
+def test_iwae_chunks_equal_one_plain_pass_bitwise():
+    """The replayable chunk (static noise buffer) gives the log-weights of a plain loop that draws
+    and weighs chunk by chunk from the same stream; chunks of 7, the last one (2) run eagerly."""
+    lg = LinearGaussian(members=2, points=4, latent=3, dim=6, sigma=0.7)
+    lg.w, lg.b, lg.x = lg.w.float(), lg.b.float(), lg.x.float()
+    q = Normal(lg.post_loc.float() + 0.2, torch.full_like(lg.post_loc.float(), 0.8))
+    chunked = est.iwae_log_weights(lg.log_joint, q, MemberRandom([0, 1], "iwae"), 30, chunk=7)
+    noise = MemberRandom([0, 1], "iwae")
+    plain = []
+    for n in (7, 7, 7, 7, 2):
+        z = q.loc + q.scale * est.normal_draws(noise, n, 4, 3)
+        plain.append(lg.log_joint(z) - q.log_prob(z).sum(-1))
+    plain = torch.cat(plain)
+    assert not torch.equal(plain[:7], plain[7:14])
+    assert chunked.shape == (30, 2, 4)
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_estimators_equal_eager_on_cuda():
+    lg = LinearGaussian(members=2, points=3, latent=2, dim=5, sigma=1.0)
+    lg.w, lg.b, lg.x = lg.w.float().cuda(), lg.b.float().cuda(), lg.x.float().cuda()
+    betas = obj.sigmoid_schedule(40)
+    hmc = est.HMCSettings(leapfrog=3, step_size=0.3, adapt=0.1)
+    z0 = lg.prior_draws(MemberRandom([0, 1], "start", "cuda"), 4).float()
+    q = Normal(z0[0] + 0.1, torch.full_like(z0[0], 0.9))
+    results = {}
+    for graphed in (False, True):
+        noise = MemberRandom([0, 1], "run", "cuda")
+        log_w, info = est.ais(obj.log_prior, lg.log_lik, z0, betas, noise, hmc, graphed=graphed)
+        weights = est.iwae_log_weights(lg.log_joint, q, noise, 50, chunk=6, graphed=graphed)
+        results[graphed] = (log_w, weights, info["mean_acceptance"])
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5)
+    assert results[True][2] == pytest.approx(results[False][2], abs=1e-5)

@@ -112,8 +112,22 @@ def test_gpu_benchmark_runs_on_cpu_quick(tmp_path):
         (m, s) for m in ("vae", "avae") for s in (1, 2)
     }
     assert all(e["eager_ms"] > 0 and e["graphed_ms"] > 0 for e in results["training"])
-    assert all(c["ms"] > 0 for c in saved["ceiling"]) and saved["evaluation"]["iwae1000_points_per_s"] > 0
-    assert "## Training step" in (tmp_path / bench_gpu.GPU_MD).read_text()
+    assert all(c["ms"] > 0 for c in saved["ceiling"])
+    assert [e["graphed"] for e in saved["evaluation"]] == [False, True]
+    assert all(e["iwae1000_points_per_s"] > 0 for e in saved["evaluation"])
+    assert [e["model"] for e in saved["bf16"]] == ["vae", "avae"] and all(
+        e["graphed_ms"] > 0 for e in saved["bf16"]
+    )
+    concurrency = saved["concurrency"]
+    assert {(c["model"], c["configurations"]) for c in concurrency} == {
+        (m, n) for m in ("vae", "avae") for n in (1, 2)
+    }
+    assert all(c["processes_steps_per_s"] > 0 and c["streams_steps_per_s"] > 0 for c in concurrency), (
+        concurrency
+    )
+    text = (tmp_path / bench_gpu.GPU_MD).read_text()
+    assert "## Training step" in text and "## Several configurations on one device" in text
+    assert "failed" not in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
