@@ -178,15 +178,21 @@ class EpochFigure:
 
 @torch.no_grad()
 def iwae_points(
-    model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettings, progress: Progress = no_progress
+    model: LatentModel,
+    x: torch.Tensor,
+    seeds,
+    settings: EvalSettings,
+    progress: Progress = no_progress,
+    draws_per_chunk: int = 0,
 ) -> dict[int, torch.Tensor]:
-    """IWAE-k of every k in settings.k with the model's proposal: {k: log p(x) bounds [S, N]}."""
+    """IWAE-k of every k in settings.k with the model's proposal: {k: log p(x) bounds [S, N]}.
+    Draws are made `draws_per_chunk` at a time (0: as many as ELEMENT_BUDGET allows)."""
     noise = MemberRandom(seeds, f"eval-iwae-{settings.seed}", x.device)
     out: dict[int, list[torch.Tensor]] = {k: [] for k in settings.k}
     for chunk in x.split(settings.batch_size):
         batch = chunk.unsqueeze(0).expand(len(seeds), -1, -1)
         q = model.proposal(batch, noise, samples=settings.avb_samples, inflate=settings.avb_inflate)
-        chunk_k = k_chunk(*batch.shape)
+        chunk_k = draws_per_chunk or k_chunk(*batch.shape)
         log_joint = log_joint_of(model_log_lik(model, batch))
         bounds = iwae(log_joint, q, noise, settings.k, chunk_k, graphs_wanted(x.device))
         for k, value in bounds.items():
