@@ -1,4 +1,5 @@
-"""The Markdown of `avae bench` (BENCH.md): its tables, the targets and the Table 1 estimate."""
+"""The Markdown of the benchmarks: `avae bench` (BENCH.md: its tables, the targets and the Table 1
+estimate) and the GPU benchmark (GPU_BENCH.md)."""
 
 from __future__ import annotations
 
@@ -213,3 +214,83 @@ def markdown(r: dict[str, Any]) -> str:
     for t in r.get("targets", []):
         lines.append(f"| {t['target']} | {t['value']:.2f} | {'yes' if t['met'] else '**no**'} |")
     return "\n".join(lines) + "\n" + (NOTES.read_text() if NOTES.exists() else "")
+
+
+def gpu_markdown(r: dict[str, Any]) -> str:
+    """GPU_BENCH.md from the results of `avae.bench_gpu.run`."""
+    c = r["checks"]
+    ceiling = {e["members"]: e["ms"] for e in r["ceiling"]}
+    lines = [
+        "# avae GPU benchmark",
+        "",
+        f"Device: {r['device']}; torch {r['torch']} (CUDA {r['cuda']}); batch {r['batch_size']}"
+        + ("; --quick" if r["quick"] else "")
+        + ". Graphed: one CUDA graph replay per training iteration (on CPU: the same static-buffer "
+        "iteration, eager).",
+        "",
+        "## Checks",
+        "",
+        f"- graphed vs eager iteration (AVAE, 2 members, 1 epoch): bitwise {c['graph_vs_eager_bitwise']}, "
+        f"max |loss diff| {c['graph_vs_eager_loss_max_abs_diff']:.3g}, "
+        f"max |weight diff| {c['graph_vs_eager_weight_max_abs_diff']:.3g}",
+        f"- resume (VAE+eps, 1 + 2 epochs vs 3): bitwise {c['resume_bitwise']} ({c['resume_tensors_equal']} "
+        "weight tensors equal)",
+        f"- estimators graphed vs eager (that VAE+eps, 6 points): max |AIS diff| "
+        f"{c['ais_graph_vs_eager_max_abs_diff']:.3g}, max |IWAE-50 diff| "
+        f"{c['iwae_graph_vs_eager_max_abs_diff']:.3g} nats",
+        "",
+        "## Training step",
+        "",
+        "| model | S | eager ms/step | graphed ms/step | speed-up | graphed / hand-written ceiling |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in r["training"]:
+        ratio = e["graphed_ms"] / ceiling[e["members"]] if e["model"] == "vae" else float("nan")
+        lines.append(
+            f"| {e['model']} | {e['members']} | {e['eager_ms']:.3f} | {e['graphed_ms']:.3f} | "
+            f"{e['speedup']:.1f}x | {'-' if ratio != ratio else f'{ratio:.2f}'} |"
+        )
+    lines += ["", "Hand-written captured VAE step (the ceiling): "]
+    lines[-1] += ", ".join(f"S={s}: {ms:.3f} ms" for s, ms in ceiling.items()) + "."
+    lines += ["", "## Training step under bf16 autocast (graphed)", ""]
+    fp32 = {(e["model"], e["members"]): e["graphed_ms"] for e in r["training"]}
+    for e in r["bf16"]:
+        ratio = e["graphed_ms"] / fp32[(e["model"], e["members"])]
+        lines.append(
+            f"- {e['model']} S={e['members']}: {e['graphed_ms']:.3f} ms/step ({ratio:.2f}x fp32's time)"
+        )
+    lines += [
+        "",
+        "## Evaluation",
+        "",
+        "| estimators | IWAE-1000 points/s | AIS points/s at 1,000 steps |",
+        "|---|---|---|",
+    ]
+    for ev in r["evaluation"]:
+        lines.append(
+            f"| {'graphed' if ev['graphed'] else 'eager'} | {ev['iwae1000_points_per_s']:.1f} | "
+            f"{ev['ais_points_per_s_at_1000_steps']:.2f} |"
+        )
+    ev = r["evaluation"][0]
+    lines += [
+        "",
+        f"VAE, {ev['members']} members, {ev['points']} points; AIS with {ev['ais_chains']} chains, "
+        f"{ev['ais_steps_timed']} steps timed and scaled to 1,000.",
+        "",
+        "## Several configurations on one device (training steps/s, all together)",
+        "",
+        "| model | S | configurations | processes | streams |",
+        "|---|---|---|---|---|",
+    ]
+    for c in r["concurrency"]:
+        cells = [
+            f"{c[kind + '_steps_per_s']:.0f}"
+            if kind + "_steps_per_s" in c
+            else f"failed ({c[kind + '_error']})"
+            for kind in ("processes", "streams")
+        ]
+        lines.append(f"| {c['model']} | {c['members']} | {c['configurations']} | {cells[0]} | {cells[1]} |")
+    if "protocol" in r:
+        p = r["protocol"]
+        lines += ["", f"Whole protocol: `{p['command']}` took {p['seconds']:.0f} s (exit {p['returncode']})."]
+    return "\n".join(lines) + "\n"
