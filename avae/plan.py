@@ -242,9 +242,10 @@ def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
 # machine). A model the bench does not know costs as the dearest known one. GPU: a guess (small
 # MLPs are bound by kernel launches there, so members cost little more than one), not measured.
 BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.json"
+GPU_BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-h200" / "gpu_bench.json"
 BATCH = 100
 BUILTIN_STEP_MS = {"vae": (15.0, 12.0), "vae-noise": (15.0, 12.0), "avb": (40.0, 35.0), "avae": (45.0, 40.0)}
-GPU_STEP_MS = 10.0
+GPU_STEP_MS = 10.0  # without a GPU benchmark: an eager CUDA step, a pessimistic figure
 
 
 def fit_step_cost(entries: list[dict[str, Any]]) -> tuple[float, float] | None:
@@ -275,6 +276,26 @@ def bench_entries(model: str, bench: Path) -> list[dict[str, Any]]:
     ]
 
 
+def gpu_step_seconds(model: str, members: int, bench: Path = GPU_BENCH_JSON) -> float:
+    """Seconds per graphed CUDA training step, fitted through the committed GPU benchmark's
+    (S, graphed ms) points of `model` (measured on one H200), plus 5% for the per-epoch test pass;
+    GPU_STEP_MS per step without them."""
+    try:
+        results = json.loads(bench.read_text()) if bench.exists() else {}
+    except (OSError, ValueError):
+        results = {}
+    entries = [
+        {"members": e["members"], "ms_per_step": e["graphed_ms"]}
+        for e in results.get("training", [])
+        if e.get("model") == model and "graphed_ms" in e
+    ]
+    fitted = fit_step_cost(entries)
+    if fitted is None:
+        return GPU_STEP_MS / 1e3 * max(1.0, members / 8)
+    a, b = fitted
+    return 1.05 * (a + b * members)
+
+
 def estimate_train_seconds(
     model: str,
     members: int,
@@ -287,7 +308,7 @@ def estimate_train_seconds(
     `epochs` epochs over `train_images` images, with the test pass after each epoch."""
     steps = train_images // BATCH
     if device.startswith("cuda"):
-        return epochs * steps * GPU_STEP_MS / 1e3 * max(1.0, members / 8)
+        return epochs * steps * gpu_step_seconds(model, members)
     entries = bench_entries(model, bench)
     fitted = fit_step_cost(entries)
     if fitted is None:

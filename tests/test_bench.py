@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from avae import bench, plan
@@ -73,3 +74,16 @@ def test_bf16_training_runs_and_resumes_only_in_bf16(tmp_path, synthetic_data):
         train(make_config({**settings, "epochs": 2}), tmp_path / "run", runtime=runtime, resume=True)
     bf16 = make_config({**settings, "epochs": 2, "precision": "bf16"})
     train(bf16, tmp_path / "run", runtime=runtime, resume=True)
+
+
+def test_gpu_step_cost_is_fitted_through_the_gpu_benchmarks_graphed_steps(tmp_path):
+    bench_file = tmp_path / "gpu_bench.json"
+    rows = [{"model": "vae", "members": s, "eager_ms": 4.0, "graphed_ms": 0.3 + 0.02 * s} for s in (1, 5, 40)]
+    bench_file.write_text(json.dumps({"training": rows}))
+    assert plan.gpu_step_seconds("vae", 10, bench_file) == pytest.approx(1.05 * (0.3 + 0.2) / 1e3)
+    # no figures for that model (or no file): the pessimistic eager figure
+    assert plan.gpu_step_seconds("avae", 10, bench_file) == plan.GPU_STEP_MS / 1e3 * 10 / 8
+    assert plan.gpu_step_seconds("vae", 4, tmp_path / "none.json") == plan.GPU_STEP_MS / 1e3
+    # the committed H200 figures are what a --device cuda dry run uses
+    measured = plan.gpu_step_seconds("vae", 5)
+    assert 0.3e-3 < measured < 0.6e-3, measured
