@@ -103,7 +103,8 @@ def train_step_ms(
         run_epoch(state, cfg, x, runtime, _NoBar())
         return steps
 
-    return 1e3 * timed_steps(epoch, device, seconds)
+    with state.iteration:  # its graph is released at the end (GraphedCall.release)
+        return 1e3 * timed_steps(epoch, device, seconds)
 
 
 def ceiling_step_ms(members: int, device: torch.device, seconds: float, steps: int = 50) -> float:
@@ -178,7 +179,8 @@ def equivalence(device: torch.device, images: int = 600) -> dict[str, Any]:
     for graphed in (False, True):
         state = new_state(cfg, device, graphs=graphed and device.type == "cuda")
         state.epoch = 1
-        means = run_epoch(state, cfg, x, runtime, _NoBar())
+        with state.iteration:
+            means = run_epoch(state, cfg, x, runtime, _NoBar())
         results[graphed] = (means, state.model.state_dict())
     (m0, w0), (m1, w1) = results[False], results[True]
     out["graph_vs_eager_loss_max_abs_diff"] = max(float((m0[k] - m1[k]).abs().max()) for k in m0)
@@ -202,6 +204,8 @@ def equivalence(device: torch.device, images: int = 600) -> dict[str, Any]:
     restore_state(resumed, cfg, {k: v.cpu() for k, v in tensors.items()}, meta)
     epochs(resumed, 2)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for state in (straight, first, resumed):
+        state.iteration.release()
     out["resume_bitwise"] = all(torch.equal(a[k], b[k]) for k in a)
     out["resume_tensors_equal"] = f"{sum(torch.equal(a[k], b[k]) for k in a)} of {len(a)}"
     out.update(estimator_equivalence(resumed.model, cfg.seeds, x[:6]))
@@ -272,13 +276,15 @@ def cuda_graphs(enabled: bool):
         os.environ.pop(ENV_SWITCH) if before is None else os.environ.__setitem__(ENV_SWITCH, before)
 
 
-def one_config_steps(model: str, members: int, device: torch.device, x: torch.Tensor):
-    """A fresh graphed (on CUDA) training state and `step(i)`, training step i of one fixed epoch order."""
+def one_config_steps(model: str, members: int, device: torch.device, x: torch.Tensor, stream=None):
+    """A fresh graphed (on CUDA) training state, captured on `stream` if given, and `step(i)`,
+    training step i of one fixed epoch order."""
     cfg = train_config(model, members)
     state = new_state(cfg, device, graphs=device.type == "cuda")
+    state.iteration.capture_stream = stream
     steps = len(x) // BATCH
     batches = epoch_batches(state.data_rng.permutations(len(x)), steps, BATCH)
-    return steps, lambda i: train_step(state, cfg, x, batches[i % steps])
+    return state, steps, lambda i: train_step(state, cfg, x, batches[i % steps])
 
 
 def streams_steps_per_s(
@@ -286,19 +292,24 @@ def streams_steps_per_s(
 ) -> float:
     """Training steps per second, all configurations together, of `count` configurations in one
     process, each on its own CUDA stream, their steps interleaved (the host queues step i of every
-    configuration, then step i + 1: nothing waits for the device)."""
-    configs = [one_config_steps(model, members, device, x) for _ in range(count)]
+    configuration, then step i + 1: nothing waits for the device). Each configuration's graph is
+    captured on its own stream, so that concurrent replays do not share a cuBLAS workspace."""
     streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in range(count)]
-    steps = configs[0][0]
+    configs = [one_config_steps(model, members, device, x, stream) for stream in streams]
+    steps = configs[0][1]
 
     def rounds() -> int:
         for i in range(steps):
-            for (_, step), stream in zip(configs, streams, strict=True):
+            for (_, _, step), stream in zip(configs, streams, strict=True):
                 with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     step(i)
         return steps * count
 
-    return 1.0 / timed_steps(rounds, device, seconds)
+    try:
+        return 1.0 / timed_steps(rounds, device, seconds)
+    finally:
+        for state, _, _ in configs:
+            state.iteration.release()
 
 
 def _process_worker(job: tuple[str, int, str, float, int, Any]) -> float:
@@ -308,7 +319,7 @@ def _process_worker(job: tuple[str, int, str, float, int, Any]) -> float:
     device = torch.device(device_name)
     if device.type == "cpu":  # share the cores, as `reproduce --jobs` does
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // barrier.parties))
-    steps, step = one_config_steps(model, members, device, images_for(images, device))
+    _, steps, step = one_config_steps(model, members, device, images_for(images, device))
     for i in range(3):
         step(i)
     sync(device)

@@ -57,16 +57,16 @@ def iwae_log_weights(
         z = q.loc + q.scale * draws
         return obj.importance_log_weights(log_joint(z), q.log_prob(z).sum(-1))
 
-    unit = GraphedCall(lambda: weights(eps), enabled=graphed, name="IWAE chunk")
     log_w = torch.empty(k, *q.loc.shape[:-1], dtype=q.loc.dtype, device=q.loc.device)
-    for start in range(0, k, chunk):
-        n = min(chunk, k - start)
-        draws = normal_draws(noise, n, *q.loc.shape[1:])
-        if n == len(eps):
-            eps.copy_(draws)
-            log_w[start : start + n].copy_(unit())
-        else:
-            log_w[start : start + n].copy_(weights(draws))
+    with GraphedCall(lambda: weights(eps), enabled=graphed, name="IWAE chunk") as unit:
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            draws = normal_draws(noise, n, *q.loc.shape[1:])
+            if n == len(eps):
+                eps.copy_(draws)
+                log_w[start : start + n].copy_(unit())
+            else:
+                log_w[start : start + n].copy_(weights(draws))
     return log_w
 
 
@@ -171,17 +171,17 @@ def _anneal(log_prior, log_lik, z0, betas, noise, hmc: HMCSettings, schedule, gr
     transitions = len(betas) - 1
     coefficients = torch.stack([betas[:-1], betas[1:]], dim=1).to(z0.device)  # [T, 2]: from, to
     adapt = schedule is None
-    unit = GraphedCall(lambda: chains.transition(adapt), enabled=graphed, name="AIS transition")
     used = torch.empty(transitions, *z0.shape[1:-1], device=z0.device)
     count, points = z0.shape[0], z0.shape[2:]  # chains; [B, Z] per member
-    for t in range(transitions):
-        chains.coefficients.copy_(coefficients[t])
-        if not adapt:
-            chains.step.copy_(schedule[t])
-        used[t].copy_(chains.step)
-        chains.momentum.copy_(normal_draws(noise, count, *points))
-        chains.uniform.copy_(uniform_draws(noise, count, *points[:-1]))
-        unit()
+    with GraphedCall(lambda: chains.transition(adapt), enabled=graphed, name="AIS transition") as unit:
+        for t in range(transitions):
+            chains.coefficients.copy_(coefficients[t])
+            if not adapt:
+                chains.step.copy_(schedule[t])
+            used[t].copy_(chains.step)
+            chains.momentum.copy_(normal_draws(noise, count, *points))
+            chains.uniform.copy_(uniform_draws(noise, count, *points[:-1]))
+            unit()
     return chains.log_w, used, float(chains.accepted) / max(1, transitions)
 
 

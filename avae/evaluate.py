@@ -33,6 +33,7 @@ from avae import objectives as obj
 from avae.card import write_card
 from avae.config import Runtime
 from avae.errors import ConfigError
+from avae.graphs import use_device
 from avae.io import read_json, write_json
 from avae.models import LatentModel
 from avae.runs import EVAL, load_run
@@ -364,6 +365,7 @@ def evaluate_run(
         settings = EvalSettings(**settings)
     settings = settings or EvalSettings()
     runtime = runtime or Runtime()
+    use_device(runtime.device)
     cfg, model, meta = load_run(run_dir, runtime.device)
     model.requires_grad_(False)
     test_x = data.load_pixels(

@@ -27,8 +27,21 @@ ENV_SWITCH = "AVAE_CUDA_GRAPHS"  # "0" turns CUDA graphs off (eager CUDA, for co
 
 
 def graphs_wanted(device: torch.device, compile: bool = False) -> bool:
-    """CUDA graphs by default on CUDA (not with torch.compile, and not with AVAE_CUDA_GRAPHS=0)."""
-    return device.type == "cuda" and not compile and os.environ.get(ENV_SWITCH, "1") != "0"
+    """CUDA graphs by default on CUDA (not with torch.compile, and not with AVAE_CUDA_GRAPHS=0).
+    Only on the current CUDA device (`use_device`): a capture records the current device's streams,
+    so work sent to another device would silently stay out of the graph."""
+    if device.type != "cuda" or compile or os.environ.get(ENV_SWITCH, "1") == "0":
+        return False
+    return device.index is None or device.index == torch.cuda.current_device()
+
+
+def use_device(device: torch.device | str) -> torch.device:
+    """Make a CUDA device given with an index (cuda:N) the current one, so that graphs, streams and
+    kernels all go to it; returns the torch.device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 class StaticNoise:
@@ -83,7 +96,15 @@ class GraphedCall:
     Disabled: every call runs `fn()`. Enabled (CUDA): the first `warmup` calls run it eagerly on a
     side stream (lazy initialisation: optimiser state, cuBLAS handles, autograd), the next captures
     it in a CUDA graph and every call from then on is one `replay()`. Each call does the work once,
-    capture included, so a caller may count calls as steps. No call synchronises with the host.
+    capture included, so a caller may count calls as steps. No call synchronises with the host,
+    except the capture (PyTorch synchronises the device before it).
+
+    `release()` (or leaving a `with unit:` block) destroys the graph at a moment the caller
+    chooses. Do so as soon as the unit is no longer needed: PyTorch keys cuBLAS workspaces by
+    capture stream and may free them when any graph captured on that stream is destroyed
+    (pytorch/pytorch#193402), so a graph left to the garbage collector could free the workspace of
+    another live graph. `capture_stream` (default:
+    PyTorch's shared capture stream) gives a unit replayed beside others its own workspace.
     """
 
     def __init__(
@@ -93,29 +114,50 @@ class GraphedCall:
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: object = None
+        self.capture_stream: torch.cuda.Stream | None = None
 
     def __call__(self):
         self.calls += 1
         if not self.enabled:
             return self.fn()
         if self.graph is None and self.calls <= self.warmup:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = self.fn()
-            torch.cuda.current_stream().wait_stream(side)
-            return out
+            return self._warm_up()
         if self.graph is None:
-            # (every distribution in the models is built with validate_args=False: argument checks
-            # read values on the host, which a capture forbids)
-            self.graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(self.graph, pool=self.pool):
-                    self.out = self.fn()
-            except RuntimeError as error:
-                raise RuntimeError(
-                    f"capturing the {self.name} in a CUDA graph failed ({error}); "
-                    f"{ENV_SWITCH}=0 runs it eagerly"
-                ) from error
+            self._capture()
         self.graph.replay()
         return self.out
+
+    def _warm_up(self):
+        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = self.fn()
+        main.wait_stream(side)
+        if isinstance(out, torch.Tensor):
+            out.record_stream(main)  # made on the side stream, used and freed on the main one
+        return out
+
+    def _capture(self) -> None:
+        # (every distribution in the models is built with validate_args=False: argument checks
+        # read values on the host, which a capture forbids)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.capture_stream):
+                self.out = self.fn()
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"capturing the {self.name} in a CUDA graph failed ({error}); {ENV_SWITCH}=0 runs it eagerly"
+            ) from error
+        self.graph = graph  # only a complete capture is ever replayed
+
+    def __enter__(self) -> GraphedCall:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Destroy the graph and its outputs now; a later call warms up and captures again."""
+        if self.graph is not None:
+            self.graph.reset()
+        self.graph, self.out, self.calls = None, None, 0

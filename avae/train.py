@@ -37,7 +37,7 @@ from avae.checkpoint import save_checkpoint
 from avae.config import Runtime, TrainConfig, config_dict, config_hash, versions
 from avae.errors import ConfigError, DivergenceError
 from avae.figures import save_sample_grids
-from avae.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted
+from avae.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted, use_device
 from avae.io import file_lock, write_json
 from avae.models import LatentModel, Phase, build_model
 from avae.nets import MemberRandom
@@ -146,7 +146,7 @@ def train(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
-    device = torch.device(runtime.device)
+    device = use_device(runtime.device)
     train_x, test_x = split_data(cfg, runtime)
     if len(train_x) < cfg.batch_size:  # refused before anything is written
         raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train_x)} training images")
@@ -182,6 +182,8 @@ def train_locked(
     label = f"{cfg.model.name} {cfg.dataset} S={len(cfg.seeds)}"
     with (
         cpu_threads_of(checkpoint, device),
+        state.iteration,  # (each unit's graph is released when the block ends: GraphedCall.release)
+        test_pass.unit,
         tqdm(
             total=cfg.epochs * steps,
             initial=state.epoch * steps,

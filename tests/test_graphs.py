@@ -12,7 +12,7 @@ import torch
 
 from avae import bench_gpu, scoring
 from avae.config import Runtime, make_config
-from avae.graphs import GraphedCall, StaticNoise, count_draws
+from avae.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted, use_device
 from avae.nets import MemberRandom
 from avae.train import autocast, new_state, run_epoch, take_step
 
@@ -94,6 +94,20 @@ def test_count_draws_and_disabled_graph_run_eagerly():
     calls = []
     unit = GraphedCall(lambda: calls.append(1) or len(calls), enabled=False)
     assert [unit(), unit(), unit()] == [1, 2, 3]
+    with unit:  # leaving the block releases the (here absent) graph and starts the count again
+        assert unit() == 4 and unit.calls == 4
+    assert unit.calls == 0 and unit.graph is None
+
+
+def test_graphs_only_on_the_current_cuda_device(monkeypatch):
+    assert not graphs_wanted(torch.device("cpu"))
+    assert use_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert graphs_wanted(torch.device("cuda")) and graphs_wanted(torch.device("cuda:0"))
+    assert not graphs_wanted(torch.device("cuda:1"))  # its work would stay out of a capture
+    assert not graphs_wanted(torch.device("cuda"), compile=True)
+    monkeypatch.setenv("AVAE_CUDA_GRAPHS", "0")
+    assert not graphs_wanted(torch.device("cuda"))
 
 
 def test_epoch_figure_on_cpu_is_the_plain_test_pass():
