@@ -265,7 +265,9 @@ def eval_throughput(points: int, ais_steps: int, members: int = 1) -> dict[str, 
     return out
 
 
-def bf16_accuracy(epochs: int, train_images: int, seeds: Sequence[int]) -> dict[str, Any]:
+def bf16_accuracy(
+    epochs: int, train_images: int, seeds: Sequence[int], device: str = "cpu"
+) -> dict[str, Any]:
     """Train the VAE with the same seeds in fp32 and bf16 on real MNIST; compare final test -ELBO."""
     settings = {"model": "vae", "seeds": tuple(seeds), "epochs": epochs, "train_subset": train_images}
     finals = {}
@@ -273,7 +275,7 @@ def bf16_accuracy(epochs: int, train_images: int, seeds: Sequence[int]) -> dict[
         for precision in PRECISIONS:
             cfg = make_config({**settings, "precision": precision})
             try:
-                run = train(cfg, Path(tmp) / precision, runtime=Runtime(progress=False))
+                run = train(cfg, Path(tmp) / precision, runtime=Runtime(device=device, progress=False))
             except AvaeError as exc:
                 return {"skipped": f"no MNIST for the accuracy check ({exc})"}
             rows = [r for r in read_metrics(run / METRICS) if r["epoch"] == epochs]
@@ -282,6 +284,7 @@ def bf16_accuracy(epochs: int, train_images: int, seeds: Sequence[int]) -> dict[
     mean = {p: sum(v) / len(v) for p, v in finals.items()}
     return {
         "model": "vae",
+        "device": device,
         "seeds": list(seeds),
         "epochs": epochs,
         "train_images": train_images,

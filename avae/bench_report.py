@@ -259,6 +259,15 @@ def gpu_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"- {e['model']} S={e['members']}: {e['graphed_ms']:.3f} ms/step ({ratio:.2f}x fp32's time)"
         )
+    acc = r.get("bf16_accuracy")
+    if acc and "skipped" in acc:
+        lines.append(f"- accuracy check skipped: {acc['skipped']}")
+    elif acc:
+        lines.append(
+            f"- accuracy: VAE, {acc['epochs']} epochs on {acc['train_images']} MNIST images, seeds "
+            f"{acc['seeds']}: test -ELBO fp32 {acc['mean_fp32']:.2f}, bf16 {acc['mean_bf16']:.2f} "
+            f"(largest per-seed difference {acc['max_abs_diff']:.2f} nats)"
+        )
     lines += [
         "",
         "## Evaluation",

@@ -21,7 +21,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 # - errors has a floor of its own under io (io raises avae.errors' exceptions);
 # - sources (where the raw data files come from) takes data's place beside nets and objectives, and
 #   data moves up one floor beside models and checkpoint (data imports sources, sources imports io);
-# - bench sits with reproduce and report, under cli (cli runs `avae bench`);
+# - bench sits with reproduce and report, under cli (cli runs `avae bench`); bench_gpu one floor
+#   above it (it reuses bench's bf16 accuracy check);
 # - scoring (the estimators' drivers, used by evaluate, train and bench) shares the floor of runs.
 # - sweep (a grid of runs on reproduce's executors) has a floor of its own, above reproduce, under cli.
 FLOORS: tuple[tuple[str, ...], ...] = (
@@ -35,8 +36,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("card",),
     ("evaluate", "analysis", "results"),
     ("train", "claims", "plan"),
-    ("runner", "report", "bench", "bench_gpu", "api"),
-    ("reproduce", "publish"),
+    ("runner", "report", "bench", "api"),
+    ("reproduce", "publish", "bench_gpu"),
     ("sweep",),
     ("parser",),
     ("cli", "__init__"),
