@@ -239,8 +239,8 @@ def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
 # Seconds per training step (batch 100, fp32, one CPU thread) as a + b * S for S members, fitted
 # to `avae bench`'s figures in benchmarks/bench.json when this checkout has them; otherwise these
 # conservative built-in figures (about twice the slowest measured on the 2-core development
-# machine). A model the bench does not know costs as the dearest known one. GPU: a guess (small
-# MLPs are bound by kernel launches there, so members cost little more than one), not measured.
+# machine). A model the bench does not know costs as the dearest known one. GPU: fitted to the
+# committed H200 benchmark's graphed steps (`gpu_step_seconds`), else GPU_STEP_MS per step.
 BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.json"
 GPU_BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-h200" / "gpu_bench.json"
 BATCH = 100

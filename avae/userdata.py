@@ -124,8 +124,8 @@ def validated(values: np.ndarray, path: Path, split: str) -> np.ndarray:
 
 
 def splits(name: str, test_data: str = "", test_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """(training, test) arrays of a source: its own "test" array, else the file `test_data`, else
-    the last `test_fraction` of its examples (which are then not trained on)."""
+    """(training, test) arrays of a source: the file `test_data` if given, else its own "test"
+    array, else the last `test_fraction` of its examples (which are then not trained on)."""
     arrays = read(name)
     train = arrays["train"]
     if test_data:
