@@ -12,8 +12,9 @@ from typing import Any
 from avae.errors import ConfigError
 from avae.figures import format_table
 from avae.io import atomic_write_text, read_json
+from avae.plan import analysis_done, eval_steps, get_profile, missing_metrics, runs_for
 from avae.report import write_report
-from avae.results import INDEX, MANIFEST, collect_runs
+from avae.results import INDEX, MANIFEST, RunResult, collect_runs
 from avae.runs import ANALYSIS, CONFIG, EVAL, METRICS
 
 RUN_FILES = (CONFIG, METRICS, EVAL, ANALYSIS, "README.md")
@@ -22,9 +23,9 @@ RUN_FILES = (CONFIG, METRICS, EVAL, ANALYSIS, "README.md")
 def publish(out: str | Path, dest: str | Path) -> Path:
     """Copy the publishable files of reproduction OUT to DEST, write DEST/report.md and INDEX.md."""
     out, dest = Path(out), Path(dest)
-    runs = collect_runs(out)
+    runs, pending = finished_runs(out)
     if not runs:
-        raise ConfigError(f"no trained runs in {out}; give the --out of `avae reproduce`")
+        raise ConfigError(f"no finished runs in {out}; give the --out of `avae reproduce`")
     if dest.exists() and any(dest.iterdir()):
         raise ConfigError(f"{dest} is not empty; publish into a new folder")
     for run in runs:
@@ -38,11 +39,37 @@ def publish(out: str | Path, dest: str | Path) -> Path:
         if (out / name).exists():
             shutil.copyfile(out / name, dest / name)
     write_report(dest)
-    atomic_write_text(dest / "INDEX.md", index_text(dest, len(runs)))
+    atomic_write_text(dest / "INDEX.md", index_text(dest, len(runs), pending))
     return dest
 
 
-def index_text(dest: Path, count: int) -> str:
+def finished_runs(out: Path) -> tuple[list[RunResult], list[str]]:
+    """The runs of OUT trained to their last epoch and, where OUT's manifest names a known profile,
+    with every planned metric and the analysis; and one line for each planned run left out (still
+    training, evaluating, or not started): a half-trained run is never published as a result."""
+    manifest = read_json(out / MANIFEST) if (out / MANIFEST).exists() else {}
+    try:
+        profile = get_profile(manifest.get("profile", ""))
+    except ConfigError:
+        profile = None  # no manifest, or a profile given in code: training complete is the test
+    planned = {run.dir_name: run for run in runs_for(profile)} if profile else {}
+    done, pending = [], []
+    for run in collect_runs(out):
+        plan = planned.pop(run.dir.name, None)
+        if run.trained_epochs < run.cfg.epochs:
+            pending.append(f"{run.dir.name}: trained {run.trained_epochs} of {run.cfg.epochs} epochs")
+        elif plan and (
+            missing_metrics(run.dir, run.cfg, eval_steps(plan, profile))
+            or not analysis_done(run.dir, run.cfg)
+        ):
+            pending.append(f"{run.dir.name}: trained, evaluation unfinished")
+        else:
+            done.append(run)
+    pending += [f"{name}: no finished epoch yet" for name in planned]
+    return done, pending
+
+
+def index_text(dest: Path, count: int, pending: list[str] | None = None) -> str:
     """What was run, how (the command, per session: commit, machine, device) and how long it took."""
     manifest: dict[str, Any] = read_json(dest / MANIFEST) if (dest / MANIFEST).exists() else {}
     index: dict[str, Any] = read_json(dest / INDEX) if (dest / INDEX).exists() else {}
@@ -70,4 +97,12 @@ def index_text(dest: Path, count: int) -> str:
     if sessions:
         rows = [[str(session.get(k, "-")) for k in keys] for session in sessions]
         lines += ["", "Sessions:", "", format_table(list(keys), rows)]
+    if pending:
+        lines += [
+            "",
+            f"Not in this folder: {len(pending)} planned run(s) that had not finished when it was "
+            "published (the report shows them as not run):",
+            "",
+            *(f"- {line}" for line in pending),
+        ]
     return "\n".join(lines) + "\n"

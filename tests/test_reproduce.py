@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -22,7 +23,7 @@ from avae.paper import Experiment
 from avae.plan import Profile, runs_for
 from avae.report import write_report
 from avae.reproduce import reproduce
-from avae.runs import read_metrics
+from avae.runs import CONFIG, EVAL, read_metrics
 from avae.train import train
 
 SECTIONS = (
@@ -298,3 +299,25 @@ def test_publish_copies_results_without_checkpoints_and_the_report_regenerates(s
     assert (dest / "report.md").read_bytes() == before
     with pytest.raises(AvaeError, match="not empty"):
         publish(out, dest)
+
+
+def test_publish_leaves_out_unfinished_runs_and_says_so(smoke, tmp_path):
+    from avae.publish import publish
+
+    out = tmp_path / "out"
+    shutil.copytree(smoke[0], out)
+    planned = runs_for("smoke")
+    unevaluated, untrained, unstarted = (out / planned[i].dir_name for i in (0, 1, 2))
+    (unevaluated / EVAL).unlink()
+    record = read_json(untrained / CONFIG)
+    record["config"]["epochs"] = 2  # as if it had been planned for 2 epochs and had trained 1
+    (untrained / CONFIG).write_text(json.dumps(record))
+    shutil.rmtree(unstarted)
+    dest = publish(out, tmp_path / "published")
+    assert len(list(dest.glob("*/config.json"))) == 25
+    assert not any((dest / run.name).exists() for run in (unevaluated, untrained, unstarted))
+    index = (dest / "INDEX.md").read_text()
+    assert "Not in this folder: 3 planned run(s)" in index
+    assert f"{unevaluated.name}: trained, evaluation unfinished" in index
+    assert f"{untrained.name}: trained 1 of 2 epochs" in index
+    assert f"{unstarted.name}: no finished epoch yet" in index
