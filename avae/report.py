@@ -13,6 +13,7 @@ from avae import stats
 from avae.claims import claims_section, key_label
 from avae.errors import ConfigError
 from avae.figures import format_table, plot_curves
+from avae.findings import findings_section
 from avae.io import atomic_write_bytes, atomic_write_text, read_json, write_csv
 from avae.models import MODELS, row_label
 from avae.paper import DATASET_LABELS, PAPER_LATENTS, PAPER_TABLE1, RowKey, dataset_label, noise_of, rows_of
@@ -158,7 +159,6 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
                 f"### {dataset_label(dataset)}, latent 10: the first {points} test images ({label} points)"
             )
             lines += ["", title, "", format_table(["model", *(f for _, f in figures)], rows)]
-        lines += pattern_lines(table, dataset, iwae_key)
         missing += [
             table[k].dir.name
             for k in table_rows(table, dataset, 10)
@@ -185,31 +185,6 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
         csv_rows,
     )
     return "\n".join([*lines, "", "CSV: [report/honest.csv](report/honest.csv)"])
-
-
-def pattern_lines(table: Table, dataset: str, iwae_key: str) -> list[str]:
-    """Does the paper's Table 1 pattern (AVAE and AVB ~14 nats better than VAE+eps) appear under
-    the discriminator-based figures and disappear under the honest ones?"""
-    base = table.get(rows_of(dataset, "vae-noise", 10)[0])
-    if base is None or dataset not in PAPER_TABLE1:
-        return []
-    out = ["", f"Gap to VAE+eps (positive: better than VAE+eps), {dataset_label(dataset)}, latent 10:", ""]
-    rows = []
-    for model in ("avae", "avb"):
-        paper_gap = PAPER_TABLE1[dataset]["vae-noise"][10] - PAPER_TABLE1[dataset][model][10]
-        for key in (k for k in rows_of(dataset, model, 10) if k in table):
-            run, cells = table[key], []
-            for figure, base_figure in (("neg_critic", "neg_elbo"), (iwae_key, iwae_key), ("ais", "ais")):
-                points = shared_points(table, dataset, "ais") if figure == "ais" else None
-                mine, theirs = run.metric(figure, points), base.metric(base_figure, points)
-                gap = stats.mean_ci(theirs)[0] - stats.mean_ci(mine)[0] if mine and theirs else None
-                cells.append(
-                    "-" if gap is None else f"{gap:+.2f} ({'appears' if gap >= paper_gap / 2 else 'absent'})"
-                )
-            rows.append([row_label(model, key[2]), f"{paper_gap:+.2f}", *cells])
-    header = ["model", "paper", "critic figure vs VAE+eps own", iwae_key.replace("iwae_k", "IWAE-"), "AIS"]
-    note = "*appears*: at least half the paper's gap; figures compared on the same test points per column."
-    return [*out, format_table(header, rows), "", note]
 
 
 def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) -> str:
@@ -442,6 +417,7 @@ def write_report(out: str | Path) -> Path:
         header_section(runs, datasets, manifest.get("profile", "unknown (no reproduce.json)")),
         table1_section(table, datasets, figdir),
         honest_section(table, datasets, figdir, iwae_key, fill),
+        findings_section(table, datasets, figdir, iwae_key),
         curves_section(table, datasets, figdir, "fig6"),
         curves_section(table, datasets, figdir, "fig7"),
         grid_section(

@@ -35,7 +35,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("runs", "scoring"),
     ("card",),
     ("evaluate", "analysis", "results"),
-    ("train", "claims", "plan"),
+    ("train", "claims", "findings", "plan"),
     ("runner", "report", "bench", "api"),
     ("reproduce", "publish", "bench_gpu"),
     ("sweep",),

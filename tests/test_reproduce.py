@@ -86,10 +86,13 @@ def test_report_renders_every_section_for_both_data_sets(smoke):
     assert len(verdicts) == 7  # claims 3 and 5 have one verdict per AVAE reading
     for block in text.split("### Claim ")[1:]:
         assert re.search(r"\| [+-]\d+\.\d\d \| \[", block), block[:200]  # a difference and its CI
-    honest = text.split("## Honest figures")[1].split("## Fig. 6")[0]
+    honest = text.split("## Honest figures")[1].split("## What the runs show")[0]
     assert "the first 10 test images (AIS points)" in honest and "the first 20 test images" in honest
     assert "AVAE (joint)" in honest and "AVAE (separate)" in honest and "AVB-AC" in honest
-    assert "Gap to VAE+eps" in honest
+    findings = text.split("## What the runs show")[1].split("## Fig. 6")[0]
+    for question in ("**1. Does AVAE", "**2. Does the paper's pattern", "**3. How far", "**4. Is noise"):
+        assert findings.count(question) == 2, question  # once per data set
+    assert "Gap to VAE+eps" in findings and "AVB-AC" in findings
     assert "paper" in text and "109.8" in text and "221.1" in text
     assert "FD between training and test images" in text
     assert "still improving by more than 1 nat per epoch" in text  # 1 epoch: no evidence of convergence

@@ -1,0 +1,57 @@
+"""The report's "What the runs show": per-seed paired differences on the AIS points, against a
+hand-worked paired t interval, and the words of each answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from avae.config import make_config
+from avae.findings import answer, findings_section
+from avae.paper import rows_of
+from avae.results import RunResult
+
+T_975_DOF2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom
+
+
+def run_with(figures: dict[str, list[float]], tmp_path) -> RunResult:
+    """A run of 3 seeds whose eval.json holds `figures` per seed on 50 test points."""
+    metrics = {
+        name: {"points": 50, "per_member": [{"value": v} for v in values]} for name, values in figures.items()
+    }
+    cfg = make_config({"seeds": (0, 1, 2)})
+    return RunResult(tmp_path, cfg, [], {"metrics": metrics}, {}, cfg.epochs)
+
+
+def test_findings_are_paired_differences_on_the_ais_points(tmp_path):
+    vae = run_with(
+        {"neg_elbo": [120.0, 121.0, 122.0], "iwae_k1000": [116, 117, 118], "ais": [111, 113, 112]}, tmp_path
+    )
+    noise = run_with(
+        {"neg_elbo": [119.0, 121.0, 120.0], "iwae_k1000": [115, 116, 117], "ais": [101, 103, 102]}, tmp_path
+    )
+    avae = run_with(
+        {"neg_elbo": [125.0, 125.0, 125.0], "iwae_k1000": [110, 112, 111], "ais": [100, 101, 102]}, tmp_path
+    )
+    table = {
+        rows_of("mnist", "vae", 10)[0]: vae,
+        rows_of("mnist", "vae-noise", 10)[0]: noise,
+        rows_of("mnist", "avae", 10)[0]: avae,  # the first registered reading
+    }
+    text = findings_section(table, ["mnist"], tmp_path, "iwae_k1000")
+    # AVAE - VAE+eps on AIS: d = (-1, -2, 0): mean -1, sd 1, half-width t * 1 / sqrt(3)
+    half = T_975_DOF2 / 3**0.5
+    assert f"-1.00 [{-1 - half:+.2f}, {-1 + half:+.2f}]" in text
+    # own figure - AIS of the VAE: d = (9, 8, 10): clearly above AIS
+    assert f"+9.00 [{9 - half:+.2f}, {9 + half:+.2f}] | above AIS: a looser bound" in text
+    # VAE+eps - VAE on AIS: d = (-10, -10, -10): no variation, so no interval and no verdict
+    assert "| -10.00 | not tested (zero variance) |" in text
+    rows = (tmp_path / "findings.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,question,model,reading") and len(rows) > 5
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "word"),
+    [(-3.0, -1.0, "better"), (1.0, 3.0, "worse"), (-1.0, 1.0, "no difference resolved")],
+)
+def test_an_answer_needs_the_interval_to_exclude_zero(low, high, word):
+    assert answer({"diff": (low + high) / 2, "ci_low": low, "ci_high": high, "test": "paired t"}) == word
