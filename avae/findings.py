@@ -26,6 +26,8 @@ from avae.paper import PAPER_TABLE1, RowKey, dataset_label, rows_of
 from avae.results import RunResult
 
 Table = dict[RowKey, RunResult]
+Tests = dict[tuple[str, RowKey, RowKey, str], dict[str, Any] | None]  # (question, a, b, figure) -> test
+Figures = tuple[tuple[str, str], ...]  # (eval.json key, column name)
 LATENT = 10
 
 METHOD = (
@@ -106,7 +108,7 @@ def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: 
                 for metric, _ in figures
             ),
         ]
-        tests = {}
+        tests: Tests = {}
         for question, first, second, fa, fb in pairs:
             if first in table and second in table:
                 test = difference(table[first], fa, table[second], fb, points)
@@ -145,7 +147,7 @@ def csv_numbers(test: dict[str, Any]) -> list[float]:
     return [test["diff"], test["ci_low"], test["ci_high"], test["p"]]
 
 
-def question_one(dataset: str, table: Table, tests, figures) -> list[str]:
+def question_one(dataset: str, table: Table, tests: Tests, figures: Figures) -> list[str]:
     base = one(dataset, "vae-noise")
     rows = []
     for avae in (k for k in rows_of(dataset, "avae", LATENT) if k in table and base in table):
@@ -159,7 +161,7 @@ def question_one(dataset: str, table: Table, tests, figures) -> list[str]:
     return ["", "**1. Does AVAE beat VAE+eps on the honest figures?**", "", format_table(header, rows)]
 
 
-def question_three(dataset: str, table: Table, tests) -> list[str]:
+def question_three(dataset: str, table: Table, tests: Tests) -> list[str]:
     rows = []
     for model in MODELS:
         for key in (k for k in rows_of(dataset, model, LATENT) if k in table):
@@ -177,7 +179,7 @@ def question_three(dataset: str, table: Table, tests) -> list[str]:
     ]
 
 
-def question_four(dataset: str, table: Table, tests, figures) -> list[str]:
+def question_four(dataset: str, table: Table, tests: Tests, figures: Figures) -> list[str]:
     first, second = one(dataset, "vae-noise"), one(dataset, "vae")
     if first not in table or second not in table:
         return []
