@@ -192,7 +192,7 @@ def question_four(dataset: str, table: Table, tests: Tests, figures: Figures) ->
 
 def pattern_lines(table: Table, dataset: str, iwae_key: str) -> list[str]:
     """2. Does the paper's Table 1 pattern (AVAE and AVB well ahead of VAE+eps) appear under the
-    discriminator-based figures and disappear under the honest ones? Gaps of the seeds' means."""
+    discriminator-based figures and disappear under the honest ones? Per-seed gaps with 95% CIs."""
     base = table.get(one(dataset, "vae-noise"))
     if dataset not in PAPER_TABLE1:
         return []  # the user's own data: the paper has no figure to compare with
@@ -205,19 +205,18 @@ def pattern_lines(table: Table, dataset: str, iwae_key: str) -> list[str]:
             run, cells = table[key], []
             for figure, base_figure in (("neg_critic", "neg_elbo"), (iwae_key, iwae_key), ("ais", "ais")):
                 points = shared_ais_points(table, dataset) if figure == "ais" else None
-                mine, theirs = run.metric(figure, points), base.metric(base_figure, points)
-                gap = stats.mean_ci(theirs)[0] - stats.mean_ci(mine)[0] if mine and theirs else None
-                cells.append(
-                    "-" if gap is None else f"{gap:+.2f} ({'appears' if gap >= paper_gap / 2 else 'absent'})"
-                )
+                test = difference(base, base_figure, run, figure, points)  # VAE+eps - model: the gap
+                if test is not None:
+                    seen = "appears" if test["diff"] >= paper_gap / 2 else "absent"
+                cells.append("-" if test is None else f"{diff_cell(test)} ({seen})")
             rows.append([row_label(model, key[2]), f"{paper_gap:+.2f}", *cells])
     if not rows:
         return ["", "**2. Does the paper's pattern appear?** Not answered: no AVAE or AVB run."]
     header = ["model", "paper", "critic figure vs VAE+eps own", iwae_key.replace("iwae_k", "IWAE-"), "AIS"]
     note = (
-        "Gap to VAE+eps, positive: better than VAE+eps. *appears*: at least half the paper's gap; "
-        "figures compared on the same test points per column (the critic and own figures on every test "
-        "image of the runs)."
+        "Gap to VAE+eps (VAE+eps's figure minus the model's, per seed; positive: better than VAE+eps), "
+        "mean and 95% CI. *appears*: at least half the paper's gap; figures compared on the same test "
+        "points per column (the critic and own figures on every test image of the runs)."
     )
     title = "**2. Does the paper's pattern appear under the discriminator-based figures, and survive AIS?**"
     return ["", title, "", format_table(header, rows), "", note]
