@@ -171,14 +171,15 @@ def _anneal(log_prior, log_lik, z0, betas, noise, hmc: HMCSettings, schedule, gr
     transitions = len(betas) - 1
     coefficients = torch.stack([betas[:-1], betas[1:]], dim=1).to(z0.device)  # [T, 2]: from, to
     adapt = schedule is None
-    used = torch.empty(transitions, *z0.shape[1:-1], device=z0.device)
+    used = schedule if not adapt else torch.empty(transitions, *z0.shape[1:-1], device=z0.device)
     count, points = z0.shape[0], z0.shape[2:]  # chains; [B, Z] per member
     with GraphedCall(lambda: chains.transition(adapt), enabled=graphed, name="AIS transition") as unit:
         for t in range(transitions):
             chains.coefficients.copy_(coefficients[t])
-            if not adapt:
+            if adapt:
+                used[t].copy_(chains.step)  # the pilot's schedule: the step this transition uses
+            else:
                 chains.step.copy_(schedule[t])
-            used[t].copy_(chains.step)
             chains.momentum.copy_(normal_draws(noise, count, *points))
             chains.uniform.copy_(uniform_draws(noise, count, *points[:-1]))
             unit()

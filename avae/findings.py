@@ -23,7 +23,7 @@ from avae.figures import format_table
 from avae.io import write_csv
 from avae.models import MODELS, row_label
 from avae.paper import PAPER_TABLE1, RowKey, dataset_label, rows_of
-from avae.results import RunResult
+from avae.results import RunResult, shared_points
 
 Table = dict[RowKey, RunResult]
 Tests = dict[tuple[str, RowKey, RowKey, str], dict[str, Any] | None]  # (question, a, b, figure) -> test
@@ -69,15 +69,6 @@ def answer(test: dict[str, Any] | None, better: str = "better", worse: str = "wo
     return "no difference resolved"
 
 
-def shared_ais_points(table: Table, dataset: str) -> int | None:
-    counts = {
-        r.entry("ais")["points"]
-        for key, r in table.items()
-        if key[0] == dataset and key[3] == LATENT and r.entry("ais")
-    }
-    return min(counts) if counts else None
-
-
 def one(dataset: str, model: str) -> RowKey:
     return rows_of(dataset, model, LATENT)[0]
 
@@ -88,7 +79,7 @@ def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: 
     figures = (("neg_elbo", "own figure"), (iwae_key, iwae_name), ("ais", "AIS"))
     lines, csv_rows = ["## What the runs show", "", METHOD], []
     for dataset in datasets:
-        points = shared_ais_points(table, dataset)
+        points = shared_points(table, dataset, "ais", LATENT)
         if points is None:
             continue
         lines += ["", f"### {dataset_label(dataset)}: the first {points} test images"]
@@ -204,7 +195,7 @@ def pattern_lines(table: Table, dataset: str, iwae_key: str) -> list[str]:
         for key in (k for k in rows_of(dataset, model, LATENT) if k in table):
             run, cells = table[key], []
             for figure, base_figure in (("neg_critic", "neg_elbo"), (iwae_key, iwae_key), ("ais", "ais")):
-                points = shared_ais_points(table, dataset) if figure == "ais" else None
+                points = shared_points(table, dataset, "ais", LATENT) if figure == "ais" else None
                 test = difference(base, base_figure, run, figure, points)  # VAE+eps - model: the gap
                 if test is not None:
                     seen = "appears" if test["diff"] >= paper_gap / 2 else "absent"

@@ -25,6 +25,7 @@ from avae.results import (
     collect_runs,
     index_runs,
     last_epoch_gain,
+    shared_points,
     short_of_convergence,
 )
 
@@ -120,11 +121,6 @@ def budget_note(table: Table, dataset: str) -> str:
 
 
 HONEST_FIGURES = (("neg_elbo", "own"), ("neg_critic", "critic"), ("iwae_k1", "IWAE-1"))
-
-
-def shared_points(table: Table, dataset: str, key: str) -> int | None:
-    counts = {r.entry(key)["points"] for k, r in table.items() if k[0] == dataset and r.entry(key)}
-    return min(counts) if counts else None
 
 
 def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: str, fill: str) -> str:

@@ -98,6 +98,19 @@ def collect_runs(out: str | Path) -> list[RunResult]:
     return runs
 
 
+def shared_points(
+    table: dict[RowKey, RunResult], dataset: str, key: str, latent: int | None = None
+) -> int | None:
+    """The test points every run of `dataset` (at `latent`, if given) has figure `key` on: the
+    smallest count recorded, so that a table can set their figures side by side."""
+    counts = {
+        run.entry(key)["points"]
+        for row, run in table.items()
+        if row[0] == dataset and latent in (None, row[3]) and run.entry(key)
+    }
+    return min(counts) if counts else None
+
+
 def index_runs(runs: list[RunResult]) -> dict[RowKey, RunResult]:
     """Table row -> the run trained furthest (then with most seeds)."""
     best: dict[RowKey, RunResult] = {}
