@@ -300,6 +300,15 @@ def gpu_markdown(r: dict[str, Any]) -> str:
         ]
         lines.append(f"| {c['model']} | {c['members']} | {c['configurations']} | {cells[0]} | {cells[1]} |")
     if "protocol" in r:
-        p = r["protocol"]
-        lines += ["", f"Whole protocol: `{p['command']}` took {p['seconds']:.0f} s (exit {p['returncode']})."]
+        lines += ["", *protocol_lines(r["protocol"])]
     return "\n".join(lines) + "\n"
+
+
+def protocol_lines(p: dict[str, Any]) -> list[str]:
+    """The timed phases of a whole reproduction (`avae.bench_gpu.protocol_seconds`)."""
+    lines = [f"Protocol `{p['profile']}`: {p['seconds']:.0f} s in all (exit {p['returncode']}):", ""]
+    return lines + [
+        f"- {name.replace('_', ' ')}: {phase['seconds']:.0f} s (exit {phase['returncode']}), "
+        f"`{phase['command']}`"
+        for name, phase in p["phases"].items()
+    ]

@@ -182,6 +182,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         executor=args.executor,
         address=args.address,
+        experiments=args.experiments,
+        train_only=args.train_only,
     )
     return 0
 

@@ -12,6 +12,7 @@ from typing import Any
 from avae.config import MODEL_KEYS, TRAIN_KEYS, flatten
 from avae.errors import ConfigError
 from avae.models import ADV_UPDATES, MODELS
+from avae.paper import EXPERIMENTS
 from avae.plan import PROFILES
 from avae.runner import EXECUTORS
 
@@ -35,6 +36,10 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers such as 0,1,2, got {text!r}"
         ) from None
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -311,6 +316,21 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
             for p in PROFILES.values()
         )
         + ". Default quick. `--dry-run` estimates the time of any profile on this machine.",
+    )
+    reproduce.add_argument(
+        "--experiments",
+        type=comma_list,
+        default=(),
+        metavar="NAMES",
+        help=f"only the runs of these experiments, comma-separated ({', '.join(EXPERIMENTS)}; default "
+        "every experiment of the profile); the runs keep their directories, so the whole profile on "
+        "the same --out later reuses them",
+    )
+    reproduce.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train (with each epoch's test -ELBO) and evaluate nothing else: no IWAE, AIS, BDMC or "
+        "analysis; the same command without it adds them",
     )
     reproduce.add_argument(
         "--out",

@@ -9,7 +9,8 @@ resumes from its last checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class Profile:
     classifier_epochs: int = 3  # of the feature classifier (a small CNN), trained once per data set
     classifier_subset: int = 0
     measured: str = ""  # a measured wall time, with its machine; `--dry-run` estimates any machine
+    evaluate: bool = True  # False: training only (each epoch's test -ELBO), no figures, no analysis
 
     def point_prefixes(self) -> tuple[int, ...]:
         """The nested test-point counts every figure is also averaged over."""
@@ -137,6 +139,21 @@ def get_profile(profile: str | Profile) -> Profile:
     return PROFILES[profile]
 
 
+def select(profile: str | Profile, experiments: Sequence[str] = (), train_only: bool = False) -> Profile:
+    """The profile restricted to some of its experiments (none given: all of them), and with
+    `train_only`, to training alone. The runs keep their configurations, hence their directories:
+    a later call with the whole profile on the same --out reuses them and adds what is missing."""
+    profile = get_profile(profile)
+    unknown = [name for name in experiments if name not in profile.experiments]
+    if unknown:
+        raise ConfigError(
+            f"unknown experiment {', '.join(map(repr, unknown))} for profile {profile.name!r}; "
+            f"choose from {', '.join(profile.experiments)}"
+        )
+    chosen = tuple(name for name in profile.experiments if name in experiments) or profile.experiments
+    return replace(profile, experiments=chosen, evaluate=profile.evaluate and not train_only)
+
+
 @dataclass
 class PlannedRun:
     """One configuration to train (all its seeds at once) and what to evaluate on it."""
@@ -197,6 +214,8 @@ EvalStep = tuple[str, str, dict[str, Any]]  # (eval.json key, metric family, eva
 
 def eval_steps(run: PlannedRun, profile: Profile) -> list[EvalStep]:
     """Every metric the run needs, with the settings that put figures on shared test points."""
+    if not profile.evaluate:
+        return []
     prefixes = {"prefixes": profile.point_prefixes()}
     steps: list[EvalStep] = [("neg_elbo", "elbo", prefixes)]
     if MODELS[run.cfg.model.name].has_critic:
@@ -231,7 +250,8 @@ def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
     epoch = checkpoint_epoch(run_dir)
     if epoch >= run.cfg.epochs:
         todo = missing_metrics(run_dir, run.cfg, eval_steps(run, profile))
-        return ("evaluate" if todo or not analysis_done(run_dir, run.cfg) else "finished"), epoch
+        unfinished = todo or (profile.evaluate and not analysis_done(run_dir, run.cfg))
+        return ("evaluate" if unfinished else "finished"), epoch
     return ("resume" if epoch else "new"), epoch
 
 
@@ -341,5 +361,7 @@ def estimate_run_seconds(run: PlannedRun, profile: Profile, out: Path, device: s
     if epoch < cfg.epochs:
         images = cfg.train_subset or 60000
         train_s = estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
+    if not profile.evaluate:
+        return train_s, 0.0
     todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))
     return train_s, estimate_eval_seconds(run, profile, device, todo)

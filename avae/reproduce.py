@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from avae.plan import (
     Profile,
     estimate_run_seconds,
     eval_steps,
-    get_profile,
     runs_for,
+    select,
     status_of,
 )
 from avae.results import MANIFEST
@@ -120,13 +121,16 @@ def reproduce(
     tensorboard: bool = False,
     executor: str = "local",
     address: str | None = None,
+    experiments: Sequence[str] = (),
+    train_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train, evaluate and analyse every run of the profile that is not finished.
+    """Train, evaluate and analyse every run of the profile that is not finished; only the runs of
+    `experiments` (default all the profile's), and with `train_only` only their training.
 
     `executor` "local" runs them here (`jobs` processes); "ray" runs each as one Ray task, on a
     local Ray cluster of `jobs` task slots or on the cluster at `address`, and then `out` must be
     a directory every node of the cluster reaches at the same path."""
-    profile = get_profile(profile)
+    profile = select(profile, experiments, train_only)
     runtime = runtime or Runtime()
     jobs = default_jobs(runtime.device) if jobs is None else jobs
     if jobs < 1:
@@ -171,7 +175,7 @@ def reproduce(
             estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress
         ) as progress,
     ):
-        for dataset in profile.datasets:  # once per data set, before the workers need it
+        for dataset in profile.datasets if profile.evaluate else ():  # before the workers need it
             progress.started(f"the feature classifier for {dataset} (trained once, cached)")
             classifier = (classifier_path(out, dataset), dataset, profile.classifier_epochs)
             if cluster is None:
@@ -185,10 +189,11 @@ def reproduce(
             f"{len(failures)} of {len(tasks)} runs failed ({'; '.join(failures)}); the others are "
             f"finished: fix the cause, rerun the same command (only those run), then `avae report {out}`"
         )
-    print(
-        f"\n{len(runs)} runs ({sum(r['trained'] for r in results)} trained); "
-        f"write the report with `avae report {out}`"
-    )
+    trained = f"\n{len(runs)} runs ({sum(r['trained'] for r in results)} trained); "
+    if profile.evaluate:
+        print(f"{trained}write the report with `avae report {out}`")
+    else:
+        print(f"{trained}training only: the same command without --train-only evaluates them")
     return results
 
 

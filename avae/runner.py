@@ -130,7 +130,7 @@ def execute_run(task: Task) -> dict[str, Any]:
         evaluate_run(run_dir, metrics=(family,), settings=settings, runtime=runtime)
         evaluated.append(key)
         seconds[key] = time.perf_counter() - part
-    if task.profile is not None and not analysis_done(run_dir, cfg):
+    if task.profile is not None and task.profile.evaluate and not analysis_done(run_dir, cfg):
         part = time.perf_counter()
         analyse_run(
             run_dir,

@@ -6,14 +6,18 @@ tests/test_train.py, unchanged, runs on the static-buffer iteration.)"""
 from __future__ import annotations
 
 import json
+from subprocess import CompletedProcess
 
 import pytest
 import torch
 
 from avae import bench_gpu, scoring
+from avae.bench_report import protocol_lines
+from avae.cli import HANDLERS
 from avae.config import Runtime, make_config
 from avae.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted, use_device
 from avae.nets import MemberRandom
+from avae.parser import build_parser
 from avae.train import autocast, new_state, run_epoch, take_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -145,6 +149,29 @@ def test_gpu_benchmark_runs_on_cpu_quick(tmp_path):
     text = (tmp_path / bench_gpu.GPU_MD).read_text()
     assert "## Training step" in text and "## Several configurations on one device" in text
     assert "failed" not in text
+
+
+def test_protocol_timing_runs_table1_training_then_the_rest_on_one_folder(tmp_path, monkeypatch):
+    """The two timed phases are real `avae reproduce` command lines (parsed by the CLI's own parser)
+    on the same --out: Table 1's training alone, then the whole profile."""
+    ran = []
+
+    def fake_run(command, check):
+        ran.append(command)
+        return CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bench_gpu.subprocess, "run", fake_run)
+    result = bench_gpu.protocol_seconds(tmp_path, torch.device("cpu"), "full", log=lambda *_: None)
+    parsed = [build_parser(HANDLERS).parse_args(command[3:]) for command in ran]
+    assert [(a.profile, a.experiments, a.train_only) for a in parsed] == [
+        ("full", ("table1",), True),
+        ("full", (), False),
+    ]
+    assert parsed[0].out == parsed[1].out == str(tmp_path / "protocol-full")
+    assert list(result["phases"]) == ["table1_training", "rest"] and result["returncode"] == 0
+    assert result["seconds"] == pytest.approx(sum(p["seconds"] for p in result["phases"].values()))
+    text = "\n".join(protocol_lines(result))
+    assert "- table1 training: 0 s (exit 0)" in text and "--train-only" in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")

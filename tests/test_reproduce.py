@@ -17,7 +17,7 @@ import pytest
 from avae import plan, runner
 from avae.cli import main
 from avae.config import Runtime
-from avae.errors import AvaeError
+from avae.errors import AvaeError, ConfigError
 from avae.io import read_json
 from avae.paper import Experiment
 from avae.plan import Profile, runs_for
@@ -162,6 +162,26 @@ def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, m
     train(run.cfg, tmp_path / "straight", runtime=runtime)
     straight = read_metrics(tmp_path / "straight" / "metrics.csv")
     assert [r["test_neg_elbo"] for r in resumed] == [r["test_neg_elbo"] for r in straight]
+
+
+def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeypatch):
+    profile = replace(tiny_profile(monkeypatch), epochs=1)
+    monkeypatch.setitem(plan.EXPERIMENTS, "other", Experiment("test", ("vae-noise",), (10,)))
+    profile = replace(profile, experiments=("tiny", "other"))
+    (run,) = runs_for(plan.select(profile, ["tiny"]))
+    assert run.cfg.model.name == "vae" and len(runs_for(profile)) == 2
+    runtime = Runtime(progress=False)
+    (first,) = reproduce(profile, tmp_path, runtime=runtime, experiments=["tiny"], train_only=True)
+    assert first["trained"] and first["evaluated"] == []
+    assert not (tmp_path / run.dir_name / EVAL).exists() and not (tmp_path / "classifiers").exists()
+    assert plan.status_of(run, plan.select(profile, train_only=True), tmp_path) == ("finished", 1)
+    assert plan.status_of(run, profile, tmp_path) == ("evaluate", 1)
+    results = {r["dir"]: r for r in reproduce(profile, tmp_path, runtime=runtime)}
+    assert not results[run.dir_name]["trained"]  # reused, then evaluated and analysed
+    assert results[run.dir_name]["evaluated"] == ["neg_elbo", "analysis"]
+    assert [r["trained"] for d, r in results.items() if d != run.dir_name] == [True]
+    with pytest.raises(ConfigError, match="unknown experiment 'fig9'.*choose from tiny, other"):
+        plan.select(profile, ["fig9"])
 
 
 def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
