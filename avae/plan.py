@@ -18,9 +18,19 @@ from avae.config import TrainConfig, config_hash, make_config
 from avae.data import DATASETS
 from avae.errors import ConfigError
 from avae.evaluate import decoder_rate, metric_seconds
+from avae.io import read_json
 from avae.models import MODELS
 from avae.paper import EXPERIMENTS, noise_of
-from avae.runs import ANALYSIS, EVAL, checkpoint_epoch, read_record, run_dir_name
+from avae.runs import (
+    ANALYSIS,
+    CONFIG,
+    EVAL,
+    METRICS,
+    checkpoint_epoch,
+    read_metrics,
+    read_record,
+    run_dir_name,
+)
 from avae.scoring import EvalSettings
 
 
@@ -341,6 +351,22 @@ def estimate_train_seconds(
     return float(epochs * (steps * (a + b * members) + eval_s))
 
 
+RECENT_EPOCHS = 10  # a resumed run's own latest epochs time the epochs it has left
+
+
+def measured_epoch_seconds(run_dir: Path, device: str) -> float | None:
+    """The median wall time of the run's latest recorded epochs (metrics.csv times every epoch) if
+    the run started on the same kind of device (config.json); None for a run with no epoch yet."""
+    metrics, config = run_dir / METRICS, run_dir / CONFIG
+    if not (metrics.exists() and config.exists()):
+        return None
+    if str(read_json(config).get("device", "")).split(":")[0] != device.split(":")[0]:
+        return None
+    per_epoch = {row["epoch"]: float(row["seconds"]) for row in read_metrics(metrics)}
+    recent = sorted(per_epoch[epoch] for epoch in sorted(per_epoch)[-RECENT_EPOCHS:])
+    return recent[len(recent) // 2] if recent else None
+
+
 def estimate_eval_seconds(run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep]) -> float:
     """Evaluation and analysis time of the steps a run still needs."""
     test, members = run.cfg.test_subset or 10000, len(run.cfg.seeds)
@@ -360,7 +386,12 @@ def estimate_run_seconds(run: PlannedRun, profile: Profile, out: Path, device: s
     train_s = 0.0
     if epoch < cfg.epochs:
         images = cfg.train_subset or 60000
-        train_s = estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
+        measured = measured_epoch_seconds(out / run.dir_name, device) if epoch else None
+        train_s = (
+            (cfg.epochs - epoch) * measured
+            if measured
+            else estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
+        )
     if not profile.evaluate:
         return train_s, 0.0
     todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))

@@ -18,7 +18,7 @@ from avae import plan, runner
 from avae.cli import main
 from avae.config import Runtime
 from avae.errors import AvaeError, ConfigError
-from avae.io import read_json
+from avae.io import read_json, write_csv
 from avae.paper import Experiment
 from avae.plan import Profile, runs_for
 from avae.report import write_report
@@ -182,6 +182,22 @@ def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeyp
     assert [r["trained"] for d, r in results.items() if d != run.dir_name] == [True]
     with pytest.raises(ConfigError, match="unknown experiment 'fig9'.*choose from tiny, other"):
         plan.select(profile, ["fig9"])
+
+
+def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monkeypatch):
+    monkeypatch.setattr(plan, "RECENT_EPOCHS", 3)
+    profile = replace(tiny_profile(monkeypatch), epochs=6)
+    (run,) = runs_for(profile)
+    train(replace(run.cfg, epochs=4), tmp_path / run.dir_name, runtime=Runtime(progress=False))
+    path = tmp_path / run.dir_name / "metrics.csv"
+    rows = read_metrics(path)
+    for row in rows:  # epoch 1 slow (outside the latest 3), then 7, 5, 6 seconds
+        row["seconds"] = {1: 100.0, 2: 7.0, 3: 5.0, 4: 6.0}[row["epoch"]]
+    write_csv(path, list(rows[0]), [list(row.values()) for row in rows])
+    train_s, _ = plan.estimate_run_seconds(run, profile, tmp_path, "cpu")
+    assert train_s == 2 * 6.0  # 2 epochs left at the median of epochs 2-4
+    model_s, _ = plan.estimate_run_seconds(run, profile, tmp_path, "cuda")  # timed on another device
+    assert model_s == plan.estimate_train_seconds("vae", 2, 2, 300, "cuda")
 
 
 def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
