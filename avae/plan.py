@@ -149,6 +149,18 @@ def get_profile(profile: str | Profile) -> Profile:
     return PROFILES[profile]
 
 
+def manifest_profile(manifest: dict[str, Any]) -> Profile | None:
+    """The profile a reproduce.json was written for, with its --experiments and --train-only; None
+    without a manifest or for a profile given in code (not a known name)."""
+    settings = manifest.get("settings", {})
+    try:
+        profile = get_profile(manifest.get("profile", ""))
+        experiments = settings.get("experiments", profile.experiments)
+        return select(profile, experiments, train_only=not settings.get("evaluate", True))
+    except ConfigError:
+        return None
+
+
 def select(profile: str | Profile, experiments: Sequence[str] = (), train_only: bool = False) -> Profile:
     """The profile restricted to some of its experiments (none given: all of them), and with
     `train_only`, to training alone. The runs keep their configurations, hence their directories:

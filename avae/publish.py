@@ -12,7 +12,7 @@ from typing import Any
 from avae.errors import ConfigError
 from avae.figures import format_table
 from avae.io import atomic_write_text, read_json
-from avae.plan import analysis_done, eval_steps, get_profile, missing_metrics, runs_for
+from avae.plan import analysis_done, eval_steps, manifest_profile, missing_metrics, runs_for
 from avae.report import write_report
 from avae.results import INDEX, MANIFEST, RunResult, collect_runs
 from avae.runs import ANALYSIS, CONFIG, EVAL, METRICS
@@ -48,10 +48,7 @@ def finished_runs(out: Path) -> tuple[list[RunResult], list[str]]:
     with every planned metric and the analysis; and one line for each planned run left out (still
     training, evaluating, or not started): a half-trained run is never published as a result."""
     manifest = read_json(out / MANIFEST) if (out / MANIFEST).exists() else {}
-    try:
-        profile = get_profile(manifest.get("profile", ""))
-    except ConfigError:
-        profile = None  # no manifest, or a profile given in code: training complete is the test
+    profile = manifest_profile(manifest)  # None: training complete is the test
     planned = {run.dir_name: run for run in runs_for(profile)} if profile else {}
     done, pending = [], []
     for run in collect_runs(out):
@@ -60,7 +57,7 @@ def finished_runs(out: Path) -> tuple[list[RunResult], list[str]]:
             pending.append(f"{run.dir.name}: trained {run.trained_epochs} of {run.cfg.epochs} epochs")
         elif plan and (
             missing_metrics(run.dir, run.cfg, eval_steps(plan, profile))
-            or not analysis_done(run.dir, run.cfg)
+            or (profile.evaluate and not analysis_done(run.dir, run.cfg))
         ):
             pending.append(f"{run.dir.name}: trained, evaluation unfinished")
         else:

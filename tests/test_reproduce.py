@@ -21,6 +21,7 @@ from avae.errors import AvaeError, ConfigError
 from avae.io import read_json, write_csv
 from avae.paper import Experiment
 from avae.plan import Profile, runs_for
+from avae.publish import finished_runs
 from avae.report import write_report
 from avae.reproduce import reproduce
 from avae.runs import CONFIG, EVAL, read_metrics
@@ -176,6 +177,8 @@ def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeyp
     assert not (tmp_path / run.dir_name / EVAL).exists() and not (tmp_path / "classifiers").exists()
     assert plan.status_of(run, plan.select(profile, train_only=True), tmp_path) == ("finished", 1)
     assert plan.status_of(run, profile, tmp_path) == ("evaluate", 1)
+    (published,), unplanned = finished_runs(tmp_path)  # the manifest says: trained only, "tiny" only
+    assert published.dir.name == run.dir_name and unplanned == []
     results = {r["dir"]: r for r in reproduce(profile, tmp_path, runtime=runtime)}
     assert not results[run.dir_name]["trained"]  # reused, then evaluated and analysed
     assert results[run.dir_name]["evaluated"] == ["neg_elbo", "analysis"]
