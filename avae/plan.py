@@ -21,12 +21,14 @@ from avae.evaluate import decoder_rate, metric_seconds
 from avae.io import read_json
 from avae.models import MODELS
 from avae.paper import EXPERIMENTS, noise_of
+from avae.results import INDEX
 from avae.runs import (
     ANALYSIS,
     CONFIG,
     EVAL,
     METRICS,
     checkpoint_epoch,
+    read_config,
     read_metrics,
     read_record,
     run_dir_name,
@@ -363,7 +365,7 @@ def estimate_train_seconds(
     return float(epochs * (steps * (a + b * members) + eval_s))
 
 
-RECENT_EPOCHS = 10  # a resumed run's own latest epochs time the epochs it has left
+RECENT_EPOCHS = 10  # a run's latest epochs time the epochs it has left
 
 
 def measured_epoch_seconds(run_dir: Path, device: str) -> float | None:
@@ -375,36 +377,93 @@ def measured_epoch_seconds(run_dir: Path, device: str) -> float | None:
     if str(read_json(config).get("device", "")).split(":")[0] != device.split(":")[0]:
         return None
     per_epoch = {row["epoch"]: float(row["seconds"]) for row in read_metrics(metrics)}
-    recent = sorted(per_epoch[epoch] for epoch in sorted(per_epoch)[-RECENT_EPOCHS:])
-    return recent[len(recent) // 2] if recent else None
+    return median([per_epoch[epoch] for epoch in sorted(per_epoch)[-RECENT_EPOCHS:]])
 
 
-def estimate_eval_seconds(run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep]) -> float:
-    """Evaluation and analysis time of the steps a run still needs."""
+def median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
+@dataclass
+class Measured:
+    """What runs costing the same as a planned run (same model, members, training and test images,
+    in the same --out, on the same kind of device) took: seconds per epoch, and the seconds of each
+    evaluation part (index.json); the estimates use them before the cost model."""
+
+    epoch_seconds: float | None = None
+    part_seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def alike(cls, run: PlannedRun, out: Path, device: str) -> Measured:
+        index = out / INDEX
+        entries = read_json(index).get("runs", {}) if index.exists() else {}
+        alike = [
+            entry
+            for key, entry in entries.items()
+            if key != run.key
+            and (out / entry["dir"] / CONFIG).exists()
+            and costs_alike(run.cfg, out / entry["dir"])
+        ]
+        epochs = [measured_epoch_seconds(out / e["dir"], device) for e in alike]
+        parts = {part for e in alike for part in e.get("seconds", {})}
+        return cls(
+            median([s for s in epochs if s is not None]),
+            {p: median([e["seconds"][p] for e in alike if p in e.get("seconds", {})]) for p in parts},
+        )
+
+
+def costs_alike(cfg: TrainConfig, run_dir: Path) -> bool:
+    if not (run_dir / CONFIG).exists():
+        return False
+    other = read_config(run_dir)
+    shape = (other.model.name, len(other.seeds), other.train_subset, other.test_subset, other.batch_size)
+    return shape == (cfg.model.name, len(cfg.seeds), cfg.train_subset, cfg.test_subset, cfg.batch_size)
+
+
+def eval_settings(settings: dict[str, Any], profile: Profile) -> EvalSettings:
+    return EvalSettings(**{**settings, "k": (1, profile.iwae_k)})
+
+
+def estimate_eval_seconds(
+    run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep], measured: Measured | None = None
+) -> float:
+    """Evaluation and analysis time of the steps a run still needs: what alike runs took for each
+    part (`measured`), else the cost model's figure."""
     test, members = run.cfg.test_subset or 10000, len(run.cfg.seeds)
+    took = measured.part_seconds if measured else {}
     seconds = sum(
-        metric_seconds(family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device)
-        for _, family, settings in steps
+        took.get(key)
+        or metric_seconds(
+            family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device
+        )
+        for key, family, settings in steps
     )
-    return seconds + 3 * profile.analysis_samples * members / decoder_rate(device)  # + the analysis
+    analysis = took.get("analysis") or 3 * profile.analysis_samples * members / decoder_rate(device)
+    return seconds + analysis
 
 
-def estimate_run_seconds(run: PlannedRun, profile: Profile, out: Path, device: str) -> tuple[float, float]:
-    """(training, evaluation) seconds the run still needs."""
+def estimate_run_seconds(
+    run: PlannedRun, profile: Profile, out: Path, device: str, measured: bool = True
+) -> tuple[float, float]:
+    """(training, evaluation) seconds the run still needs; with `measured`, timed by the run's own
+    latest epochs, else by alike runs in `out` (`Measured`), else by the cost model."""
     status, epoch = status_of(run, profile, out)
     if status == "finished":
         return 0.0, 0.0
     cfg = run.cfg
+    alike = Measured.alike(run, out, device) if measured else None
     train_s = 0.0
     if epoch < cfg.epochs:
-        images = cfg.train_subset or 60000
-        measured = measured_epoch_seconds(out / run.dir_name, device) if epoch else None
+        own = measured_epoch_seconds(out / run.dir_name, device) if measured and epoch else None
+        per_epoch = own or (alike.epoch_seconds if alike else None)
         train_s = (
-            (cfg.epochs - epoch) * measured
-            if measured
-            else estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
+            (cfg.epochs - epoch) * per_epoch
+            if per_epoch
+            else estimate_train_seconds(
+                cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, cfg.train_subset or 60000, device
+            )
         )
     if not profile.evaluate:
         return train_s, 0.0
     todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))
-    return train_s, estimate_eval_seconds(run, profile, device, todo)
+    return train_s, estimate_eval_seconds(run, profile, device, todo, alike)

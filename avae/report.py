@@ -386,7 +386,9 @@ def fill_command(profile: str | None, out: Path) -> str:
             "Fill them with `avae evaluate` / `avae analyse` on each run, with the settings in its eval.json."
         )
     planned = get_profile(profile)
-    seconds = sum(sum(estimate_run_seconds(run, planned, out, "cpu")) for run in runs_for(planned))
+    seconds = sum(
+        sum(estimate_run_seconds(run, planned, out, "cpu", measured=False)) for run in runs_for(planned)
+    )
     return (
         f"`avae reproduce --profile {profile} --out DIR` fills them with the same settings and test points "
         f"(about {seconds / 60:.0f} min of one CPU core by the cost model; runs without checkpoints retrain)."

@@ -203,6 +203,24 @@ def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monk
     assert model_s == plan.estimate_train_seconds("vae", 2, 2, 300, "cuda")
 
 
+def test_a_new_run_is_timed_by_a_finished_run_that_costs_the_same(tmp_path, monkeypatch):
+    profile = replace(tiny_profile(monkeypatch), latent_dims=(10, 15), epochs=1)
+    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", ("vae",), (10, 15)))
+    done, new = runs_for(profile)  # latent 10 and 15: the same model, members and images
+    reproduce(profile, tmp_path, runtime=Runtime(progress=False), experiments=["tiny"])
+    shutil.rmtree(tmp_path / new.dir_name)
+    path = tmp_path / done.dir_name / "metrics.csv"
+    rows = [{**row, "seconds": 4.0} for row in read_metrics(path)]
+    write_csv(path, list(rows[0]), [list(row.values()) for row in rows])
+    index = read_json(tmp_path / "index.json")
+    index["runs"][done.key]["seconds"].update(neg_elbo=30.0, analysis=20.0)
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert plan.estimate_run_seconds(new, profile, tmp_path, "cpu") == (1 * 4.0, 30.0 + 20.0)
+    by_model = plan.estimate_run_seconds(new, profile, tmp_path, "cpu", measured=False)
+    assert by_model[0] == plan.estimate_train_seconds("vae", 2, 1, 300, "cpu")
+    assert by_model[1] == plan.estimate_eval_seconds(new, profile, "cpu", plan.eval_steps(new, profile))
+
+
 def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
     profile = tiny_profile(monkeypatch, models=("vae", "vae-noise"))
     profile = replace(profile, epochs=1)
