@@ -66,6 +66,15 @@ def header_section(runs: list[RunResult], datasets: list[str], profile: str) -> 
     )
 
 
+def train_only_note(manifest: dict[str, Any]) -> str:
+    if manifest.get("settings", {}).get("evaluate", True):
+        return ""
+    return (
+        "\n\n**Training only** (`avae reproduce --train-only`): each epoch's test -ELBO is all that was "
+        "evaluated (Fig. 7's curves); the same command without `--train-only` adds every figure."
+    )
+
+
 def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
     lines = [
         "## Table 1: test negative ELBO, ours beside the paper's",
@@ -88,7 +97,8 @@ def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
                 own = run.metric("neg_elbo") if run else None
                 critic = run.metric("neg_critic") if run else None
                 paper = PAPER_TABLE1.get(dataset, {}).get(key[1], {}).get(latent)
-                row += [cell(own, "not run"), cell(critic), "-" if paper is None else f"{paper:g}"]
+                own_cell = cell(own, "not evaluated" if run else "not run")
+                row += [own_cell, cell(critic), "-" if paper is None else f"{paper:g}"]
                 for name, values in (("own", own), ("critic", critic)):
                     mean, half = stats.mean_ci(values) if values else (float("nan"), float("nan"))
                     csv_rows.append(
@@ -412,7 +422,8 @@ def write_report(out: str | Path) -> Path:
     iwae_key = f"iwae_k{manifest.get('settings', {}).get('iwae_k', 1000)}"
     fill = fill_command(manifest.get("profile"), out)
     sections = [
-        header_section(runs, datasets, manifest.get("profile", "unknown (no reproduce.json)")),
+        header_section(runs, datasets, manifest.get("profile", "unknown (no reproduce.json)"))
+        + train_only_note(manifest),
         table1_section(table, datasets, figdir),
         honest_section(table, datasets, figdir, iwae_key, fill),
         findings_section(table, datasets, figdir, iwae_key),

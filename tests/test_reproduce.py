@@ -179,6 +179,8 @@ def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeyp
     assert plan.status_of(run, profile, tmp_path) == ("evaluate", 1)
     (published,), unplanned = finished_runs(tmp_path)  # the manifest says: trained only, "tiny" only
     assert published.dir.name == run.dir_name and unplanned == []
+    text = write_report(tmp_path).read_text()
+    assert "**Training only**" in text and "| VAE | not evaluated |" in text
     results = {r["dir"]: r for r in reproduce(profile, tmp_path, runtime=runtime)}
     assert not results[run.dir_name]["trained"]  # reused, then evaluated and analysed
     assert results[run.dir_name]["evaluated"] == ["neg_elbo", "analysis"]
