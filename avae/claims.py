@@ -13,7 +13,7 @@ from avae.figures import format_table
 from avae.io import write_csv
 from avae.models import row_label
 from avae.paper import CLAIMS, Claim, RowKey, claim_families, dataset_label
-from avae.results import RunResult, short_of_convergence
+from avae.results import RunResult, shared_points, short_of_convergence
 
 METHOD = (
     "Each comparison tests the per-seed difference between the claimed-better and the claimed-worse "
@@ -38,7 +38,10 @@ def key_label(key: RowKey) -> str:
 
 
 def test_pair(better: RunResult, worse: RunResult, metric: str) -> dict[str, Any] | None:
-    a, b = better.values(metric), worse.values(metric)
+    """The per-seed test of `metric`, on the test points both runs have it on (None: no figure on
+    common points)."""
+    points = shared_points({better.key: better, worse.key: worse}, better.key[0], metric)
+    a, b = better.values(metric, points), worse.values(metric, points)
     if not a or not b:
         return None
     paired = better.cfg.seeds == worse.cfg.seeds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from avae.claims import test_pair as claim_test
 from avae.config import make_config
 from avae.findings import answer, findings_section
 from avae.paper import rows_of
@@ -55,3 +56,34 @@ def test_findings_are_paired_differences_on_the_ais_points(tmp_path):
 )
 def test_an_answer_needs_the_interval_to_exclude_zero(low, high, word):
     assert answer({"diff": (low + high) / 2, "ci_low": low, "ci_high": high, "test": "paired t"}) == word
+
+
+def with_more_points(run: RunResult, name: str, full: list[float], points: int = 500) -> RunResult:
+    """`run`, but figure `name` computed on `points` test points with values `full`, its mean over
+    the first 50 (the AIS points) kept as the prefix mean."""
+    entry = run.eval["metrics"][name]
+    first = [row["value"] for row in entry["per_member"]]
+    run.eval["metrics"][name] = {
+        "points": points,
+        "per_member": [{"value": v} for v in full],
+        "prefix_means": {"50": first},
+    }
+    return run
+
+
+def test_every_column_of_the_pattern_and_every_claim_test_uses_common_test_points(tmp_path):
+    """AVB's critic figure and IWAE on 500 points, VAE+eps's on 50: the gap uses both on the 50."""
+    noise = run_with(
+        {"neg_elbo": [110.0, 111.0, 112.0], "iwae_k1000": [105, 106, 107], "ais": [100] * 3}, tmp_path
+    )
+    avb = run_with(
+        {"neg_critic": [100.0, 100.0, 101.0], "iwae_k1000": [104, 104, 104], "ais": [99] * 3}, tmp_path
+    )
+    with_more_points(avb, "neg_critic", [90.0, 90.0, 90.0])  # on all 500: a 20-nat gap, not 10.67
+    with_more_points(avb, "iwae_k1000", [50.0, 50.0, 50.0])
+    table = {rows_of("mnist", "vae-noise", 10)[0]: noise, rows_of("mnist", "avb", 10)[0]: avb}
+    text = findings_section(table, ["mnist"], tmp_path, "iwae_k1000")
+    row = next(line for line in text.splitlines() if line.startswith("| AVB |"))
+    assert row.split(" | ")[2].startswith("+10.67 [") and row.split(" | ")[3].startswith("+2.00 [")
+    test = claim_test(avb, noise, "iwae_k1000")  # claims: 104 - (105, 106, 107) on the 50 points
+    assert test["diff"] == pytest.approx(-2.0) and test["test"] == "paired t"
