@@ -168,10 +168,11 @@ def select(profile: str | Profile, experiments: Sequence[str] = (), train_only: 
     `train_only`, to training alone. The runs keep their configurations, hence their directories:
     a later call with the whole profile on the same --out reuses them and adds what is missing."""
     profile = get_profile(profile)
-    unknown = [name for name in experiments if name not in profile.experiments]
-    if unknown:
+    outside = [name for name in experiments if name not in profile.experiments]
+    if outside:
+        what = "is not" if all(name in EXPERIMENTS for name in outside) else "unknown, or not"
         raise ConfigError(
-            f"unknown experiment {', '.join(map(repr, unknown))} for profile {profile.name!r}; "
+            f"experiment {', '.join(map(repr, outside))} {what} in profile {profile.name!r}; "
             f"choose from {', '.join(profile.experiments)}"
         )
     chosen = tuple(name for name in profile.experiments if name in experiments) or profile.experiments

@@ -185,8 +185,10 @@ def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeyp
     assert not results[run.dir_name]["trained"]  # reused, then evaluated and analysed
     assert results[run.dir_name]["evaluated"] == ["neg_elbo", "analysis"]
     assert [r["trained"] for d, r in results.items() if d != run.dir_name] == [True]
-    with pytest.raises(ConfigError, match="unknown experiment 'fig9'.*choose from tiny, other"):
+    with pytest.raises(ConfigError, match="'fig9' unknown, or not in profile 'tiny'; choose from tiny, oth"):
         plan.select(profile, ["fig9"])
+    with pytest.raises(ConfigError, match="'fig6' is not in profile 'tiny'"):
+        plan.select(profile, ["fig6"])
 
 
 def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monkeypatch):
