@@ -87,7 +87,8 @@ def iwae(
 def sivi(log_joint: LogDensity, own: Normal, extra: Normal, noise: MemberRandom) -> torch.Tensor:
     """SIVI's L_K per point, [S, B]: z ~ own[j] (one eps1^(0) each, [n, S, B, Z]); the K components
     `extra` [K, S, B, Z] (eps1^(1..K)) are shared by the n draws, which only correlates them.
-    (One call per batch of points: nothing in it repeats, so it is not a replayable unit.)"""
+    (Not a replayable unit: per batch of points it is a handful of large kernels over [n, K, S, B, Z]
+    (no inner loop), so a CUDA graph would save only those few launches.)"""
     z = own.loc + own.scale * normal_draws(noise, own.loc.shape[0], *own.loc.shape[2:])
     log_q_own = own.log_prob(z).sum(-1)
     log_q_extra = extra.log_prob(z.unsqueeze(1)).sum(-1)  # [n, K, S, B]
