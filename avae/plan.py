@@ -28,7 +28,6 @@ from avae.runs import (
     EVAL,
     METRICS,
     checkpoint_epoch,
-    read_config,
     read_metrics,
     read_record,
     run_dir_name,
@@ -375,10 +374,14 @@ def measured_epoch_seconds(run_dir: Path, device: str) -> float | None:
     metrics, config = run_dir / METRICS, run_dir / CONFIG
     if not (metrics.exists() and config.exists()):
         return None
-    if str(read_json(config).get("device", "")).split(":")[0] != device.split(":")[0]:
+    if not same_device_kind(read_json(config).get("device", ""), device):
         return None
     per_epoch = {row["epoch"]: float(row["seconds"]) for row in read_metrics(metrics)}
     return median([per_epoch[epoch] for epoch in sorted(per_epoch)[-RECENT_EPOCHS:]])
+
+
+def same_device_kind(recorded: object, device: str) -> bool:
+    return str(recorded).split(":")[0] == device.split(":")[0]
 
 
 def median(values: list[float]) -> float | None:
@@ -401,9 +404,7 @@ class Measured:
         alike = [
             entry
             for key, entry in entries.items()
-            if key != run.key
-            and (out / entry["dir"] / CONFIG).exists()
-            and costs_alike(run.cfg, out / entry["dir"])
+            if key != run.key and costs_alike(run.cfg, out / entry["dir"], device)
         ]
         epochs = [measured_epoch_seconds(out / e["dir"], device) for e in alike]
         parts = {part for e in alike for part in e.get("seconds", {})}
@@ -413,16 +414,18 @@ class Measured:
         )
 
 
-def costs_alike(cfg: TrainConfig, run_dir: Path) -> bool:
-    if not (run_dir / CONFIG).exists():
+def costs_alike(cfg: TrainConfig, run_dir: Path, device: str) -> bool:
+    """Whether the run in `run_dir` started on the same kind of device as `device` and trains and
+    evaluates as much as `cfg` does."""
+    path = run_dir / CONFIG
+    if not path.exists():
         return False
-    other = read_config(run_dir)
+    record = read_json(path)
+    if not same_device_kind(record.get("device", ""), device):
+        return False
+    other = make_config(record["config"])
     shape = (other.model.name, len(other.seeds), other.train_subset, other.test_subset, other.batch_size)
     return shape == (cfg.model.name, len(cfg.seeds), cfg.train_subset, cfg.test_subset, cfg.batch_size)
-
-
-def eval_settings(settings: dict[str, Any], profile: Profile) -> EvalSettings:
-    return EvalSettings(**{**settings, "k": (1, profile.iwae_k)})
 
 
 def estimate_eval_seconds(

@@ -223,6 +223,8 @@ def test_a_new_run_is_timed_by_a_finished_run_that_costs_the_same(tmp_path, monk
     by_model = plan.estimate_run_seconds(new, profile, tmp_path, "cpu", measured=False)
     assert by_model[0] == plan.estimate_train_seconds("vae", 2, 1, 300, "cpu")
     assert by_model[1] == plan.estimate_eval_seconds(new, profile, "cpu", plan.eval_steps(new, profile))
+    on_gpu = plan.estimate_run_seconds(new, profile, tmp_path, "cuda")  # the CPU run's times do not apply
+    assert on_gpu == plan.estimate_run_seconds(new, profile, tmp_path, "cuda", measured=False)
 
 
 def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
