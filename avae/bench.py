@@ -14,7 +14,7 @@ Measured, each in a short timed window after a warm-up:
 - bf16 accuracy: final test negative ELBO of bf16 vs fp32 training with the same seeds (short run).
 
 Results go to BENCH.md and bench.json in --out (`avae.bench_report` writes the Markdown);
-`avae.plan`'s cost model reads bench.json for `avae reproduce --dry-run`.
+`avae.costs` reads bench.json for `avae reproduce --dry-run`.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from avae import data, scoring
 from avae.bench_report import BENCH_JSON, BENCH_MD, markdown, targets
 from avae.config import PRECISIONS, Runtime, make_config
+from avae.costs import BATCH, estimate_train_seconds
 from avae.errors import AvaeError
 from avae.io import atomic_write_text, write_json
 from avae.models import MODELS, build_model
-from avae.plan import BATCH, estimate_train_seconds
 from avae.runs import METRICS, read_metrics
 from avae.train import new_state, run_epoch, take_step, train
 

@@ -192,7 +192,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"**{t1['wall_seconds'] / 3600:.2f} h** wall ({t1['serial_seconds'] / 3600:.2f} h of one core; "
             f"{t1['assumption']}). Per configuration (5 members, 100 epochs): "
             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in t1["per_config_seconds"].items())
-            + ". `avae.plan.estimate_train_seconds` gives this figure for any run.",
+            + ". `avae.costs.estimate_train_seconds` gives this figure for any run.",
             "",
             f"Lower bound at 100% of the measured fp32 matmul peak on every core: "
             f"{t1['flops'] / 1e15:.2f} PFLOP of training / ({t1['processes']} x "

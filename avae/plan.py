@@ -1,5 +1,5 @@
 """What a reproduction runs: profiles (how much compute), the planned runs of the paper's
-experiments, what each still needs, and what that will cost (the cost model of `--dry-run`).
+experiments, and what each still needs (what that will cost is `avae.costs`).
 
 Every run is keyed by the hash of its configuration: a run whose checkpoint reached the last epoch
 and whose eval.json and analysis.json hold everything planned is finished; an unfinished one
@@ -8,7 +8,6 @@ resumes from its last checkpoint.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,22 +16,15 @@ from typing import Any
 from avae.config import TrainConfig, config_hash, make_config
 from avae.data import DATASETS
 from avae.errors import ConfigError
-from avae.evaluate import decoder_rate, metric_seconds
-from avae.io import read_json
 from avae.models import MODELS
 from avae.paper import EXPERIMENTS, noise_of
-from avae.results import INDEX
 from avae.runs import (
     ANALYSIS,
-    CONFIG,
     EVAL,
-    METRICS,
     checkpoint_epoch,
-    read_metrics,
     read_record,
     run_dir_name,
 )
-from avae.scoring import EvalSettings
 
 
 @dataclass(frozen=True)
@@ -277,197 +269,3 @@ def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
         unfinished = todo or (profile.evaluate and not analysis_done(run_dir, run.cfg))
         return ("evaluate" if unfinished else "finished"), epoch
     return ("resume" if epoch else "new"), epoch
-
-
-# --- the cost model ------------------------------------------------------------------------------
-# Seconds per training step (batch 100, fp32, one CPU thread) as a + b * S for S members, fitted
-# to `avae bench`'s figures in benchmarks/bench.json when this checkout has them; otherwise these
-# conservative built-in figures (about twice the slowest measured on the 2-core development
-# machine). A model the bench does not know costs as the dearest known one. GPU: fitted to the
-# committed H200 benchmark's graphed steps (`gpu_step_seconds`), else GPU_STEP_MS per step.
-BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.json"
-GPU_BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-h200" / "gpu_bench.json"
-BATCH = 100
-BUILTIN_STEP_MS = {"vae": (15.0, 12.0), "vae-noise": (15.0, 12.0), "avb": (40.0, 35.0), "avae": (45.0, 40.0)}
-GPU_STEP_MS = 10.0  # without a GPU benchmark: an eager CUDA step, a pessimistic figure
-
-
-def fit_step_cost(entries: list[dict[str, Any]]) -> tuple[float, float] | None:
-    """Least-squares a + b * S (seconds per step) through measured (S, ms/step) points."""
-    points = [(e["members"], e["ms_per_step"] / 1e3) for e in entries]
-    if not points:
-        return None
-    if len(points) == 1:
-        s, t = points[0]
-        return 0.0, t / s
-    n = len(points)
-    mean_s = sum(p[0] for p in points) / n
-    mean_t = sum(p[1] for p in points) / n
-    var = sum((p[0] - mean_s) ** 2 for p in points)
-    slope = sum((p[0] - mean_s) * (p[1] - mean_t) for p in points) / var
-    return max(0.0, mean_t - slope * mean_s), max(slope, 1e-9)
-
-
-def bench_entries(model: str, bench: Path) -> list[dict[str, Any]]:
-    try:
-        results = json.loads(bench.read_text()) if bench.exists() else {}
-    except (OSError, ValueError):
-        return []
-    return [
-        e
-        for e in results.get("training", [])
-        if e.get("model") == model and e.get("precision") == "fp32" and not e.get("compile")
-    ]
-
-
-def gpu_step_seconds(model: str, members: int, bench: Path = GPU_BENCH_JSON) -> float:
-    """Seconds per graphed CUDA training step, fitted through the committed GPU benchmark's
-    (S, graphed ms) points of `model` (measured on one H200), plus 5% for the per-epoch test pass;
-    GPU_STEP_MS per step without them."""
-    try:
-        results = json.loads(bench.read_text()) if bench.exists() else {}
-    except (OSError, ValueError):
-        results = {}
-    entries = [
-        {"members": e["members"], "ms_per_step": e["graphed_ms"]}
-        for e in results.get("training", [])
-        if e.get("model") == model and "graphed_ms" in e
-    ]
-    fitted = fit_step_cost(entries)
-    if fitted is None:
-        return GPU_STEP_MS / 1e3 * max(1.0, members / 8)
-    a, b = fitted
-    return 1.05 * (a + b * members)
-
-
-def estimate_train_seconds(
-    model: str,
-    members: int,
-    epochs: int,
-    train_images: int = 60000,
-    device: str = "cpu",
-    bench: Path = BENCH_JSON,
-) -> float:
-    """Wall time of one training process (`members` seeds of `model` trained together) for
-    `epochs` epochs over `train_images` images, with the test pass after each epoch."""
-    steps = train_images // BATCH
-    if device.startswith("cuda"):
-        return epochs * steps * gpu_step_seconds(model, members)
-    entries = bench_entries(model, bench)
-    fitted = fit_step_cost(entries)
-    if fitted is None:
-        a_ms, b_ms = BUILTIN_STEP_MS.get(model, max(BUILTIN_STEP_MS.values()))
-        a, b = a_ms / 1e3, b_ms / 1e3
-        eval_s = 0.1 * steps * (a + b * members) * 10000 / train_images
-    else:
-        a, b = fitted
-        eval_s = members * max(e["test_pass_s_per_10k"] / e["members"] for e in entries)
-    return float(epochs * (steps * (a + b * members) + eval_s))
-
-
-RECENT_EPOCHS = 10  # a run's latest epochs time the epochs it has left
-
-
-def measured_epoch_seconds(run_dir: Path, device: str) -> float | None:
-    """The median wall time of the run's latest recorded epochs (metrics.csv times every epoch) if
-    the run started on the same kind of device (config.json); None for a run with no epoch yet."""
-    metrics, config = run_dir / METRICS, run_dir / CONFIG
-    if not (metrics.exists() and config.exists()):
-        return None
-    if not same_device_kind(read_json(config).get("device", ""), device):
-        return None
-    per_epoch = {row["epoch"]: float(row["seconds"]) for row in read_metrics(metrics)}
-    return median([per_epoch[epoch] for epoch in sorted(per_epoch)[-RECENT_EPOCHS:]])
-
-
-def same_device_kind(recorded: object, device: str) -> bool:
-    return str(recorded).split(":")[0] == device.split(":")[0]
-
-
-def median(values: list[float]) -> float | None:
-    return sorted(values)[len(values) // 2] if values else None
-
-
-@dataclass
-class Measured:
-    """What runs costing the same as a planned run (same model, members, training and test images,
-    in the same --out, on the same kind of device) took: seconds per epoch, and the seconds of each
-    evaluation part (index.json); the estimates use them before the cost model."""
-
-    epoch_seconds: float | None = None
-    part_seconds: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def alike(cls, run: PlannedRun, out: Path, device: str) -> Measured:
-        index = out / INDEX
-        entries = read_json(index).get("runs", {}) if index.exists() else {}
-        alike = [
-            entry
-            for key, entry in entries.items()
-            if key != run.key and costs_alike(run.cfg, out / entry["dir"], device)
-        ]
-        epochs = [measured_epoch_seconds(out / e["dir"], device) for e in alike]
-        parts = {part for e in alike for part in e.get("seconds", {})}
-        return cls(
-            median([s for s in epochs if s is not None]),
-            {p: median([e["seconds"][p] for e in alike if p in e.get("seconds", {})]) for p in parts},
-        )
-
-
-def costs_alike(cfg: TrainConfig, run_dir: Path, device: str) -> bool:
-    """Whether the run in `run_dir` started on the same kind of device as `device` and trains and
-    evaluates as much as `cfg` does."""
-    path = run_dir / CONFIG
-    if not path.exists():
-        return False
-    record = read_json(path)
-    if not same_device_kind(record.get("device", ""), device):
-        return False
-    other = make_config(record["config"])
-    shape = (other.model.name, len(other.seeds), other.train_subset, other.test_subset, other.batch_size)
-    return shape == (cfg.model.name, len(cfg.seeds), cfg.train_subset, cfg.test_subset, cfg.batch_size)
-
-
-def estimate_eval_seconds(
-    run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep], measured: Measured | None = None
-) -> float:
-    """Evaluation and analysis time of the steps a run still needs: what alike runs took for each
-    part (`measured`), else the cost model's figure."""
-    test, members = run.cfg.test_subset or 10000, len(run.cfg.seeds)
-    took = measured.part_seconds if measured else {}
-    seconds = sum(
-        took.get(key)
-        or metric_seconds(
-            family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device
-        )
-        for key, family, settings in steps
-    )
-    analysis = took.get("analysis") or 3 * profile.analysis_samples * members / decoder_rate(device)
-    return seconds + analysis
-
-
-def estimate_run_seconds(
-    run: PlannedRun, profile: Profile, out: Path, device: str, measured: bool = True
-) -> tuple[float, float]:
-    """(training, evaluation) seconds the run still needs; with `measured`, timed by the run's own
-    latest epochs, else by alike runs in `out` (`Measured`), else by the cost model."""
-    status, epoch = status_of(run, profile, out)
-    if status == "finished":
-        return 0.0, 0.0
-    cfg = run.cfg
-    alike = Measured.alike(run, out, device) if measured else None
-    train_s = 0.0
-    if epoch < cfg.epochs:
-        own = measured_epoch_seconds(out / run.dir_name, device) if measured and epoch else None
-        per_epoch = own or (alike.epoch_seconds if alike else None)
-        train_s = (
-            (cfg.epochs - epoch) * per_epoch
-            if per_epoch
-            else estimate_train_seconds(
-                cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, cfg.train_subset or 60000, device
-            )
-        )
-    if not profile.evaluate:
-        return train_s, 0.0
-    todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))
-    return train_s, estimate_eval_seconds(run, profile, device, todo, alike)

@@ -11,13 +11,14 @@ from typing import Any
 
 from avae import stats
 from avae.claims import claims_section, key_label
+from avae.costs import estimate_run_seconds
 from avae.errors import ConfigError
 from avae.figures import format_table, plot_curves
 from avae.findings import findings_section
 from avae.io import atomic_write_bytes, atomic_write_text, read_json, write_csv
 from avae.models import MODELS, row_label
 from avae.paper import DATASET_LABELS, PAPER_LATENTS, PAPER_TABLE1, RowKey, dataset_label, noise_of, rows_of
-from avae.plan import PROFILES, estimate_run_seconds, get_profile, runs_for
+from avae.plan import PROFILES, get_profile, runs_for
 from avae.results import (
     INDEX,
     MANIFEST,

@@ -26,12 +26,12 @@ import torch
 
 from avae.analysis import classifier_path, ensure_classifier
 from avae.config import Runtime
+from avae.costs import estimate_run_seconds
 from avae.errors import AvaeError, ConfigError
 from avae.figures import format_table
 from avae.io import atomic_write_text, read_json, write_json
 from avae.plan import (
     Profile,
-    estimate_run_seconds,
     eval_steps,
     runs_for,
     select,

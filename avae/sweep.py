@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from avae.config import MODEL_KEYS, TRAIN_KEYS, Runtime, TrainConfig
+from avae.costs import estimate_train_seconds
 from avae.errors import AvaeError, ConfigError
 from avae.evaluate import metric_seconds, parse_metrics
 from avae.figures import format_table
 from avae.io import read_json, write_json
 from avae.models import MODELS, ModelConfig
-from avae.plan import EvalStep, PlannedRun, estimate_train_seconds, missing_metrics
+from avae.plan import EvalStep, PlannedRun, missing_metrics
 from avae.runner import (
     PlanProgress,
     Task,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from avae import bench, plan
+from avae import bench, costs
 from avae.models import MODELS
 
 
@@ -34,14 +34,14 @@ def test_quick_bench_writes_markdown_and_json(tmp_path, synthetic_data):
     text = (tmp_path / bench.BENCH_MD).read_text()
     assert "## Targets" in text and "Estimated cost of Table 1" in text
     # the estimate reads the fresh bench.json and grows with members and epochs
-    one = plan.estimate_train_seconds("avae", 1, 1, 60000, bench=tmp_path / bench.BENCH_JSON)
-    assert 0 < one < plan.estimate_train_seconds("avae", 2, 2, 60000, bench=tmp_path / bench.BENCH_JSON)
+    one = costs.estimate_train_seconds("avae", 1, 1, 60000, bench=tmp_path / bench.BENCH_JSON)
+    assert 0 < one < costs.estimate_train_seconds("avae", 2, 2, 60000, bench=tmp_path / bench.BENCH_JSON)
 
 
 def test_estimate_without_bench_json_uses_builtin_figures(tmp_path):
     missing = tmp_path / "none.json"
     for name in MODELS:
-        assert plan.estimate_train_seconds(name, 5, 100, bench=missing) > plan.estimate_train_seconds(
+        assert costs.estimate_train_seconds(name, 5, 100, bench=missing) > costs.estimate_train_seconds(
             name, 5, 1, bench=missing
         )
 
@@ -80,10 +80,10 @@ def test_gpu_step_cost_is_fitted_through_the_gpu_benchmarks_graphed_steps(tmp_pa
     bench_file = tmp_path / "gpu_bench.json"
     rows = [{"model": "vae", "members": s, "eager_ms": 4.0, "graphed_ms": 0.3 + 0.02 * s} for s in (1, 5, 40)]
     bench_file.write_text(json.dumps({"training": rows}))
-    assert plan.gpu_step_seconds("vae", 10, bench_file) == pytest.approx(1.05 * (0.3 + 0.2) / 1e3)
+    assert costs.gpu_step_seconds("vae", 10, bench_file) == pytest.approx(1.05 * (0.3 + 0.2) / 1e3)
     # no figures for that model (or no file): the pessimistic eager figure
-    assert plan.gpu_step_seconds("avae", 10, bench_file) == plan.GPU_STEP_MS / 1e3 * 10 / 8
-    assert plan.gpu_step_seconds("vae", 4, tmp_path / "none.json") == plan.GPU_STEP_MS / 1e3
+    assert costs.gpu_step_seconds("avae", 10, bench_file) == costs.GPU_STEP_MS / 1e3 * 10 / 8
+    assert costs.gpu_step_seconds("vae", 4, tmp_path / "none.json") == costs.GPU_STEP_MS / 1e3
     # the committed H200 figures are what a --device cuda dry run uses
-    measured = plan.gpu_step_seconds("vae", 5)
+    measured = costs.gpu_step_seconds("vae", 5)
     assert 0.3e-3 < measured < 0.6e-3, measured

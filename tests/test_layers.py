@@ -24,6 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 # - bench sits with reproduce and report, under cli (cli runs `avae bench`); bench_gpu one floor
 #   above it (it reuses bench's bf16 accuracy check);
 # - scoring (the estimators' drivers, used by evaluate, train and bench) shares the floor of runs.
+# - costs (the cost model of a planned run) has a floor of its own, above plan, whose runs it prices.
 # - sweep (a grid of runs on reproduce's executors) has a floor of its own, above reproduce, under cli.
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("version",),
@@ -36,6 +37,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("card",),
     ("evaluate", "analysis", "results"),
     ("train", "claims", "findings", "plan"),
+    ("costs",),
     ("runner", "report", "bench", "api"),
     ("reproduce", "publish", "bench_gpu"),
     ("sweep",),

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from avae import plan, runner
+from avae import costs, plan, runner
 from avae.cli import main
 from avae.config import Runtime
 from avae.errors import AvaeError, ConfigError
@@ -192,7 +192,7 @@ def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeyp
 
 
 def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monkeypatch):
-    monkeypatch.setattr(plan, "RECENT_EPOCHS", 3)
+    monkeypatch.setattr(costs, "RECENT_EPOCHS", 3)
     profile = replace(tiny_profile(monkeypatch), epochs=6)
     (run,) = runs_for(profile)
     train(replace(run.cfg, epochs=4), tmp_path / run.dir_name, runtime=Runtime(progress=False))
@@ -201,10 +201,10 @@ def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monk
     for row in rows:  # epoch 1 slow (outside the latest 3), then 7, 5, 6 seconds
         row["seconds"] = {1: 100.0, 2: 7.0, 3: 5.0, 4: 6.0}[row["epoch"]]
     write_csv(path, list(rows[0]), [list(row.values()) for row in rows])
-    train_s, _ = plan.estimate_run_seconds(run, profile, tmp_path, "cpu")
+    train_s, _ = costs.estimate_run_seconds(run, profile, tmp_path, "cpu")
     assert train_s == 2 * 6.0  # 2 epochs left at the median of epochs 2-4
-    model_s, _ = plan.estimate_run_seconds(run, profile, tmp_path, "cuda")  # timed on another device
-    assert model_s == plan.estimate_train_seconds("vae", 2, 2, 300, "cuda")
+    model_s, _ = costs.estimate_run_seconds(run, profile, tmp_path, "cuda")  # timed on another device
+    assert model_s == costs.estimate_train_seconds("vae", 2, 2, 300, "cuda")
 
 
 def test_a_new_run_is_timed_by_a_finished_run_that_costs_the_same(tmp_path, monkeypatch):
@@ -219,12 +219,12 @@ def test_a_new_run_is_timed_by_a_finished_run_that_costs_the_same(tmp_path, monk
     index = read_json(tmp_path / "index.json")
     index["runs"][done.key]["seconds"].update(neg_elbo=30.0, analysis=20.0)
     (tmp_path / "index.json").write_text(json.dumps(index))
-    assert plan.estimate_run_seconds(new, profile, tmp_path, "cpu") == (1 * 4.0, 30.0 + 20.0)
-    by_model = plan.estimate_run_seconds(new, profile, tmp_path, "cpu", measured=False)
-    assert by_model[0] == plan.estimate_train_seconds("vae", 2, 1, 300, "cpu")
-    assert by_model[1] == plan.estimate_eval_seconds(new, profile, "cpu", plan.eval_steps(new, profile))
-    on_gpu = plan.estimate_run_seconds(new, profile, tmp_path, "cuda")  # the CPU run's times do not apply
-    assert on_gpu == plan.estimate_run_seconds(new, profile, tmp_path, "cuda", measured=False)
+    assert costs.estimate_run_seconds(new, profile, tmp_path, "cpu") == (1 * 4.0, 30.0 + 20.0)
+    by_model = costs.estimate_run_seconds(new, profile, tmp_path, "cpu", measured=False)
+    assert by_model[0] == costs.estimate_train_seconds("vae", 2, 1, 300, "cpu")
+    assert by_model[1] == costs.estimate_eval_seconds(new, profile, "cpu", plan.eval_steps(new, profile))
+    on_gpu = costs.estimate_run_seconds(new, profile, tmp_path, "cuda")  # the CPU run's times do not apply
+    assert on_gpu == costs.estimate_run_seconds(new, profile, tmp_path, "cuda", measured=False)
 
 
 def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
