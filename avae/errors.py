@@ -18,4 +18,9 @@ class CheckpointError(AvaeError):
 
 
 class DivergenceError(AvaeError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite loss: `term` of member `member` (seed `seed`) at `epoch`,
+    `step` (1-based), kept as fields so the run directory can record where it happened."""
+
+    def __init__(self, message: str, *, epoch: int, step: int, member: int, seed: int, term: str):
+        super().__init__(message)
+        self.epoch, self.step, self.member, self.seed, self.term = epoch, step, member, seed, term

@@ -22,6 +22,7 @@ from avae.runs import (
     ANALYSIS,
     EVAL,
     checkpoint_epoch,
+    read_divergence,
     read_record,
     run_dir_name,
 )
@@ -261,9 +262,12 @@ def analysis_done(run_dir: Path, cfg: TrainConfig) -> bool:
 
 
 def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
-    """("finished" | "evaluate" | "resume" | "new", epochs already trained)."""
+    """("finished" | "evaluate" | "resume" | "new" | "diverged", epochs already trained). A diverged
+    run (runs.DIVERGED) is not retried: the same settings diverge again at the same step."""
     run_dir = out / run.dir_name
     epoch = checkpoint_epoch(run_dir)
+    if read_divergence(run_dir) is not None:
+        return "diverged", epoch
     if epoch >= run.cfg.epochs:
         todo = missing_metrics(run_dir, run.cfg, eval_steps(run, profile))
         unfinished = todo or (profile.evaluate and not analysis_done(run_dir, run.cfg))

@@ -15,9 +15,9 @@ from avae.io import atomic_write_text, read_json
 from avae.plan import analysis_done, eval_steps, manifest_profile, missing_metrics, runs_for
 from avae.report import write_report
 from avae.results import INDEX, MANIFEST, RunResult, collect_runs
-from avae.runs import ANALYSIS, CONFIG, EVAL, METRICS
+from avae.runs import ANALYSIS, CONFIG, DIVERGED, EVAL, METRICS
 
-RUN_FILES = (CONFIG, METRICS, EVAL, ANALYSIS, "README.md")
+RUN_FILES = (CONFIG, METRICS, EVAL, ANALYSIS, DIVERGED, "README.md")
 
 
 def publish(out: str | Path, dest: str | Path) -> Path:
@@ -46,14 +46,17 @@ def publish(out: str | Path, dest: str | Path) -> Path:
 def finished_runs(out: Path) -> tuple[list[RunResult], list[str]]:
     """The runs of OUT trained to their last epoch and, where OUT's manifest names a known profile,
     with every planned metric and the analysis; and one line for each planned run left out (still
-    training, evaluating, or not started): a half-trained run is never published as a result."""
+    training, evaluating, or not started): a half-trained run is never published as a result. A
+    diverged run is an outcome, and is published with its record (runs.DIVERGED)."""
     manifest = read_json(out / MANIFEST) if (out / MANIFEST).exists() else {}
     profile = manifest_profile(manifest)  # None: training complete is the test
     planned = {run.dir_name: run for run in runs_for(profile)} if profile else {}
     done, pending = [], []
     for run in collect_runs(out):
         plan = planned.pop(run.dir.name, None)
-        if run.trained_epochs < run.cfg.epochs:
+        if run.divergence:
+            done.append(run)
+        elif run.trained_epochs < run.cfg.epochs:
             pending.append(f"{run.dir.name}: trained {run.trained_epochs} of {run.cfg.epochs} epochs")
         elif plan and (
             missing_metrics(run.dir, run.cfg, eval_steps(plan, profile))

@@ -43,7 +43,7 @@ def cell(values: list[float] | None, missing: str = "-") -> str:
 
 
 def header_section(runs: list[RunResult], datasets: list[str], profile: str) -> str:
-    short = [r for r in runs if short_of_convergence(r)]
+    short = [r for r in runs if short_of_convergence(r) and not r.divergence]  # diverged: said apart
     epochs = sorted({r.cfg.epochs for r in runs})
     images = sorted({r.cfg.train_subset or 60000 for r in runs})
     budget = (
@@ -59,11 +59,30 @@ def header_section(runs: list[RunResult], datasets: list[str], profile: str) -> 
             f"epoch at their last epoch{largest}: their numbers describe how fast each model learns, "
             "not what it reaches, and every verdict below carries that caveat.**"
         )
+    budget += divergence_note(runs)
     return (
         "# Reproduction report: Variational Autoencoder Model Based on Adversarial Strategy (AVAE)\n\n"
         f"Profile `{profile}`, {len(runs)} runs, data sets: "
         f"{', '.join(dataset_label(d) for d in datasets)}. "
         "Written by `avae report` from the run directories alone.\n\n" + budget
+    )
+
+
+def divergence_note(runs: list[RunResult]) -> str:
+    """A sentence per diverged run: where its loss went non-finite; it has no figures, only the curves
+    of the epochs before."""
+    notes = [
+        f"{key_label(r.key)} on {dataset_label(r.cfg.dataset)} diverged: its {r.divergence['term']} went "
+        f"non-finite at epoch {r.divergence['epoch']}, step {r.divergence['step']}, seed "
+        f"{r.divergence['seed']}, at learning rate {r.divergence['settings']['lr']:g}"
+        for r in runs
+        if r.divergence
+    ]
+    if not notes:
+        return ""
+    return (
+        f" **Diverged: {'; '.join(notes)}.** A diverged run trains all its seeds together, so it has no "
+        "figure for any seed; its curves show the epochs before, and every test that needs it is missing."
     )
 
 
@@ -98,7 +117,7 @@ def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
                 own = run.metric("neg_elbo") if run else None
                 critic = run.metric("neg_critic") if run else None
                 paper = PAPER_TABLE1.get(dataset, {}).get(key[1], {}).get(latent)
-                own_cell = cell(own, "not evaluated" if run else "not run")
+                own_cell = cell(own, run.missing_label if run else "not run")
                 row += [own_cell, cell(critic), "-" if paper is None else f"{paper:g}"]
                 for name, values in (("own", own), ("critic", critic)):
                     mean, half = stats.mean_ci(values) if values else (float("nan"), float("nan"))
@@ -158,7 +177,8 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
             for key in (k for k in table_rows(table, dataset, 10) if k in table):
                 run = table[key]
                 values = [run.metric(name, points) for name, _ in figures]
-                rows.append([row_label(key[1], key[2]), *(cell(v) for v in values)])
+                gap = "diverged" if run.divergence else "-"
+                rows.append([row_label(key[1], key[2]), *(cell(v, gap) for v in values)])
                 for (name, _), v in zip(figures, values, strict=True):
                     mean, half = stats.mean_ci(v) if v else (float("nan"), float("nan"))
                     csv_rows.append([dataset, key[1], key[2], points, name, len(v or []), mean, half])
@@ -169,7 +189,7 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
         missing += [
             table[k].dir.name
             for k in table_rows(table, dataset, 10)
-            if k in table and not table[k].entry("ais")
+            if k in table and not table[k].entry("ais") and not table[k].divergence
         ]
     if any(
         not r.eval.get("metrics", {}).get("neg_elbo", {}).get("is_log_likelihood", True)

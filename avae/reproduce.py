@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from avae.errors import AvaeError, ConfigError
 from avae.figures import format_table
 from avae.io import atomic_write_text, read_json, write_json
 from avae.plan import (
+    PlannedRun,
     Profile,
     eval_steps,
     runs_for,
@@ -48,6 +50,7 @@ from avae.runner import (
     run_tasks,
     worker_runtime,
 )
+from avae.runs import read_divergence
 
 
 def previous_sessions(out: Path) -> list[dict[str, Any]]:
@@ -101,7 +104,7 @@ def dry_run_table(profile: Profile, out: Path, device: str) -> tuple[str, float]
                 ",".join(run.experiments),
                 len(run.cfg.seeds),
                 run.cfg.epochs,
-                f"{status} ({epoch} done)" if status == "resume" else status,
+                status_label(status, epoch, out / run.dir_name),
                 ",".join(k for k, _, _ in eval_steps(run, profile)),
                 f"{train_s:.0f}",
                 f"{eval_s:.0f}",
@@ -109,6 +112,30 @@ def dry_run_table(profile: Profile, out: Path, device: str) -> tuple[str, float]
         )
     header = ["run", "experiments", "seeds", "epochs", "status", "metrics", "train s (est.)", "eval s (est.)"]
     return format_table(header, rows), total
+
+
+def status_label(status: str, epoch: int, run_dir: Path) -> str:
+    if status == "resume":
+        return f"resume ({epoch} done)"
+    if status == "diverged":
+        record = read_divergence(run_dir) or {}
+        return f"diverged (epoch {record.get('epoch')}, seed {record.get('seed')})"
+    return status
+
+
+def diverged_note(runs: list[PlannedRun], out: Path) -> str:
+    """One line per planned run that diverged earlier and is left alone, with how to go on."""
+    lines = []
+    for run in runs:
+        record = read_divergence(out / run.dir_name)
+        if record is not None:
+            lines.append(
+                f"avae reproduce: {run.dir_name} diverged earlier ({record['term']} non-finite at epoch "
+                f"{record['epoch']}, step {record['step']}, seed {record['seed']}) and is not retried (the "
+                f"same settings diverge again); the report shows it as diverged. To go on with it instead: "
+                f"`avae train --resume --out {out / run.dir_name} --lr LOWER` (and --disc-lr / --adv-lr)."
+            )
+    return "\n".join(lines)
 
 
 def reproduce(
@@ -168,7 +195,13 @@ def reproduce(
         },
     )
     worker = worker_runtime(runtime, jobs, executor)
-    tasks = [Task(run, profile, out, worker, tensorboard) for run in runs]
+    if note := diverged_note(runs, out):
+        print(note, file=sys.stderr, flush=True)
+    tasks = [
+        Task(run, profile, out, worker, tensorboard)
+        for run in runs
+        if status_of(run, profile, out)[0] != "diverged"
+    ]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
         PlanProgress(

@@ -18,6 +18,7 @@ from avae.runs import (
     METRICS,
     checkpoint_epoch,
     read_config,
+    read_divergence,
     read_metrics,
     read_record,
 )
@@ -36,6 +37,14 @@ class RunResult:
     eval: dict[str, Any]
     analysis: dict[str, Any]
     trained_epochs: int
+    divergence: dict[str, Any] | None = None  # runs.DIVERGED while it holds
+
+    @property
+    def missing_label(self) -> str:
+        """What a table shows for a figure this run lacks."""
+        if self.divergence:
+            return f"diverged (epoch {self.divergence['epoch']}, seed {self.divergence['seed']})"
+        return "not evaluated"
 
     @property
     def key(self) -> RowKey:
@@ -93,6 +102,7 @@ def collect_runs(out: str | Path) -> list[RunResult]:
                 read_record(run_dir, EVAL, epoch),
                 read_record(run_dir, ANALYSIS, epoch),
                 epoch,
+                read_divergence(run_dir),
             )
         )
     return runs

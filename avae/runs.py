@@ -5,6 +5,7 @@ metrics.csv              one row per epoch and member
 checkpoint.safetensors   weights, optimiser moments, RNG streams (`avae.checkpoint`)
 eval.json                figures of `avae evaluate` (`avae.evaluate`)
 analysis.json            analyses beyond the paper (`avae.analysis`)
+diverged.json            where training last diverged, until an epoch past it is written
 samples_seed*.png        8x8 sample grids, recon_seed*.png reconstructions
 .lock                    held by the one process that trains into the directory
 """
@@ -29,7 +30,7 @@ from avae.config import (
     make_config,
     versions,
 )
-from avae.errors import CheckpointError, ConfigError
+from avae.errors import CheckpointError, ConfigError, DivergenceError
 from avae.io import read_csv, read_json, remove_stale_temporaries, write_csv, write_json
 from avae.models import LatentModel, build_model
 
@@ -38,6 +39,7 @@ METRICS = "metrics.csv"
 CONFIG = "config.json"
 EVAL = "eval.json"
 ANALYSIS = "analysis.json"
+DIVERGED = "diverged.json"
 LOCK = ".lock"
 
 
@@ -174,3 +176,39 @@ def read_record(run_dir: Path, name: str, epoch: int) -> dict[str, Any]:
     path = run_dir / name
     record = read_json(path) if path.exists() else {}
     return record if record.get("epoch") == epoch else {}
+
+
+def record_divergence(run_dir: Path, cfg: TrainConfig, error: DivergenceError) -> None:
+    """Write DIVERGED: the epoch, step, member, seed and loss term that went non-finite, under the
+    settings of the attempt (its learning rates and config hash). The last good checkpoint is
+    untouched; `clear_divergence` removes the record once an epoch past it is written."""
+    write_json(
+        run_dir / DIVERGED,
+        {
+            "epoch": error.epoch,
+            "step": error.step,
+            "member": error.member,
+            "seed": error.seed,
+            "term": error.term,
+            "message": str(error),
+            "settings": {k: getattr(cfg, k) for k in RESUMABLE_CHANGES},
+            "config_hash": config_hash(cfg),
+            "command": sys.argv,
+        },
+    )
+
+
+def clear_divergence(run_dir: Path) -> None:
+    (run_dir / DIVERGED).unlink(missing_ok=True)
+
+
+def read_divergence(run_dir: Path) -> dict[str, Any] | None:
+    """The run's divergence record while it still holds: no epoch at or past it has been trained
+    (metrics.csv, which published runs keep without their checkpoints); None otherwise."""
+    path = run_dir / DIVERGED
+    if not path.exists():
+        return None
+    record = read_json(path, "divergence record")
+    rows = read_metrics(run_dir / METRICS) if (run_dir / METRICS).exists() else []
+    trained = max((int(row["epoch"]) for row in rows), default=0)
+    return record if trained < record["epoch"] else None

@@ -46,9 +46,11 @@ from avae.runs import (
     CONFIG,
     LOCK,
     METRICS,
+    clear_divergence,
     load_weights,
     prepare_run_dir,
     read_metrics,
+    record_divergence,
     record_resume,
     run_record,
     write_metrics,
@@ -196,13 +198,18 @@ def train_locked(
         while state.epoch < cfg.epochs:
             state.epoch += 1
             started = time.perf_counter()
-            train_means = run_epoch(state, cfg, train_x, runtime, bar)
+            try:
+                train_means = run_epoch(state, cfg, train_x, runtime, bar)
+            except DivergenceError as error:
+                record_divergence(out, cfg, error)
+                raise
             test_values = test_pass()
             state.rows += epoch_rows(
                 cfg, state.epoch, train_means, test_values, time.perf_counter() - started
             )
             write_metrics(out / METRICS, state.rows)
             save_checkpoint(out / CHECKPOINT, *checkpoint_payload(state, cfg))
+            clear_divergence(out)  # this epoch got past any earlier divergence
             if checkpoint is not None and state.epoch == checkpoint[1]["epoch"] + 1:
                 record_resume(out, cfg, state.epoch - 1)  # once the resumed run has written an epoch
             bar.set_postfix(test=f"{float(test_values.mean()):.2f}")
@@ -367,7 +374,12 @@ def check_finite(pending: list[torch.Tensor], names: list[str], epoch: int, last
     raise DivergenceError(
         f"non-finite {names[term]} at epoch {epoch}, step {step + 1}, member {member} "
         f"(seed {seeds[member]}); the checkpoint of epoch {epoch - 1} is kept (if any). "
-        "Continue it with --resume and a lower --lr (and --disc-lr / --adv-lr)"
+        "Continue it with --resume and a lower --lr (and --disc-lr / --adv-lr)",
+        epoch=epoch,
+        step=step + 1,
+        member=member,
+        seed=int(seeds[member]),
+        term=names[term],
     )
 
 

@@ -29,7 +29,7 @@ from avae.checkpoint import META_KEY, load_checkpoint, save_checkpoint
 from avae.cli import main
 from avae.config import Runtime, make_config
 from avae.errors import AvaeError, CheckpointError, DataError, DivergenceError
-from avae.runs import CHECKPOINT, METRICS
+from avae.runs import CHECKPOINT, DIVERGED, METRICS, read_divergence
 from avae.train import train
 
 QUIET = Runtime(progress=False)
@@ -312,7 +312,11 @@ def test_after_divergence_a_lower_learning_rate_resumes(tmp_path, synthetic_data
     err = one_line_error(capsys)
     assert "non-finite loss_" in err and "epoch 2, step" in err and "member" in err and "lower --lr" in err
     assert (run / CHECKPOINT).read_bytes() == good
+    record = read_divergence(run)  # where it happened, kept beside the run
+    assert record is not None and record["epoch"] == 2 and record["settings"]["lr"] == 1e3
+    assert record["term"] in err and f"seed {record['seed']}" in err
     assert cli_train(run, 3, "--resume", "--lr", "1e-4") == 0
+    assert read_divergence(run) is None and not (run / DIVERGED).exists()  # got past it
     tensors, meta = load_checkpoint(run / CHECKPOINT)
     assert meta["epoch"] == 3 and meta["optimizer_groups"]["elbo"][0]["lr"] == 1e-4
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))

@@ -17,14 +17,14 @@ import pytest
 from avae import costs, plan, runner
 from avae.cli import main
 from avae.config import Runtime
-from avae.errors import AvaeError, ConfigError
+from avae.errors import AvaeError, ConfigError, DivergenceError
 from avae.io import read_json, write_csv
 from avae.paper import Experiment
 from avae.plan import Profile, runs_for
-from avae.publish import finished_runs
+from avae.publish import finished_runs, publish
 from avae.report import write_report
 from avae.reproduce import reproduce
-from avae.runs import CONFIG, EVAL, read_metrics
+from avae.runs import CONFIG, DIVERGED, EVAL, read_metrics
 from avae.train import train
 
 SECTIONS = (
@@ -189,6 +189,37 @@ def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeyp
         plan.select(profile, ["fig9"])
     with pytest.raises(ConfigError, match="'fig6' is not in profile 'tiny'"):
         plan.select(profile, ["fig6"])
+
+
+def test_a_diverged_run_is_recorded_left_alone_reported_and_published(tmp_path, monkeypatch, capsys):
+    """A planned run whose loss went non-finite keeps its record (diverged.json); the next reproduce
+    does not retry it (the same settings diverge again) and finishes the others, the report shows it
+    as diverged with its epoch and seed, and publish carries the record."""
+    profile = replace(tiny_profile(monkeypatch), epochs=2)
+    monkeypatch.setitem(plan.EXPERIMENTS, "other", Experiment("test", ("vae-noise",), (10,)))
+    profile = replace(profile, experiments=("tiny", "other"))
+    vae = next(r for r in runs_for(profile) if r.cfg.model.name == "vae")
+    runtime = Runtime(progress=False)
+    run_dir = tmp_path / "out" / vae.dir_name
+    train(replace(vae.cfg, epochs=1), run_dir, runtime=runtime)
+    with pytest.raises(DivergenceError):  # an absurd rate: non-finite within epoch 2
+        train(replace(vae.cfg, lr=1e3), run_dir, runtime=runtime, resume=True)
+    record = read_json(run_dir / DIVERGED)
+    assert record["epoch"] == 2 and record["seed"] in (0, 1) and record["settings"]["lr"] == 1e3
+    assert plan.status_of(vae, profile, tmp_path / "out") == ("diverged", 1)
+    assert costs.estimate_run_seconds(vae, profile, tmp_path / "out", "cpu") == (0.0, 0.0)
+    reproduce(profile, tmp_path / "out", runtime=runtime, dry_run=True)
+    assert f"| diverged (epoch 2, seed {record['seed']}) |" in capsys.readouterr().out
+    results = {r["dir"]: r for r in reproduce(profile, tmp_path / "out", runtime=runtime)}
+    assert vae.dir_name not in results and [r["trained"] for r in results.values()] == [True]
+    assert f"{vae.dir_name} diverged earlier" in capsys.readouterr().err
+    assert plan.status_of(vae, profile, tmp_path / "out") == ("diverged", 1)  # still, untouched
+    text = write_report(tmp_path / "out").read_text()
+    assert f"| VAE | diverged (epoch 2, seed {record['seed']}) |" in text
+    assert "**Diverged: VAE z10 on MNIST diverged: its loss_elbo went non-finite at epoch 2" in text
+    dest = publish(tmp_path / "out", tmp_path / "published")  # no checkpoints: metrics.csv tells
+    assert read_json(dest / vae.dir_name / DIVERGED) == record
+    assert f"| VAE | diverged (epoch 2, seed {record['seed']}) |" in (dest / "report.md").read_text()
 
 
 def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monkeypatch):
