@@ -71,7 +71,8 @@ def family_rows(
     ):
         label = [dataset_label(better[0]), f"{key_label(better)} < {key_label(worse)}"]
         if test is None:
-            diverged = any(r is not None and r.divergence for r in (table.get(better), table.get(worse)))
+            pair = (table.get(better), table.get(worse))
+            diverged = all(r is not None for r in pair) and any(r.divergence for r in pair)
             rows.append([*label, "diverged run" if diverged else "missing run", *["-"] * 6])
             outcomes.append("missing")
             continue

@@ -144,6 +144,8 @@ def question_one(dataset: str, table: Table, tests: Tests, figures: Figures) -> 
     for avae in (k for k in rows_of(dataset, "avae", LATENT) if k in table and base in table):
         cells = [tests.get(("1. AVAE against VAE+eps", avae, base, metric)) for metric, _ in figures]
         verdict = answer(cells[-1], "yes, better", "no, worse")
+        if table[avae].divergence:
+            verdict = table[avae].missing_label
         rows.append([f"{row_label(avae[1], avae[2])} - VAE+eps", *map(diff_cell, cells), verdict])
     if not rows:
         title = "**1. Does AVAE beat VAE+eps on the honest figures?**"
@@ -199,7 +201,8 @@ def pattern_lines(table: Table, dataset: str, iwae_key: str, points: int) -> lis
                 test = difference(base, base_figure, run, figure, points)  # VAE+eps - model: the gap
                 if test is not None:
                     seen = "appears" if test["diff"] >= paper_gap / 2 else "absent"
-                cells.append("-" if test is None else f"{diff_cell(test)} ({seen})")
+                gap = "diverged" if run.divergence else "-"
+                cells.append(gap if test is None else f"{diff_cell(test)} ({seen})")
             rows.append([row_label(model, key[2]), f"{paper_gap:+.2f}", *cells])
     if not rows:
         return ["", "**2. Does the paper's pattern appear?** Not answered: no AVAE or AVB run."]
