@@ -14,6 +14,7 @@ dashes); a list setting such as `hidden` separates its widths by "/" (`hidden=25
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from avae.runner import (
     run_tasks,
     worker_runtime,
 )
-from avae.runs import EVAL, checkpoint_epoch, read_record
+from avae.runs import EVAL, checkpoint_epoch, read_divergence, read_record
 from avae.scoring import EvalSettings
 
 SWEEP = "sweep.json"
@@ -125,6 +126,8 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[d
 def estimate_seconds(run: PlannedRun, steps: list[EvalStep], out: Path, device: str) -> float:
     """The cost model's time for what the run still needs: training epochs left and missing metrics."""
     cfg, run_dir = run.cfg, out / run.dir_name
+    if read_divergence(run_dir) is not None:
+        return 0.0  # not retried
     epoch = checkpoint_epoch(run_dir)
     seconds = 0.0
     if epoch < cfg.epochs:
@@ -173,7 +176,11 @@ def sweep(
     )
     out.mkdir(parents=True, exist_ok=True)
     worker = worker_runtime(runtime, jobs, executor)
-    tasks = [Task(run, None, out, worker, steps=steps[key]) for key, run in runs.items()]
+    diverged = {key for key, run in runs.items() if read_divergence(out / run.dir_name) is not None}
+    for key in diverged:  # the same settings diverge again at the same step
+        print(f"avae sweep: {runs[key].dir_name} diverged earlier and is not retried", file=sys.stderr)
+    left = {key: run for key, run in runs.items() if key not in diverged}
+    tasks = [Task(run, None, out, worker, steps=steps[key]) for key, run in left.items()]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
         PlanProgress(estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress) as bar,
@@ -212,25 +219,35 @@ def sweep_record(
             for key, _, _ in metric_steps(metrics, run.cfg.model.name)
             if key in have
         }
-        entries.append({"point": point, "dir": run.dir_name, "key": run.key, "figures": figures})
+        entry = {"point": point, "dir": run.dir_name, "key": run.key, "figures": figures}
+        if (record := read_divergence(out / run.dir_name)) is not None:
+            entry["diverged"] = {k: record[k] for k in ("epoch", "step", "seed", "term")}
+        entries.append(entry)
     return {"grid": grid, "settings": base, "metrics": list(metrics), "points": entries}
 
 
 def sweep_table(record: dict[str, Any]) -> str:
     """The points with their figures (mean ± sem over members, nats), one row each."""
     keys = list(record["grid"])
-    metric_keys = sorted({k for entry in record["points"] for k in entry["figures"]})
+    metric_keys = sorted({k for entry in record["points"] for k in entry["figures"]}) or [
+        METRIC_KEYS[m] for m in record["metrics"]
+    ]
     rows = [
         [*(shown(entry["point"][k]) for k in keys), entry["dir"]]
         + [
             f"{entry['figures'][m]['mean']:.2f} ± {entry['figures'][m]['sem']:.2f}"
             if m in entry["figures"]
-            else "-"
+            else missing_cell(entry)
             for m in metric_keys
         ]
         for entry in record["points"]
     ]
     return format_table([*keys, "run", *metric_keys], rows)
+
+
+def missing_cell(entry: dict[str, Any]) -> str:
+    diverged = entry.get("diverged")
+    return f"diverged (epoch {diverged['epoch']}, seed {diverged['seed']})" if diverged else "-"
 
 
 def shown(value: Any) -> str:

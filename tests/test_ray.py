@@ -183,3 +183,21 @@ def test_an_address_without_the_ray_executor_is_refused(tmp_path, capsys):
     err = refused(capsys, ["reproduce", "--profile", "smoke", "--out", str(out), "--address", "auto"])
     assert "--address names a Ray cluster; give it with --executor ray" in err
     assert not out.exists()
+
+
+def test_a_sweep_point_that_diverges_is_recorded_and_not_retried(tmp_path, capsys):
+    """An absurd learning rate diverges within the first epoch: the sweep finishes the other point,
+    fails once naming it, marks it diverged in sweep.json and its table, and a rerun leaves it alone
+    (the same settings diverge again) and succeeds."""
+    settings = [a if a != "lr=0.001,0.01" else "lr=0.001,1000" for a in SWEEP_SETTINGS]
+    out = str(tmp_path / "out")
+    assert main(["sweep", *settings, "--out", out]) == 2
+    assert "1 of 2 runs failed" in capsys.readouterr().err
+    good, bad = read_json(tmp_path / "out" / SWEEP)["points"]
+    assert "neg_elbo" in good["figures"] and "diverged" not in good
+    assert bad["figures"] == {} and bad["diverged"]["epoch"] == 1 and bad["diverged"]["seed"] in (0, 1)
+    assert main(["sweep", *settings, "--out", out]) == 0
+    printed = capsys.readouterr()
+    assert f"{bad['dir']} diverged earlier and is not retried" in printed.err
+    assert f"diverged (epoch 1, seed {bad['diverged']['seed']})" in printed.out
+    assert "finished earlier, reused" in printed.out
