@@ -97,6 +97,15 @@ def index_text(dest: Path, count: int, pending: list[str] | None = None) -> str:
     if sessions:
         rows = [[str(session.get(k, "-")) for k in keys] for session in sessions]
         lines += ["", "Sessions:", "", format_table(list(keys), rows)]
+    diverged = sorted(path.parent.name for path in dest.glob(f"*/{DIVERGED}"))
+    if diverged:
+        lines += [
+            "",
+            f"Diverged: {len(diverged)} run(s), published with their {DIVERGED} (where the loss went "
+            "non-finite), metrics.csv up to the epoch before and no figures:",
+            "",
+            *(f"- {name}" for name in diverged),
+        ]
     if pending:
         lines += [
             "",

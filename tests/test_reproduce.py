@@ -221,6 +221,7 @@ def test_a_diverged_run_is_recorded_left_alone_reported_and_published(tmp_path, 
     dest = publish(tmp_path / "out", tmp_path / "published")  # no checkpoints: metrics.csv tells
     assert read_json(dest / vae.dir_name / DIVERGED) == record
     assert f"| VAE | diverged (epoch 2, seed {record['seed']}) |" in (dest / "report.md").read_text()
+    assert f"Diverged: 1 run(s), published with their {DIVERGED}" in (dest / "INDEX.md").read_text()
 
 
 def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monkeypatch):
