@@ -140,7 +140,8 @@ def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
 
 
 def budget_note(table: Table, dataset: str) -> str:
-    run = next((r for r in table.values() if r.cfg.dataset == dataset), None)
+    runs = [r for r in table.values() if r.cfg.dataset == dataset]
+    run = next((r for r in runs if r.entry("neg_elbo")), runs[0] if runs else None)  # not a diverged one
     if run is None:
         return ""
     points = (run.entry("neg_elbo") or {}).get("points", "?")

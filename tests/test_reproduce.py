@@ -218,6 +218,7 @@ def test_a_diverged_run_is_recorded_left_alone_reported_and_published(tmp_path, 
     assert f"| VAE | diverged (epoch 2, seed {record['seed']}) |" in text
     assert "**Diverged: VAE z10 on MNIST diverged: its loss_elbo went non-finite at epoch 2" in text
     assert "| MNIST | VAE+eps z10 n10 < VAE z10 | diverged run |" in text  # claim 1 cannot be tested
+    assert "### MNIST (2 seeds, 2 epochs, 300 training images, 100 test images)" in text
     dest = publish(tmp_path / "out", tmp_path / "published")  # no checkpoints: metrics.csv tells
     assert read_json(dest / vae.dir_name / DIVERGED) == record
     assert f"| VAE | diverged (epoch 2, seed {record['seed']}) |" in (dest / "report.md").read_text()
