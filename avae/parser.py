@@ -306,7 +306,8 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         help="train and evaluate every experiment of the paper (see --profile)",
         description="Train, evaluate and analyse the runs behind Table 1 and Figs. 6-8 on MNIST and "
         "Fashion-MNIST. Only what is missing runs: finished runs in --out (keyed by a hash of their "
-        "configuration) are reused and unfinished ones resume. Then write the report with `avae report`.",
+        "configuration) are reused and unfinished ones resume; a run that diverged is not retried (its "
+        "diverged.json says where). Then write the report with `avae report`.",
     )
     reproduce.add_argument(
         "--profile",
@@ -358,7 +359,7 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "`avae train` (one configuration, all its seeds as members, per task; local or Ray executor), "
         "evaluate each one's own figure (and --metrics), and write OUT/sweep.json with every point, its "
         "run directory and its final test figures. Runs are named and reused as by `avae reproduce`: "
-        "a finished run is reused and an unfinished one resumes.",
+        "a finished run is reused, an unfinished one resumes and a diverged one is not retried.",
     )
     sweep_cmd.add_argument("--preset", help="a named configuration (overridden by the rest)")
     sweep_cmd.add_argument("--config", help="TOML or JSON file of settings (underscored option names)")

@@ -200,7 +200,7 @@ def reproduce(
     tasks = [
         Task(run, profile, out, worker, tensorboard)
         for run in runs
-        if status_of(run, profile, out)[0] != "diverged"
+        if read_divergence(out / run.dir_name) is None
     ]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
