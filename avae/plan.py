@@ -57,7 +57,7 @@ class Profile:
     analysis_samples: int = 1000  # samples / test images for FD, q(z) statistics and active units
     classifier_epochs: int = 3  # of the feature classifier (a small CNN), trained once per data set
     classifier_subset: int = 0
-    measured: str = ""  # a measured wall time, with its machine; `--dry-run` estimates any machine
+    measured: str = ""  # what a whole run took (wall or process time, as it says) and where
     evaluate: bool = True  # False: training only (each epoch's test -ELBO), no figures, no analysis
 
     def point_prefixes(self) -> tuple[int, ...]:
