@@ -50,7 +50,7 @@ from avae.runner import (
     run_tasks,
     worker_runtime,
 )
-from avae.runs import read_divergence
+from avae.runs import divergence_label, read_divergence
 
 
 def previous_sessions(out: Path) -> list[dict[str, Any]]:
@@ -118,8 +118,7 @@ def status_label(status: str, epoch: int, run_dir: Path) -> str:
     if status == "resume":
         return f"resume ({epoch} done)"
     if status == "diverged":
-        record = read_divergence(run_dir) or {}
-        return f"diverged (epoch {record.get('epoch')}, seed {record.get('seed')})"
+        return divergence_label(read_divergence(run_dir) or {"epoch": "?", "seed": "?"})
     return status
 
 

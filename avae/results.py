@@ -17,6 +17,7 @@ from avae.runs import (
     EVAL,
     METRICS,
     checkpoint_epoch,
+    divergence_label,
     read_config,
     read_divergence,
     read_metrics,
@@ -43,7 +44,7 @@ class RunResult:
     def missing_label(self) -> str:
         """What a table shows for a figure this run lacks."""
         if self.divergence:
-            return f"diverged (epoch {self.divergence['epoch']}, seed {self.divergence['seed']})"
+            return divergence_label(self.divergence)
         return "not evaluated"
 
     @property

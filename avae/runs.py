@@ -198,6 +198,11 @@ def record_divergence(run_dir: Path, cfg: TrainConfig, error: DivergenceError) -
     )
 
 
+def divergence_label(record: dict[str, Any]) -> str:
+    """How a table or listing names a diverged run: "diverged (epoch E, seed S)"."""
+    return f"diverged (epoch {record['epoch']}, seed {record['seed']})"
+
+
 def clear_divergence(run_dir: Path) -> None:
     (run_dir / DIVERGED).unlink(missing_ok=True)
 

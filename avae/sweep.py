@@ -37,7 +37,7 @@ from avae.runner import (
     run_tasks,
     worker_runtime,
 )
-from avae.runs import EVAL, checkpoint_epoch, read_divergence, read_record
+from avae.runs import EVAL, checkpoint_epoch, divergence_label, read_divergence, read_record
 from avae.scoring import EvalSettings
 
 SWEEP = "sweep.json"
@@ -247,7 +247,7 @@ def sweep_table(record: dict[str, Any]) -> str:
 
 def missing_cell(entry: dict[str, Any]) -> str:
     diverged = entry.get("diverged")
-    return f"diverged (epoch {diverged['epoch']}, seed {diverged['seed']})" if diverged else "-"
+    return divergence_label(diverged) if diverged else "-"
 
 
 def shown(value: Any) -> str:
