@@ -13,15 +13,14 @@ from avae.models import reading_of
 from avae.paper import RowKey
 from avae.runs import (
     ANALYSIS,
-    CHECKPOINT,
     EVAL,
     METRICS,
-    checkpoint_epoch,
     divergence_label,
     read_config,
     read_divergence,
     read_metrics,
     read_record,
+    trained_epoch,
 )
 
 MANIFEST = "reproduce.json"
@@ -88,11 +87,7 @@ def collect_runs(out: str | Path) -> list[RunResult]:
         if wanted is not None and run_dir.name not in wanted:
             continue
         rows = read_metrics(run_dir / METRICS)
-        epoch = (
-            checkpoint_epoch(run_dir)
-            if (run_dir / CHECKPOINT).exists()
-            else max((r["epoch"] for r in rows), default=0)
-        )
+        epoch = trained_epoch(run_dir)
         if not epoch:
             continue
         runs.append(

@@ -37,7 +37,7 @@ from avae.plan import (
     missing_metrics,
 )
 from avae.results import INDEX
-from avae.runs import EVAL, checkpoint_epoch, read_config
+from avae.runs import EVAL, read_config, trained_epoch
 from avae.train import train
 
 EXECUTORS = ("local", "ray")
@@ -107,7 +107,7 @@ def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         "noise_dim": cfg.model.noise_dim,
         "seeds": list(cfg.seeds),
         "epochs": cfg.epochs,
-        "trained_epochs": checkpoint_epoch(run_dir),
+        "trained_epochs": trained_epoch(run_dir),
         "metrics": {k: {"mean": v["mean"], "sem": v["sem"]} for k, v in record.get("metrics", {}).items()},
     }
 
@@ -119,7 +119,7 @@ def execute_run(task: Task) -> dict[str, Any]:
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     started, seconds = time.perf_counter(), {}
-    trained = checkpoint_epoch(run_dir) < cfg.epochs
+    trained = trained_epoch(run_dir) < cfg.epochs
     if trained:
         callback = tensorboard_callback(run_dir, cfg) if task.tensorboard else None
         train(cfg, run_dir, resume=True, runtime=runtime, on_epoch=callback)

@@ -117,6 +117,16 @@ def checkpoint_epoch(run_dir: Path) -> int:
     return int(load_checkpoint(run_dir / CHECKPOINT)[1]["epoch"])
 
 
+def trained_epoch(run_dir: Path) -> int:
+    """How many epochs the run has trained: its checkpoint's epoch or, for a run published without
+    weights (config.json, metrics.csv and figures alone), the last epoch of its metrics.csv."""
+    if (run_dir / CHECKPOINT).exists():
+        return checkpoint_epoch(run_dir)
+    if not (run_dir / METRICS).exists():
+        return 0
+    return max((int(row["epoch"]) for row in read_metrics(run_dir / METRICS)), default=0)
+
+
 def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool):
     """Refuse to overwrite a finished or running run; return its checkpoint when resuming."""
     path = out / CHECKPOINT
