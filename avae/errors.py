@@ -1,8 +1,25 @@
 """The project's own error type: every failure a user can cause is reported as one of these."""
 
+from __future__ import annotations
+
+from typing import Any
+
+
+def _rebuild(cls: type[AvaeError], args: tuple[Any, ...], fields: dict[str, Any]) -> AvaeError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(fields)
+    return error
+
 
 class AvaeError(Exception):
-    """A problem the user can fix; the message says what was wrong and what to do."""
+    """A problem the user can fix; the message says what was wrong and what to do.
+
+    An error keeps its fields when it crosses a process boundary (a worker process or a Ray task
+    pickles it): Exception's own pickling would call `cls(*args)` and lose keyword-only fields."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class DataError(AvaeError):

@@ -12,8 +12,10 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from avae.plan import (
 from avae.results import INDEX
 from avae.runs import EVAL, read_config, trained_epoch
 from avae.train import train
+from avae.watchdog import reap_on_death
 
 EXECUTORS = ("local", "ray")
 
@@ -182,9 +185,9 @@ def tensorboard_callback(run_dir: Path, cfg: TrainConfig):
 
 def worker_runtime(runtime: Runtime, jobs: int, executor: str = "local") -> Runtime:
     """How each planned run runs. The plan's bar replaces the per-run bars. Local worker processes
-    share the cores (cores / jobs torch threads each); a Ray task uses the CPUs it declares
-    (--threads, at least 1) and the GPU Ray gives it ("cuda"), and reads the data directory by an
-    absolute path."""
+    use --threads torch threads each, or else share the cores (cores / jobs each); a Ray task uses
+    the CPUs it declares (--threads, at least 1) and the GPU Ray gives it ("cuda"), and reads the
+    data directory by an absolute path."""
     if executor == "ray":
         return replace(
             runtime,
@@ -193,11 +196,8 @@ def worker_runtime(runtime: Runtime, jobs: int, executor: str = "local") -> Runt
             device="cuda" if runtime.device.startswith("cuda") else runtime.device,
             data_dir=str(Path(runtime.data_dir).resolve()) if runtime.data_dir else None,
         )
-    return replace(
-        runtime,
-        progress=False,
-        threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else runtime.threads,
-    )
+    shared = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    return replace(runtime, progress=False, threads=runtime.threads or shared)
 
 
 GPU_MEMORY_PER_JOB = 2 << 30  # bytes a configuration's process may take on a GPU (context and all)
@@ -228,13 +228,49 @@ def run_tasks(
             progress.started(task.run.dir_name)
             outcomes.record(task, lambda task=task: execute_run(task))
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {pool.submit(execute_run, task): task for task in tasks}
-            progress.started(f"{jobs} runs at a time")
-            for future in as_completed(futures):
-                outcomes.record(futures[future], future.result)
+        progress.started(f"{jobs} runs at a time")
+        with reap_on_death():
+            run_in_pool(tasks, jobs, progress, outcomes)
     return outcomes.results, outcomes.failures
+
+
+def run_in_pool(
+    tasks: list[Task], jobs: int, progress: PlanProgress, outcomes: Outcomes, function=None
+) -> None:
+    """Run the tasks in `jobs` worker processes. A worker that dies (killed, out of memory) breaks
+    the pool: the runs not finished go to a fresh pool, where they resume from their checkpoints. If
+    that pool breaks too, each run left gets a process of its own, so that only the run whose
+    process dies is recorded as failed. (`function`: what a worker calls, `execute_run` but in
+    tests.)"""
+    function = function or execute_run
+    left = pool_round(tasks, jobs, function, outcomes)
+    if left:
+        progress.started(f"a worker process died; {len(left)} unfinished runs go to a fresh pool")
+        left = pool_round(left, jobs, function, outcomes)
+    for task in left:
+        progress.started(f"a worker process died again; {task.run.dir_name} runs alone")
+        if pool_round([task], 1, function, outcomes):
+            outcomes.record(task, raise_died)
+
+
+def pool_round(left: list[Task], jobs: int, function, outcomes: Outcomes) -> list[Task]:
+    """One process pool over the tasks; returns those its broken pool did not finish."""
+    broken: list[Task] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(function, task): task for task in left}
+        for future in as_completed(futures):
+            if isinstance(future.exception(), BrokenProcessPool):
+                broken.append(futures[future])
+            else:
+                outcomes.record(futures[future], future.result)
+    return broken
+
+
+def raise_died() -> None:
+    raise AvaeError(
+        "its worker process died, also when it ran alone (killed, or out of memory?); the run keeps "
+        "its last checkpoint: rerun the same command to resume it"
+    )
 
 
 class Outcomes:
@@ -246,13 +282,34 @@ class Outcomes:
         self.failures: list[str] = []
 
     def record(self, task: Task, outcome: Callable[[], dict[str, Any]]) -> None:
-        """Call `outcome` (the run's result, or its exception) and announce it."""
+        """Call `outcome` (the run's result, or whatever it raises) and announce it. An error of
+        avae's own is the user's to fix and is one sentence; any other exception is a fault of the
+        code, whose traceback goes to OUT/failures.log."""
         try:
-            self.results.append(outcome())
-            self.progress.finished(task.run.key, announce(self.results[-1], len(self.results), self.total))
-        except AvaeError as exc:  # from a Ray task: the task's error, whose `cause` is avae's own
-            self.failures.append(f"{task.run.dir_name}: {getattr(exc, 'cause', None) or exc}")
+            result = outcome()
+        except Exception as exc:  # every run's outcome is recorded, and the others go on
+            cause = getattr(exc, "cause", None) or exc  # a Ray task's error wraps the task's own
+            if not isinstance(cause, AvaeError):
+                log = log_failure(task, cause)
+                cause = f"{type(cause).__name__}: {cause} (not an error avae foresaw; traceback in {log})"
+            self.failures.append(f"{task.run.dir_name}: {cause}")
             self.progress.finished(task.run.key, f"avae: run failed: {self.failures[-1]}")
+        else:
+            self.results.append(result)
+            self.progress.finished(task.run.key, announce(result, len(self.results), self.total))
+
+
+FAILURES = "failures.log"
+
+
+def log_failure(task: Task, error: BaseException) -> Path:
+    """Append the run's name and the error's traceback (with a worker's, where it travelled along)
+    to OUT/failures.log; returns the log's path."""
+    path = task.out / FAILURES
+    lines = traceback.format_exception(type(error), error, error.__traceback__)
+    with contextlib.suppress(OSError), path.open("a") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {task.run.dir_name}\n{''.join(lines)}\n")
+    return path
 
 
 def import_ray():
@@ -301,6 +358,7 @@ class RayCluster:
         cuda = runtime.device.startswith("cuda")
         self.resources = {"num_cpus": runtime.threads, "num_gpus": 1 / jobs if cuda else 0}
         self.owned = False
+        self.reaper = reap_on_death()
 
     def __enter__(self) -> RayCluster:
         if not self.ray.is_initialized():
@@ -308,6 +366,7 @@ class RayCluster:
                 if self.address:
                     self.ray.init(address=self.address)
                 else:
+                    self.reaper.__enter__()  # the local cluster's processes die with this driver
                     self.ray.init(num_cpus=self.jobs * self.runtime.threads, include_dashboard=False)
             except ConnectionError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -321,6 +380,8 @@ class RayCluster:
     def __exit__(self, *exc) -> None:
         if self.owned:
             self.ray.shutdown()
+            if not self.address:
+                self.reaper.__exit__(None, None, None)
 
     def slots(self) -> int:
         """How many tasks the cluster runs at a time (its CPUs / the CPUs of one task)."""

@@ -13,6 +13,11 @@
 If a run finishes before all N kills are spent (it outran its random delay), the campaign starts a
 new round in a fresh directory; every finished round is compared with the reference.
 
+5. Then the driver: `avae sweep` of two learning rates with --jobs 2 (two worker processes) is
+   SIGKILLed while its workers train. Within DRIVER_GRACE_S seconds no process it started may be
+   left; the same command run again must finish, and each run's checkpoint and metrics.csv must be
+   bitwise equal to those of the same sweep run uninterrupted.
+
     python scripts/kill_campaign.py --kills 20 --out runs/kill-campaign
 
 Prints one summary line and exits 0 when every check held, 1 otherwise.
@@ -40,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 
 import avae
@@ -70,6 +76,8 @@ QUICK_ARGS: tuple[str, ...] = (
 WRITE_AIMED = 1 / 3  # share of kills aimed at the moment a checkpoint is being written
 START_UP = 0.1  # share of kills aimed at a random moment of start-up
 POLL_S = 0.002
+DRIVER_GRACE_S = 10.0  # a killed driver's workers must be gone within this
+SWEEP_GRID = ("--grid", "lr=0.001,0.002", "--jobs", "2", "--threads", "1", "--metrics", "elbo")
 
 
 @dataclass
@@ -86,6 +94,8 @@ class Summary:
     compared_tensors: int = 0
     metrics_equal: bool = True
     samples_equal: bool = True
+    driver_kills: int = 0
+    processes_left: int = 0  # started by a killed driver and still running DRIVER_GRACE_S later
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -99,6 +109,7 @@ class Summary:
             and self.metrics_equal
             and self.samples_equal
             and self.rounds >= 1
+            and self.processes_left == 0
         )
 
     def line(self) -> str:
@@ -109,7 +120,8 @@ class Summary:
             f"runs lost {self.runs_lost}, corrupted checkpoints {self.corrupted}, "
             f"bitwise equal {yes[self.bitwise_equal]} ({self.compared_tensors} tensors), "
             f"metrics equal {yes[self.metrics_equal]}, samples equal {yes[self.samples_equal]}, "
-            f"{self.seconds:.0f} s"
+            f"driver kills {self.driver_kills} (processes left after {DRIVER_GRACE_S:.0f} s: "
+            f"{self.processes_left}), {self.seconds:.0f} s"
         )
 
 
@@ -125,6 +137,53 @@ def command(train_args: tuple[str, ...], out: Path, resume: bool, data_dir: str 
     cmd = [sys.executable, "-m", "avae", "train", *train_args, "--out", str(out)]  # progress on stderr
     cmd += ["--data-dir", data_dir] if data_dir else []
     return cmd + (["--resume"] if resume else [])
+
+
+def sweep_command(train_args: tuple[str, ...], out: Path, data_dir: str | None) -> list[str]:
+    """`avae sweep` over the campaign's configuration: two learning rates, two worker processes."""
+    args = [a for a in train_args if a != "--model"]
+    model = train_args[train_args.index("--model") + 1]
+    args.remove(model)
+    cmd = [sys.executable, "-m", "avae", "sweep", "--model", model, *args, *SWEEP_GRID, "--out", str(out)]
+    return cmd + (["--data-dir", data_dir] if data_dir else [])
+
+
+def kill_driver(
+    train_args: tuple[str, ...], out: Path, data_dir: str | None, spawn: dict, summary: Summary, log
+) -> None:
+    """Step 5: SIGKILL a sweep's driver while its workers train, count what it leaves running,
+    run the sweep again and compare its runs with an uninterrupted sweep's."""
+    reference, killed = out / "sweep-reference", out / "sweep-killed"
+    first = subprocess.run(sweep_command(train_args, reference, data_dir), capture_output=True, **spawn)
+    if first.returncode:
+        summary.problems.append(f"the uninterrupted sweep failed: {first.stderr.decode()[-500:]}")
+        return
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    driver = subprocess.Popen(sweep_command(train_args, killed, data_dir), **quiet, **spawn)
+    noted: set[psutil.Process] = set()
+    while driver.poll() is None and not any(killed.glob(f"*/{CHECKPOINT}")):  # until a worker trains
+        noted |= set(psutil.Process(driver.pid).children(recursive=True))
+        time.sleep(0.05)
+    noted |= set(psutil.Process(driver.pid).children(recursive=True)) if driver.poll() is None else set()
+    if driver.poll() is not None:
+        summary.problems.append("the sweep to be killed finished before a worker had trained an epoch")
+        return
+    driver.kill()
+    driver.wait()
+    summary.driver_kills += 1
+    _, left = psutil.wait_procs(list(noted), timeout=DRIVER_GRACE_S)
+    summary.processes_left += len(left)
+    for process in left:  # do not leave them to the next test
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    log(f"driver kill: {len(noted)} processes it started, {len(left)} left after {DRIVER_GRACE_S:.0f} s")
+    rerun = subprocess.run(sweep_command(train_args, killed, data_dir), capture_output=True, **spawn)
+    if rerun.returncode:
+        summary.runs_lost += 1
+        summary.problems.append(f"the sweep rerun after the driver kill exited {rerun.returncode}")
+        return
+    for run in sorted(p.parent for p in reference.glob(f"*/{CHECKPOINT}")):
+        compare(run, killed / run.name, summary, log)
 
 
 def checkpoint_epoch(run: Path) -> int:
@@ -320,6 +379,7 @@ def run_campaign(
         if summary.kills >= kills:
             break
         run = None  # outran its kill: start a new round for the kills still to come
+    kill_driver(train_args, out, data_dir, spawn, summary, log)
     summary.seconds = time.monotonic() - started
     return summary
 

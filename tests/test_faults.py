@@ -427,3 +427,4 @@ def test_kill_campaign_small(tmp_path):
     assert summary.ok, (summary.line(), summary.problems, lines)
     assert summary.kills == 3 and summary.runs_lost == 0 and summary.corrupted == 0
     assert summary.bitwise_equal and summary.compared_tensors > 0
+    assert summary.driver_kills == 1 and summary.processes_left == 0  # a killed sweep driver

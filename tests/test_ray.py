@@ -201,3 +201,17 @@ def test_a_sweep_point_that_diverges_is_recorded_and_not_retried(tmp_path, capsy
     assert f"{bad['dir']} diverged earlier and is not retried" in printed.err
     assert f"diverged (epoch 1, seed {bad['diverged']['seed']})" in printed.out
     assert "finished earlier, reused" in printed.out
+
+
+@needs_ray
+def test_a_sweep_point_that_diverges_on_ray_fails_alone_and_keeps_its_record(cluster, tmp_path, capsys):
+    """Under the Ray executor the divergence crosses a process boundary with its fields: the other
+    point finishes, sweep.json is written, and the failure names the epoch."""
+    settings = [a if a != "lr=0.001,0.01" else "lr=0.001,1000" for a in SWEEP_SETTINGS]
+    out = tmp_path / "out"
+    assert main(["sweep", *settings, "--executor", "ray", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 runs failed" in err and "non-finite" in err and "at epoch 1" in err
+    good, bad = read_json(out / SWEEP)["points"]
+    assert "neg_elbo" in good["figures"] and bad["diverged"]["epoch"] == 1
+    assert ray.is_initialized()  # the caller's cluster is left running
