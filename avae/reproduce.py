@@ -168,10 +168,16 @@ def reproduce(
         table, total = dry_run_table(profile, out, runtime.device)
         print(table)
         print(
-            f"\n{len(runs)} runs of profile {profile.name!r} on {runtime.device}: about {total / 60:.1f} min "
-            f"of compute in all (estimate), about {total / 60 / min(jobs, os.cpu_count() or 1):.1f} min "
+            f"\n{len(runs)} runs of profile {profile.name!r} on {runtime.device}: about {clock(total)} of "
+            f"compute in all (estimate), about {clock(total / min(jobs, os.cpu_count() or 1))} "
             f"with --jobs {jobs}"
         )
+        if runtime.device.startswith("cuda") and not torch.cuda.is_available():
+            print(
+                f"note: this machine has no CUDA device; the estimate is for {runtime.device} on another "
+                "machine, from the cost model and runs measured on CUDA, not from this machine",
+                file=sys.stderr,
+            )
         return []
     check_executor(executor, address, runtime.device)  # before anything is written
     estimates = {run.key: sum(estimate_run_seconds(run, profile, out, runtime.device)) for run in runs}

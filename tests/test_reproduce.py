@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,7 @@ from avae.config import Runtime
 from avae.errors import AvaeError, ConfigError, DivergenceError
 from avae.io import read_json, write_csv
 from avae.paper import Experiment
-from avae.plan import Profile, runs_for
+from avae.plan import PROFILES, Profile, runs_for
 from avae.publish import finished_runs, publish
 from avae.report import write_report
 from avae.reproduce import reproduce
@@ -127,8 +128,40 @@ def test_dry_run_lists_runs_with_estimates_and_trains_nothing(tmp_path, capsys):
     assert main(["reproduce", "--profile", "quick", "--out", str(tmp_path / "q"), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert len(re.findall(r"^\| \w[\w-]*-z\d+-n\d+-[0-9a-f]{16} \|", printed, re.M)) == 40
-    assert re.search(r"about [\d.]+ min of compute in all", printed)
+    assert re.search(r"about [\d:]+ of compute in all", printed)
     assert not (tmp_path / "q").exists()
+
+
+def test_a_dry_run_for_cuda_on_a_machine_without_one_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    args = ["reproduce", "--profile", "smoke", "--out", str(tmp_path / "s"), "--dry-run", "--device", "cuda"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "on cuda: about" in printed.out
+    assert "note: this machine has no CUDA device; the estimate is for cuda on another machine" in printed.err
+
+
+def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, capsys):
+    """Profile 'paper': paper-z10's published run folders (no checkpoints) count as finished, the
+    separate reading's divergence stays recorded, and the 28 runs left start with Fig. 6's noise
+    sizes, then the paper's four models; AVB-AC and the separate reading come last."""
+    out = tmp_path / "paper"
+    for run_dir in (ROOT / "results" / "paper-z10").glob("*/config.json"):
+        shutil.copytree(run_dir.parent, out / run_dir.parent.name)
+    assert main(["reproduce", "--profile", "paper", "--out", str(out), "--dry-run"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "-z" in line]
+    status = {row[0].strip("| "): row[4] for row in rows}
+    assert sum(s == "finished" for s in status.values()) == 11 and len(status) == 40
+    assert sum(s.startswith("diverged") for s in status.values()) == 1
+    left = [name for name, s in status.items() if s == "new"]
+    assert len(left) == 28 and all("-n5-" in n or "-n15-" in n for n in left[:4])
+    by_name = {run.dir_name: run for run in runs_for(PROFILES["paper"])}
+    last = [by_name[name].cfg for name in left[-8:]]
+    assert all(c.model.name == "avb-ac" or c.model.adv_update == "separate" for c in last)
+    assert not any(by_name[name].cfg.model.name == "avb-ac" for name in left[:-8])
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_profile(monkeypatch, models=("vae",)) -> Profile:
