@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from avae.analysis import classifier_path, ensure_classifier
 from avae.config import Runtime
 from avae.costs import estimate_run_seconds
 from avae.errors import AvaeError, ConfigError
@@ -213,13 +212,6 @@ def reproduce(
             estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress
         ) as progress,
     ):
-        for dataset in profile.datasets if profile.evaluate else ():  # before the workers need it
-            progress.started(f"the feature classifier for {dataset} (trained once, cached)")
-            classifier = (classifier_path(out, dataset), dataset, profile.classifier_epochs)
-            if cluster is None:
-                prepare_classifier(*classifier, profile.classifier_subset, runtime)
-            else:  # on a worker: the driver may have no GPU, or another file system view
-                cluster.call(prepare_classifier, *classifier, profile.classifier_subset, worker)
         results, failures = run_tasks(tasks, jobs, progress, cluster)
     atomic_write_text(out / "reproduce.log", "\n".join(json.dumps(r) for r in results) + "\n")
     if failures:
@@ -233,12 +225,3 @@ def reproduce(
     else:
         print(f"{trained}training only: the same command without --train-only evaluates them")
     return results
-
-
-def prepare_classifier(path: Path, dataset: str, epochs: int, subset: int, runtime: Runtime) -> None:
-    """Train and cache the feature classifier of `dataset` at `path` unless it is there (a Ray task
-    returns nothing, so that no network travels back to the driver)."""
-    ensure_classifier(path, dataset, epochs=epochs, subset=subset, runtime=runtime)
-
-
-# --- the Ray executor ----------------------------------------------------------------------------

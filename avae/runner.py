@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from avae.analysis import analyse_run, classifier_path
+from avae.analysis import analyse_run, classifier_path, ensure_classifier
 from avae.config import Runtime, TrainConfig, config_hash
 from avae.errors import AvaeError, ConfigError
 from avae.evaluate import evaluate_run
@@ -135,12 +135,12 @@ def execute_run(task: Task) -> dict[str, Any]:
         seconds[key] = time.perf_counter() - part
     if task.profile is not None and task.profile.evaluate and not analysis_done(run_dir, cfg):
         part = time.perf_counter()
-        analyse_run(
-            run_dir,
-            classifier=classifier_path(task.out, cfg.dataset),
-            samples=task.profile.analysis_samples,
-            runtime=runtime,
-        )
+        classifier = prepare_classifier(task.profile, task.out, cfg.dataset, runtime)
+        if classifier.trained:
+            seconds["classifier"] = time.perf_counter() - part
+        part = time.perf_counter()
+        samples = task.profile.analysis_samples
+        analyse_run(run_dir, classifier=classifier.path, samples=samples, runtime=runtime)
         evaluated.append("analysis")
         seconds["analysis"] = time.perf_counter() - part
     locked_update_index(task.out, task.run.key, summary_entry(run_dir, cfg), seconds)
@@ -150,6 +150,23 @@ def execute_run(task: Task) -> dict[str, Any]:
         "evaluated": evaluated,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+@dataclass(frozen=True)
+class Classifier:
+    path: Path
+    trained: bool  # by this call (else it was cached)
+
+
+def prepare_classifier(profile: Profile, out: Path, dataset: str, runtime: Runtime) -> Classifier:
+    """The feature classifier of `dataset` for the analysis, trained by the first run that needs it
+    (under a file lock, so parallel runs train it once) and cached in OUT; no run waits for it
+    before its own training."""
+    path = classifier_path(out, dataset)
+    cached = path.exists()
+    epochs, subset = profile.classifier_epochs, profile.classifier_subset
+    ensure_classifier(path, dataset, epochs=epochs, subset=subset, runtime=runtime)
+    return Classifier(path, trained=not cached)
 
 
 def tensorboard_callback(run_dir: Path, cfg: TrainConfig):
@@ -391,10 +408,6 @@ class RayCluster:
     def remote(self, function: Callable[..., Any]):
         """`function` as a Ray remote function with this command's per-task resources."""
         return self.ray.remote(function).options(**self.resources)
-
-    def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Run function(*args) as one task on the cluster and wait for its result."""
-        return self.ray.get(self.remote(function).remote(*args))
 
     def run(self, tasks: list[Task], outcomes: Outcomes) -> None:
         """Submit every task at once (Ray queues what does not fit) and record each as it finishes.

@@ -308,7 +308,7 @@ def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
     assert session["jobs"] == 2 and session["commit"] and "CPUs" in session["machine"]
     runs = write_report(tmp_path).read_text().split("## Runs")[1]
     assert "Sessions of `avae reproduce`" in runs
-    assert re.search(r"\| analysis \d+, neg_elbo \d+, train \d+ \|", runs)
+    assert re.search(r"\| analysis \d+, (classifier \d+, )?neg_elbo \d+, train \d+ \|", runs)
 
 
 def test_a_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
