@@ -194,7 +194,7 @@ def estimate_run_seconds(
     """(training, evaluation) seconds the run still needs; with `measured`, timed by the run's own
     latest epochs, else by alike runs in `out` (`Measured`), else by the cost model."""
     status, epoch = status_of(run, profile, out)
-    if status in ("finished", "diverged"):
+    if status in ("finished", "diverged", "published"):
         return 0.0, 0.0
     cfg = run.cfg
     alike = Measured.alike(run, out, device) if measured else None

@@ -48,7 +48,8 @@ from avae.scoring import (
     sivi_points,
 )
 
-METRICS = ("elbo", "critic", "iwae", "sivi", "ais", "bdmc")  # names accepted by --metrics / `metrics=`
+# names accepted by --metrics / `metrics=`
+METRICS = ("elbo", "critic", "recon", "iwae", "sivi", "ais", "bdmc")
 ALIASES = {"neg_elbo": "elbo"}
 
 
@@ -202,6 +203,29 @@ def critic_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     }
 
 
+def recon_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+    """The reconstruction term alone, E_q[-log p(x|z)] with one z ~ q(z|x) per test point, for every
+    encoder, implicit ones included: the ELBO without its KL term. One candidate reading of the
+    figures of the paper's Table 1; not a bound on log p(x)."""
+    started = time.perf_counter()
+    stream = "eval-recon" if ev.settings.seed == 0 else f"eval-recon-{ev.settings.seed}"
+
+    def neg_recon(x: torch.Tensor, noise) -> torch.Tensor:
+        return -ev.model.log_px_given_z(x, ev.model.encode(x, noise))
+
+    values = per_point(neg_recon, ev.x, ev.seeds, 1000, stream, ev.progress)
+    return {
+        "neg_recon": ev.entry(
+            "expected negative reconstruction log-likelihood E_q[-log p(x|z)] (the ELBO without its KL)",
+            "one z ~ q(z|x) per test point",
+            {"batch_size": 1000},
+            "reconstruction term",
+            values,
+            started,
+        )
+    }
+
+
 def iwae_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     started, s = time.perf_counter(), ev.settings
     bounds = iwae_points(ev.model, ev.x, ev.seeds, s, ev.progress)
@@ -281,6 +305,7 @@ def bdmc_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
 METRIC_FUNCTIONS = {
     "elbo": elbo_metric,
     "critic": critic_metric,
+    "recon": recon_metric,
     "iwae": iwae_metric,
     "sivi": sivi_metric,
     "ais": ais_metric,
@@ -343,6 +368,7 @@ def metric_seconds(family: str, settings: EvalSettings, points: int, members: in
     passes = {
         "elbo": n,
         "critic": n,
+        "recon": n,
         "iwae": n * max(settings.k),
         "sivi": n * settings.sivi_samples * (settings.sivi_k + 1),
         "ais": n * transitions,

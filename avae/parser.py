@@ -170,7 +170,10 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     (
         "--metrics",
-        {"default": "elbo", "help": "comma-separated: elbo, critic, iwae, sivi, ais, bdmc (default elbo)"},
+        {
+            "default": "elbo",
+            "help": "comma-separated: elbo, critic, recon, iwae, sivi, ais, bdmc (default elbo)",
+        },
     ),
     ("--k", {"type": int_list, "help": "IWAE sample sizes (default 1,100,1000)"}),
     ("--sivi-k", {"type": int, "help": "extra eps1 draws K of SIVI's L_K (default 100)"}),
@@ -257,7 +260,8 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         help="test negative ELBO and log-likelihood bounds of a trained run",
         description="Evaluate every member of RUN_DIR at once and merge the figures into "
         "RUN_DIR/eval.json: the model's own objective (elbo), the discriminator-based figure of a model "
-        "with a critic (critic), IWAE-k bounds (iwae), SIVI's bound for "
+        "with a critic (critic), the reconstruction term E_q[-log p(x|z)] alone (recon), IWAE-k bounds "
+        "(iwae), SIVI's bound for "
         "noise-injected encoders (sivi), AIS with HMC (ais) and, with --bdmc, a BDMC check of AIS on "
         "data simulated from the model. Every figure is a negative log p(x)-type value in nats.",
     )

@@ -21,6 +21,7 @@ from avae.paper import EXPERIMENTS, PAPER_TABLE1, noise_of
 from avae.runs import (
     ANALYSIS,
     EVAL,
+    has_weights,
     read_divergence,
     read_record,
     run_dir_name,
@@ -49,6 +50,7 @@ class Profile:
     experiments: tuple[str, ...] = tuple(EXPERIMENTS)
     honest_latents: tuple[int, ...] = (10, 15, 20)  # runs that also get IWAE and AIS
     honest_every_noise: bool = False  # False: only at each model's default noise size (not Fig. 6's 5, 15)
+    recon: bool = False  # also the reconstruction term E_q[-log p(x|z)] on every test image
     iwae_k: int = 1000
     iwae_points: int = 0
     ais_points: int = 500
@@ -126,11 +128,13 @@ PROFILES: dict[str, Profile] = {
         "paper",
         "the whole paper at paper scale with paper-z10's evaluation: every experiment (latent 10, 15 "
         "and 20; noise 5, 10 and 15), 5 seeds, 100 epochs on all 60,000 training images; IWAE and AIS "
-        "on every run. Its latent-10, noise-10 runs are paper-z10's: copy results/paper-z10's run "
-        "folders into --out and they are reused as published",
+        "on every run, and the reconstruction term. Its latent-10, noise-10 runs are paper-z10's: copy "
+        "results/paper-z10's run folders into --out and they are reused as published (without the "
+        "reconstruction term, which needs their weights)",
         epochs=100,
         seeds=(0, 1, 2, 3, 4),
         honest_every_noise=True,
+        recon=True,
         iwae_points=2000,
         ais_points=200,
         ais_steps=1000,
@@ -273,6 +277,8 @@ def eval_steps(run: PlannedRun, profile: Profile) -> list[EvalStep]:
     steps: list[EvalStep] = [("neg_elbo", "elbo", prefixes)]
     if MODELS[run.cfg.model.name].has_critic:
         steps.append(("neg_critic", "critic", prefixes))
+    if profile.recon:
+        steps.append(("neg_recon", "recon", prefixes))
     if run.honest:
         steps.append(
             (
@@ -298,8 +304,10 @@ def analysis_done(run_dir: Path, cfg: TrainConfig) -> bool:
 
 
 def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
-    """("finished" | "evaluate" | "resume" | "new" | "diverged", epochs already trained). A diverged
-    run (runs.DIVERGED) is not retried: the same settings diverge again at the same step."""
+    """("finished" | "evaluate" | "resume" | "new" | "diverged" | "published", epochs already
+    trained). A diverged run (runs.DIVERGED) is not retried: the same settings diverge again at the
+    same step. A "published" run was copied from published results without its weights and lacks
+    some planned figure, which only retraining it can add."""
     run_dir = out / run.dir_name
     epoch = trained_epoch(run_dir)
     if read_divergence(run_dir) is not None:
@@ -307,5 +315,7 @@ def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
     if epoch >= run.cfg.epochs:
         todo = missing_metrics(run_dir, run.cfg, eval_steps(run, profile))
         unfinished = todo or (profile.evaluate and not analysis_done(run_dir, run.cfg))
+        if unfinished and not has_weights(run_dir):
+            return "published", epoch
         return ("evaluate" if unfinished else "finished"), epoch
     return ("resume" if epoch else "new"), epoch

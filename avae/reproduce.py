@@ -34,6 +34,7 @@ from avae.plan import (
     PlannedRun,
     Profile,
     eval_steps,
+    missing_metrics,
     runs_for,
     select,
     status_of,
@@ -118,6 +119,8 @@ def status_label(status: str, epoch: int, run_dir: Path) -> str:
         return f"resume ({epoch} done)"
     if status == "diverged":
         return divergence_label(read_divergence(run_dir) or {"epoch": "?", "seed": "?"})
+    if status == "published":
+        return "published, without weights (figures as they are)"
     return status
 
 
@@ -134,6 +137,23 @@ def diverged_note(runs: list[PlannedRun], out: Path) -> str:
                 f"`avae train --resume --out {out / run.dir_name} --lr LOWER` (and --disc-lr / --adv-lr)."
             )
     return "\n".join(lines)
+
+
+def published_note(runs: list[PlannedRun], profile: Profile, out: Path) -> str:
+    """One line for the runs copied from published results without weights that lack a planned
+    figure: they are reported as they are; only retraining adds the figure."""
+    published = [run for run in runs if status_of(run, profile, out)[0] == "published"]
+    if not published:
+        return ""
+    missing = set()
+    for run in published:
+        steps = missing_metrics(out / run.dir_name, run.cfg, eval_steps(run, profile))
+        missing |= {key for key, _, _ in steps}
+    return (
+        f"avae reproduce: {len(published)} runs were published without weights and lack "
+        f"{', '.join(sorted(missing)) or 'their analysis'}; they are reported as they are (only "
+        "retraining them, into another --out, could add it)"
+    )
 
 
 def reproduce(
@@ -163,6 +183,8 @@ def reproduce(
     check_executor(executor, address, runtime.device, need_ray=False)
     out = Path(out).resolve() if executor == "ray" else Path(out)  # the same path on every node
     runs = runs_for(profile)
+    if note := published_note(runs, profile, out):
+        print(note, file=sys.stderr, flush=True)
     if dry_run:
         table, total = dry_run_table(profile, out, runtime.device)
         print(table)
@@ -201,10 +223,11 @@ def reproduce(
     worker = worker_runtime(runtime, jobs, executor)
     if note := diverged_note(runs, out):
         print(note, file=sys.stderr, flush=True)
+    left_alone = ("diverged", "published")
     tasks = [
         Task(run, profile, out, worker, tensorboard)
         for run in runs
-        if read_divergence(out / run.dir_name) is None
+        if status_of(run, profile, out)[0] not in left_alone
     ]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,

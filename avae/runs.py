@@ -117,6 +117,11 @@ def checkpoint_epoch(run_dir: Path) -> int:
     return int(load_checkpoint(run_dir / CHECKPOINT)[1]["epoch"])
 
 
+def has_weights(run_dir: Path) -> bool:
+    """Whether the run can be evaluated further: it keeps its checkpoint (published runs do not)."""
+    return (run_dir / CHECKPOINT).exists()
+
+
 def trained_epoch(run_dir: Path) -> int:
     """How many epochs the run has trained: its checkpoint's epoch or, for a run published without
     weights (config.json, metrics.csv and figures alone), the last epoch of its metrics.csv."""

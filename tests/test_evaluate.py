@@ -138,3 +138,23 @@ def test_iwae_anchor_preset_trains(tmp_path, synthetic_data, capsys):
     assert config["epochs"] == 1 and config["batch_size"] == 20
     assert main(["train", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["vae", "vae-noise", "avb", "avb-ac", "avae"])
+def test_the_reconstruction_term_is_exact_when_the_decoder_ignores_z(name):
+    """With the decoder's first layer zeroed, p(x|z) is the same for every z, so E_q[-log p(x|z)]
+    is known exactly: the Bernoulli negative log-likelihood of x under the decoder's constant
+    logits. Every encoder, implicit ones included, takes the same path."""
+    cfg = ModelConfig(name, data_dim=12, hidden=(8,), latent_dim=3, noise_dim=0 if name == "vae" else 2)
+    model = build_model(cfg, (0, 1))
+    first = model.decoder[0]
+    with torch.no_grad():
+        first.weight.zero_()
+    x = torch.rand(5, 12)
+    entries, _ = ev.compute_metrics(model, x, (0, 1), ["recon"], scoring.EvalSettings(), False)
+    logits = model.decoder(torch.zeros(2, 1, 3))  # [S, 1, D], whatever z
+    exact = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits.expand(2, 5, 12), x.expand(2, 5, 12), reduction="none"
+    ).sum(-1).double()
+    got = [m["value"] for m in entries["neg_recon"]["per_member"]]
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), exact.mean(1), rtol=1e-5, atol=1e-5)

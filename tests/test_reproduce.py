@@ -142,16 +142,19 @@ def test_a_dry_run_for_cuda_on_a_machine_without_one_says_so(tmp_path, capsys, m
 
 
 def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, capsys):
-    """Profile 'paper': paper-z10's published run folders (no checkpoints) count as finished, the
-    separate reading's divergence stays recorded, and the 28 runs left start with Fig. 6's noise
-    sizes, then the paper's four models; AVB-AC and the separate reading come last."""
+    """Profile 'paper': paper-z10's published run folders (no checkpoints) are left as they are
+    (they lack the reconstruction term, which needs their weights), the separate reading's
+    divergence stays recorded, and the 28 runs left start with Fig. 6's noise sizes, then the
+    paper's four models; AVB-AC and the separate reading come last."""
     out = tmp_path / "paper"
     for run_dir in (ROOT / "results" / "paper-z10").glob("*/config.json"):
         shutil.copytree(run_dir.parent, out / run_dir.parent.name)
     assert main(["reproduce", "--profile", "paper", "--out", str(out), "--dry-run"]) == 0
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if "-z" in line]
+    printed = capsys.readouterr()
+    rows = [line.split(" | ") for line in printed.out.splitlines() if "-z" in line]
     status = {row[0].strip("| "): row[4] for row in rows}
-    assert sum(s == "finished" for s in status.values()) == 11 and len(status) == 40
+    assert sum(s.startswith("published, without weights") for s in status.values()) == 11
+    assert len(status) == 40 and "11 runs were published without weights and lack neg_recon" in printed.err
     assert sum(s.startswith("diverged") for s in status.values()) == 1
     left = [name for name, s in status.items() if s == "new"]
     assert len(left) == 28 and all("-n5-" in n or "-n15-" in n for n in left[:4])
