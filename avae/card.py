@@ -11,12 +11,21 @@ from typing import Any
 from safetensors.torch import save
 
 from avae.checkpoint import load_checkpoint
+from avae.config import TrainConfig
 from avae.io import atomic_write_bytes, atomic_write_text, read_json
 from avae.models import MODELS, reading_of, row_label
-from avae.runs import CHECKPOINT, CONFIG, EVAL, METRICS, read_config, read_metrics
-
-CARD = "README.md"
-WEIGHTS = "model.safetensors"
+from avae.runs import (
+    CARD,
+    CHECKPOINT,
+    CONFIG,
+    EVAL,
+    METRICS,
+    WEIGHTS,
+    read_config,
+    read_metrics,
+    read_record,
+    trained_epoch,
+)
 
 
 def export_weights(run_dir: Path) -> Path:
@@ -36,23 +45,50 @@ def figures_table(record: dict[str, Any]) -> list[str]:
     return rows
 
 
+def examples_trained(cfg: TrainConfig, record: dict[str, Any]) -> str:
+    """How many examples the run trained on: as training recorded it in config.json, else (runs
+    of earlier versions) what its settings say."""
+    recorded = record.get("data", {}).get("examples", {}).get("train")
+    if recorded is not None:
+        return f"{recorded:,}"
+    held = f" of those left by holdout {cfg.holdout:,}" if cfg.holdout else ""
+    return f"at most {cfg.train_subset:,}{held}" if cfg.train_subset else f"all{held}"
+
+
+def evaluation_lines(run_dir: Path, epoch: int) -> list[str]:
+    """The card's table of eval.json figures of the weights' epoch; figures of an earlier epoch are
+    left out, with a line saying so."""
+    evaluation = read_record(run_dir, EVAL, epoch)
+    if evaluation:
+        return [f"Evaluated at epoch {epoch} (`{EVAL}`):", "", *figures_table(evaluation)]
+    stale = read_json(run_dir / EVAL).get("epoch") if (run_dir / EVAL).exists() else None
+    if stale is not None:
+        return [
+            f"`{EVAL}` holds figures of epoch {stale}, not of these weights (epoch {epoch}), so they are "
+            "not shown: `avae evaluate RUN_DIR` evaluates these."
+        ]
+    return ["Not evaluated yet: `avae evaluate RUN_DIR`."]
+
+
 def write_card(run_dir: str | Path) -> Path:
-    """RUN_DIR/README.md from config.json, metrics.csv and eval.json."""
+    """RUN_DIR/README.md from config.json, metrics.csv and eval.json (its figures of the weights'
+    epoch only)."""
     run_dir = Path(run_dir)
     cfg, record = read_config(run_dir), read_json(run_dir / CONFIG, "run configuration")
     rows = read_metrics(run_dir / METRICS)
-    last = [r for r in rows if r["epoch"] == max((r["epoch"] for r in rows), default=0)]
+    epoch = trained_epoch(run_dir)
+    last = [r for r in rows if r["epoch"] == epoch]
     column = "valid_neg_elbo" if cfg.holdout else "test_neg_elbo"
     curve = ", ".join(f"seed {r['seed']}: {r[column]:.2f}" for r in last) or "no epoch yet"
-    evaluation = read_json(run_dir / EVAL) if (run_dir / EVAL).exists() else {}
     model = MODELS[cfg.model.name]
+    epochs = f"{epoch}" if epoch == cfg.epochs else f"{epoch} of {cfg.epochs}"
     version = record.get("versions", {}).get("avae", "?")
     lines = [
         f"# {row_label(cfg.model.name, reading_of(cfg.model))} on {cfg.dataset}",
         "",
         f"{model.__doc__.strip().splitlines()[0]} Trained by avae {version} "
-        f"with {len(cfg.seeds)} seeds ({', '.join(map(str, cfg.seeds))}), one member each, for {cfg.epochs} "
-        f"epochs on {cfg.train_subset or 'all'} training examples ({cfg.pixels} pixels, "
+        f"with {len(cfg.seeds)} seeds ({', '.join(map(str, cfg.seeds))}), one member each, for {epochs} "
+        f"epochs on {examples_trained(cfg, record)} training examples ({cfg.pixels} pixels, "
         f"{cfg.model.likelihood} decoder, latent {cfg.model.latent_dim}, noise {cfg.model.noise_dim}).",
         "",
         "## Data",
@@ -61,10 +97,10 @@ def write_card(run_dir: str | Path) -> Path:
         "",
         "## Figures",
         "",
-        f"Per-epoch {column.replace('_', ' ')} at the last epoch (the model's own objective, "
+        f"Per-epoch {column.replace('_', ' ')} at epoch {epoch} (the model's own objective, "
         f"{model.metric_label}): {curve}.",
         "",
-        *(figures_table(evaluation) if evaluation else ["Not evaluated yet: `avae evaluate RUN_DIR`."]),
+        *evaluation_lines(run_dir, epoch),
         "",
         "## Settings",
         "",

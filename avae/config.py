@@ -12,6 +12,7 @@ import hashlib
 import json
 import platform
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 
 from avae import data, userdata
 from avae.errors import ConfigError
-from avae.models import MODELS, ModelConfig, default_noise_dim
+from avae.models import MODELS, ModelConfig, default_noise_dim, reading_of
 from avae.version import __version__
 
 # Settings that may change when a run is resumed (e.g. a lower learning rate after divergence).
@@ -135,8 +136,13 @@ def make_config(overrides: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from flat settings, e.g. {"model": "avae", "latent_dim": 15, "epochs": 5}.
 
     Unset settings take the model's defaults (its noise dimension and optimiser settings) and then
-    the general defaults. A nested dict as written to config.json is accepted too.
+    the general defaults. A setting the model does not read is refused at any value but its default
+    (`refuse_unused`). A nested dict as written to config.json is accepted too, and read as the run
+    was trained: a recorded run stays readable whatever later versions refuse.
     """
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"settings must be a dict of names to values, got {type(overrides).__name__}")
+    recorded = isinstance(overrides.get("model"), dict)
     flat = flatten(overrides)
     unknown = sorted(set(flat) - MODEL_KEYS - TRAIN_KEYS - {"model"})
     if unknown:
@@ -153,9 +159,53 @@ def make_config(overrides: dict[str, Any]) -> TrainConfig:
     train_args.update({k: v for k, v in flat.items() if k in TRAIN_KEYS})
     try:
         model_cfg = ModelConfig(**coerce(ModelConfig, model_args))
-        return TrainConfig(model=model_cfg, **coerce(TrainConfig, train_args))
+        cfg = TrainConfig(model=model_cfg, **coerce(TrainConfig, train_args))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
+    if not recorded:
+        refuse_unused(cfg)
+    return cfg
+
+
+DEFAULTS = {f.name: f.default for cls in (ModelConfig, TrainConfig) for f in fields(cls) if f.name != "model"}
+
+
+def settings_used(name: str, reading: str | None = None) -> set[str]:
+    """The settings of model `name` among those only some models read (registry facts): under
+    `reading`, or under any of its readings when None."""
+    model = MODELS[name]
+    if reading is None:
+        return {*model.own_settings, *(key for keys in model.reading_settings.values() for key in keys)}
+    return {*model.own_settings, *model.reading_settings.get(reading, ())}
+
+
+def refuse_unused(cfg: TrainConfig, keys: Iterable[str] | None = None) -> None:
+    """Refuse a setting (of `keys`, default all) that changes nothing for the chosen model (e.g.
+    adv_weight for a VAE) at a value other than its default: it would only give the run another name."""
+    name, reading = cfg.model.name, reading_of(cfg.model)
+    optional = {key for model in MODELS for key in settings_used(model)}
+    optional &= set(optional if keys is None else keys)
+    values = {**asdict(cfg), **asdict(cfg.model)}
+    given = sorted(k for k in optional - settings_used(name, reading) if values[k] != DEFAULTS[k])
+    if not given:
+        return
+    one = len(given) == 1
+    which = (f"the {reading} reading of " if reading else "") + f"model {name!r}"
+    raise ConfigError(
+        f"{', '.join(f'{k} {values[k]!r}' for k in given)} {'does' if one else 'do'} nothing for {which} "
+        f"({given[0]} is read only by {', '.join(readers(given[0]))}); drop {'it' if one else 'them'}"
+    )
+
+
+def readers(key: str) -> list[str]:
+    """The models, or readings of a model, that read setting `key`."""
+    found = []
+    for name, model in MODELS.items():
+        if key in model.own_settings:
+            found.append(name)
+        else:
+            found += [f"{name} ({r} reading)" for r, keys in model.reading_settings.items() if key in keys]
+    return found
 
 
 def flatten(settings: dict[str, Any]) -> dict[str, Any]:

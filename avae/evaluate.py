@@ -387,9 +387,7 @@ def evaluate_run(
     """Evaluate every member of a trained run; new entries are merged into RUN_DIR/eval.json
     (entries from another epoch's checkpoint are dropped). Returns the whole record, plus "notes"."""
     chosen = parse_metrics(metrics)
-    if isinstance(settings, dict):
-        settings = EvalSettings(**settings)
-    settings = settings or EvalSettings()
+    settings = EvalSettings.of(settings)
     runtime = runtime or Runtime()
     use_device(runtime.device)
     cfg, model, meta = load_run(run_dir, runtime.device)

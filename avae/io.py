@@ -135,8 +135,16 @@ def read_csv(path: str | Path) -> list[dict[str, int | float | str]]:
     path = Path(path)
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        return [{k: parse_number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    text = path.read_text()
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    if (text and not text.endswith("\n")) or any(None in row or None in row.values() for row in rows):
+        # write_csv replaces the file whole, so a cut or ragged row means it was truncated or edited
+        raise AvaeError(
+            f"{path} is damaged (a row is cut short or has more values than its header); restore it "
+            "from a copy, or move it aside and start again"
+        )
+    return [{k: parse_number(v) for k, v in row.items()} for row in rows]
 
 
 def parse_number(text: str) -> int | float | str:

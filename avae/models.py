@@ -202,6 +202,10 @@ class LatentModel(nn.Module):
     # Where the paper is ambiguous about the model, each plausible reading as settings; a
     # reproduction trains every reading and shows each as its own row. "" is the only reading.
     readings: ClassVar[dict[str, dict[str, str]]] = {"": {}}
+    # Settings this model reads beyond those every model reads, and those one reading alone reads;
+    # any other of them does nothing for it and is refused at a value other than its default.
+    own_settings: ClassVar[tuple[str, ...]] = ()
+    reading_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__()
@@ -362,6 +366,7 @@ class AVB(LatentModel):
     # 216.6 nats after 400 steps, worse than independent pixels (198.9), against 168.5 after 200
     # steps at 1e-3.
     train_defaults = {"beta1": 0.5}
+    own_settings = ("disc_lr", "disc_steps")
 
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__(cfg, members)
@@ -431,6 +436,7 @@ class AVBAC(AVB):
 
     label = "AVB-AC"
     colour = "tab:olive"
+    own_settings = (*AVB.own_settings, "ac_samples")
     metric_label = "negative ELBO (AVB-AC: discriminator-based estimate, not a bound)"
 
     def contrast(self, x: torch.Tensor, noise: MemberRandom) -> tuple[torch.Tensor, Normal, torch.Tensor]:
@@ -469,6 +475,8 @@ class AVAE(GaussianEncoderModel):
     proposal_label = "the encoder's Gaussian q(z|x, eps1) given one eps1 draw per test point"
     critic_inputs = ("xz", "z")
     readings = {"joint": {"adv_update": "joint"}, "separate": {"adv_update": "separate"}}
+    own_settings = ("disc_lr", "disc_steps", "adv_loss", "adv_weight", "adv_update", "critic_input")
+    reading_settings = {"separate": ("adv_lr",)}
 
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__(cfg, members)

@@ -28,6 +28,7 @@ from avae.config import (
     config_hash,
     flatten,
     make_config,
+    refuse_unused,
     versions,
 )
 from avae.errors import CheckpointError, ConfigError, DivergenceError
@@ -41,6 +42,8 @@ EVAL = "eval.json"
 ANALYSIS = "analysis.json"
 DIVERGED = "diverged.json"
 LOCK = ".lock"
+CARD = "README.md"  # the model card (`avae.card`)
+WEIGHTS = "model.safetensors"  # the weights alone (`avae.card.export_weights`)
 
 
 def run_dir_name(cfg: TrainConfig) -> str:
@@ -78,7 +81,8 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
             f"--resume: {run_dir} holds no run (no {CONFIG}); drop --resume to start one there, "
             "or give the --out of an existing run"
         )
-    saved = flatten(config_dict(read_config(run_dir)))
+    recorded = config_dict(read_config(run_dir))
+    saved = flatten(recorded)
     given = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(given).items()}
     refused = sorted(k for k, v in given.items() if k not in RESUMABLE_CHANGES and v != saved.get(k))
     if refused:
@@ -87,7 +91,10 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> TrainConfig:
             f"--resume continues {run_dir} as its {CONFIG} says; only {', '.join(RESUMABLE_CHANGES)} "
             f"may change ({details}); drop those options or train into another --out"
         )
-    return make_config({**saved, **{k: v for k, v in given.items() if k in RESUMABLE_CHANGES}})
+    changed = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES and v != saved.get(k)}
+    cfg = make_config({**recorded, **changed})  # config.json's form: the run as it was trained
+    refuse_unused(cfg, changed)  # a changed setting must matter, as for a new run
+    return cfg
 
 
 def record_resume(run_dir: Path, cfg: TrainConfig, from_epoch: int) -> None:
@@ -133,13 +140,28 @@ def trained_epoch(run_dir: Path) -> int:
 
 
 def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool):
-    """Refuse to overwrite a finished or running run; return its checkpoint when resuming."""
+    """Refuse to overwrite a finished or running run, or to resume one whose history (checkpoint
+    and metrics.csv up to its epoch) is not all there; return its checkpoint when resuming.
+
+    Without a checkpoint, a resume starts afresh only where nothing would be lost: no metrics.csv,
+    or one epoch's rows of a run killed between writing them and its first checkpoint."""
     path = out / CHECKPOINT
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
     if not path.exists():
         if (out / METRICS).exists() and not resume:
             raise ConfigError(f"{out} already holds a run; pass --resume or choose another --out")
+        if resume and (out / CARD).exists() and not (out / WEIGHTS).exists():
+            raise CheckpointError(
+                f"{out} was published without weights (no {CHECKPOINT}), so it cannot be resumed; "
+                "train the same settings into another --out to continue them"
+            )
+        done = max((int(row["epoch"]) for row in read_metrics(out / METRICS)), default=0)
+        if resume and (done > 1 or (out / EVAL).exists() or (out / WEIGHTS).exists()):
+            raise CheckpointError(
+                f"{out} has {done} epochs in {METRICS} but no {CHECKPOINT}, and resuming would train "
+                f"again from epoch 0 over them: restore the checkpoint, or train into another --out"
+            )
         if resume and out.is_dir():
             remove_stale_temporaries(out, (CHECKPOINT, METRICS, CONFIG))
         return None
@@ -147,13 +169,23 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     tensors, meta = load_checkpoint(path)
     check_resumable(cfg, meta, path)
+    epoch, rows = int(meta["epoch"]), read_metrics(out / METRICS)
+    have = {(row.get("epoch"), row.get("seed")) for row in rows}
+    lost = [e for e in range(1, epoch + 1) if any((e, seed) not in have for seed in cfg.seeds)]
+    if lost:
+        where = f"lacks epoch(s) {', '.join(map(str, lost))}" if rows else "is missing or empty"
+        raise CheckpointError(
+            f"{out / METRICS} {where} of the {epoch} epochs of the run's checkpoint, and resuming "
+            "would lose that history: restore the file, or train into another --out"
+        )
     remove_stale_temporaries(out, (CHECKPOINT, METRICS, CONFIG))  # left by a writer killed mid-write
     return tensors, meta
 
 
 def check_resumable(cfg: TrainConfig, meta: dict[str, Any], path: Path) -> None:
+    """Refuse to resume checkpoint `path` with another configuration, or with fewer epochs than
+    it has (which would train nothing)."""
     saved = flatten(config_dict(make_config(meta["config"])))  # older checkpoints lack newer keys
-    saved["precision"] = meta.get("precision", saved.get("precision", "fp32"))
     wanted = flatten(config_dict(cfg))
     differing = [
         k
@@ -163,6 +195,11 @@ def check_resumable(cfg: TrainConfig, meta: dict[str, Any], path: Path) -> None:
     if differing:
         details = ", ".join(f"{k}: {saved.get(k)!r} there vs {wanted.get(k)!r} here" for k in differing)
         raise ConfigError(f"cannot resume {path}: it was trained with another configuration ({details})")
+    if cfg.epochs < int(meta["epoch"]):
+        raise ConfigError(
+            f"{path.parent} already has {meta['epoch']} epochs, so epochs {cfg.epochs} would train "
+            f"nothing; ask for more than {meta['epoch']} (--epochs) to train further"
+        )
 
 
 def load_weights(model: LatentModel, tensors: dict[str, torch.Tensor]) -> None:
@@ -180,7 +217,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig, Lat
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run directory; give the --out of `avae train`")
     tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
-    cfg = make_config({**meta["config"], "precision": meta.get("precision", "fp32")})
+    cfg = make_config(meta["config"])  # as trained: its precision and every other setting
     model = build_model(cfg.model, cfg.seeds)
     load_weights(model, tensors)
     return cfg, model.to(device), meta

@@ -5,7 +5,8 @@ per member and test point, [S, N]; `avae.evaluate` turns them into eval.json ent
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -60,19 +61,32 @@ class EvalSettings:
         if any(n < 1 for n in self.prefixes):
             raise ConfigError(f"test-point prefixes must be positive, got {list(self.prefixes)}")
         if not self.k or min(self.k) < 1:
-            raise ConfigError(f"--k must be positive integers, got {list(self.k)}")
+            raise ConfigError(f"k must be positive integers, got {list(self.k)}")
         for key in ("sivi_k", "sivi_samples", "ais_chains", "ais_steps", "leapfrog", "bdmc_points"):
             if getattr(self, key) < 1:
-                raise ConfigError(
-                    f"--{key.replace('_', '-')} must be a positive integer, got {getattr(self, key)}"
-                )
+                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
         for key in ("batch_size", "avb_samples"):
             if getattr(self, key) < 2 - (key == "batch_size"):
-                raise ConfigError(f"--{key.replace('_', '-')} is too small: {getattr(self, key)}")
+                raise ConfigError(f"{key} is too small: {getattr(self, key)}")
         if self.subset < 0 or self.seed < 0:
-            raise ConfigError("--subset and --seed must be >= 0")
+            raise ConfigError("subset and seed must be >= 0")
         if not (self.step_size > 0 and 0 < self.target_accept < 1 and self.avb_inflate > 0):
-            raise ConfigError("--step-size and --avb-inflate must be positive and --target-accept in (0, 1)")
+            raise ConfigError("step_size and avb_inflate must be positive and target_accept in (0, 1)")
+
+    @classmethod
+    def of(cls, settings: EvalSettings | dict[str, Any] | None) -> EvalSettings:
+        """Settings from an EvalSettings, a dict of its field names, or None (the defaults)."""
+        if settings is None or isinstance(settings, cls):
+            return settings or cls()
+        if not isinstance(settings, dict):
+            raise ConfigError(f"settings must be an EvalSettings or a dict, got {type(settings).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"unknown evaluation setting(s) {', '.join(unknown)}; choose from {', '.join(names)}"
+            )
+        return cls(**settings)
 
     @property
     def hmc(self) -> HMCSettings:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from avae import data
 from avae.card import export_weights, write_card
 from avae.checkpoint import save_checkpoint
-from avae.config import Runtime, TrainConfig, config_dict, config_hash, versions
+from avae.config import Runtime, TrainConfig, config_dict, config_hash, refuse_unused, versions
 from avae.errors import ConfigError, DivergenceError
 from avae.figures import save_sample_grids
 from avae.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted, use_device
@@ -144,6 +144,14 @@ def train(
     after each epoch's checkpoint (for loggers; it must not change the model). A second process
     training into the same `out` is refused while the first holds OUT/.lock.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(
+            f"cfg must be a TrainConfig, got {type(cfg).__name__}; build it with avae.make_config(settings)"
+        )
+    if not isinstance(runtime, (Runtime, type(None))):
+        raise ConfigError(f"runtime must be an avae.Runtime, got {type(runtime).__name__}")
+    if not resume:
+        refuse_unused(cfg)  # as make_config does, for a TrainConfig built by hand
     runtime = runtime or Runtime()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -177,8 +185,13 @@ def train_locked(
     if checkpoint is not None:
         restore_state(state, cfg, *checkpoint)
         state.rows = [r for r in read_metrics(out / METRICS) if r["epoch"] <= state.epoch]
+        if state.epoch == cfg.epochs:
+            print(f"avae: {out} already has {cfg.epochs} epochs; nothing to train", file=sys.stderr)
     else:
-        write_json(out / CONFIG, run_record(cfg, runtime))
+        record = run_record(cfg, runtime)
+        figure = "valid" if cfg.holdout else "test"
+        record["data"]["examples"] = {"train": len(train_x), figure: len(test_x)}  # what the card states
+        write_json(out / CONFIG, record)
     steps = len(train_x) // cfg.batch_size
     test_pass = EpochFigure(state.model, test_x, cfg.seeds, graphed=state.graphs)  # neg_elbo_per_member
     label = f"{cfg.model.name} {cfg.dataset} S={len(cfg.seeds)}"
@@ -263,7 +276,7 @@ def split_data(cfg: TrainConfig, runtime: Runtime) -> tuple[torch.Tensor, torch.
     train_x = data.load_pixels(cfg.dataset, "train", cfg.pixels, runtime.data_dir, **own)
     if not cfg.holdout:
         test_x = data.load_pixels(cfg.dataset, "test", cfg.pixels, runtime.data_dir, **own)
-        return subset(train_x, cfg.train_subset), subset(test_x, cfg.test_subset)
+        return subset(train_x, cfg.train_subset, "train"), subset(test_x, cfg.test_subset, "test")
     if cfg.holdout >= len(train_x):
         raise ConfigError(
             f"holdout {cfg.holdout} leaves none of the {len(train_x)} training images to train on"
@@ -271,10 +284,19 @@ def split_data(cfg: TrainConfig, runtime: Runtime) -> tuple[torch.Tensor, torch.
     held = train_x[-cfg.holdout :]
     if cfg.pixels == "binarized":
         held = torch.bernoulli(held, generator=torch.Generator().manual_seed(0))
-    return subset(train_x[: -cfg.holdout], cfg.train_subset), subset(held, cfg.test_subset)
+    kept = subset(train_x[: -cfg.holdout], cfg.train_subset, "train", f" left by holdout {cfg.holdout}")
+    return kept, subset(held, cfg.test_subset, "test", " held out")
 
 
-def subset(x: torch.Tensor, n: int) -> torch.Tensor:
+def subset(x: torch.Tensor, n: int, split: str, where: str = "") -> torch.Tensor:
+    """The first n examples of x (0: all); n beyond them uses all, and says so."""
+    if n > len(x):
+        examples = "training examples" if split == "train" else "test examples"
+        print(
+            f"avae: {split}_subset {n} is more than the {len(x)} {examples} there are{where}; "
+            f"using all {len(x)} (as config.json and the model card record)",
+            file=sys.stderr,
+        )
     return x[:n] if n else x
 
 

@@ -1,6 +1,7 @@
 """Your own data: an array file (.npy, or .npz with one array or "train"/"test" arrays) of values in
 [0, 1], shaped [N, D] or [N, H, W], or a folder of PNG/JPEG images, converted to greyscale and
-resized to 28 x 28 (MNIST's size; bilinear) with pixel values / 255.
+resized to 28 x 28 (MNIST's size; bilinear) with pixel values scaled by their bit depth (/ 255, or
+/ 65535 for 16-bit greyscale PNGs).
 
 Everything is validated before anything is written: each problem is one sentence naming the file
 and the fix. Arrays are read with numpy's `allow_pickle=False`, so no file can run code.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,10 @@ from avae.errors import DataError
 ARRAY_SUFFIXES = (".npy", ".npz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SIZE = (28, 28)  # every image of a folder is resized to this (width, height)
+# Pillow's modes of a 16-bit greyscale PNG ("I" in older versions); its 16-bit colour PNGs open as
+# 8-bit RGB(A), which convert("L") handles.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ARRAY_SIGNATURES = (b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")  # .npy; .npz (a zip archive, or an empty one)
 
 
 def is_user_data(name: str) -> bool:
@@ -59,7 +65,15 @@ def read(name: str) -> dict[str, np.ndarray]:
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        with path.open("rb") as handle:
+            head = handle.read(6)
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if not head.startswith(ARRAY_SIGNATURES):
+        what = "is empty" if not head else "does not start with numpy's .npy or .npz header"
+        raise DataError(f"{path} is not a valid .npy/.npz file (it {what}); save the array with numpy.save")
+    try:
+        return load_arrays(path)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise DataError(
@@ -67,8 +81,13 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
                 "[N, H, W] with numpy.save"
             ) from None
         raise DataError(f"{path} is not a readable .npy/.npz file ({exc}); save it with numpy.save") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"{path} is not a readable .npy/.npz file ({exc}); save it with numpy.save") from None
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npy or .npz file, without pickle (an .npz's arrays are read here too)."""
+    loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):
         return {"train": loaded}
     with loaded:
@@ -91,11 +110,19 @@ def read_folder(folder: Path) -> dict[str, np.ndarray]:
     for file in files:
         try:
             with Image.open(file) as image:
-                grey = image.convert("L").resize(IMAGE_SIZE, Image.BILINEAR)
+                images.append(grey_values(image))
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"{file} is not a readable image ({exc}); remove it or save it as PNG") from None
-        images.append(np.asarray(grey, dtype=np.float32) / 255.0)
     return {"train": np.stack(images)}
+
+
+def grey_values(image: Image.Image) -> np.ndarray:
+    """An image as greyscale values in [0, 1] at its own bit depth, resized to IMAGE_SIZE: [H, W]."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        scaled = Image.fromarray(np.asarray(image, dtype=np.float32) / 65535.0)  # mode "F"
+        return np.asarray(scaled.resize(IMAGE_SIZE, Image.BILINEAR), dtype=np.float32)
+    grey = image.convert("L").resize(IMAGE_SIZE, Image.BILINEAR)
+    return np.asarray(grey, dtype=np.float32) / 255.0
 
 
 def validated(values: np.ndarray, path: Path, split: str) -> np.ndarray:

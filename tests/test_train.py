@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
 
 from avae.checkpoint import load_checkpoint, save_checkpoint
-from avae.config import Runtime, make_config
-from avae.errors import CheckpointError, ConfigError, DivergenceError
-from avae.runs import CHECKPOINT, METRICS, load_run, read_metrics
+from avae.config import Runtime, TrainConfig, config_dict, config_hash, make_config, settings_used
+from avae.errors import AvaeError, CheckpointError, ConfigError, DivergenceError
+from avae.models import MODELS, ModelConfig, build_model
+from avae.plan import PROFILES, runs_for
+from avae.runs import CHECKPOINT, METRICS, load_run, read_metrics, resume_config, write_metrics
+from avae.sweep import plan_sweep
 from avae.train import train
 
 QUIET = Runtime(progress=False)
@@ -173,3 +177,199 @@ def test_holdout_trains_without_the_last_images_and_reports_on_them(synthetic_da
     assert "valid_neg_elbo" in row and "test_neg_elbo" not in row
     with pytest.raises(ConfigError, match="leaves none of the 400 training images"):
         split_data(make_config({"holdout": 400}), Runtime(progress=False))
+
+
+# ----------------------------------------------------------------------------- the model card
+
+
+def test_the_card_shows_only_figures_of_the_weights_epoch(tmp_path, synthetic_data):
+    from avae.evaluate import evaluate_run
+
+    weights(tmp_path, "vae", "run", (0,), epochs=1)
+    evaluate_run(tmp_path / "run", metrics="elbo", runtime=QUIET)
+    assert "Evaluated at epoch 1" in (tmp_path / "run" / "README.md").read_text()
+    weights(tmp_path, "vae", "run", (0,), epochs=2, resume=True)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "for 2 epochs" in card and "| `neg_elbo` |" not in card  # eval.json is of epoch 1
+    assert "`eval.json` holds figures of epoch 1, not of these weights (epoch 2)" in card
+    evaluate_run(tmp_path / "run", metrics="elbo", runtime=QUIET)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Evaluated at epoch 2" in card and "| `neg_elbo` |" in card
+
+
+@pytest.mark.parametrize(
+    "settings,trained",
+    [
+        ({"train_subset": 1000}, 400),  # more than the 400 synthetic training images
+        ({"holdout": 300, "train_subset": 200}, 100),  # the holdout leaves 100 to train on
+        ({"train_subset": 150}, 150),
+    ],
+)
+def test_the_card_states_the_examples_trained_on(tmp_path, synthetic_data, capsys, settings, trained):
+    cfg = make_config({"model": "vae", **SMALL, "epochs": 1, **settings})
+    train(cfg, tmp_path / "run", runtime=QUIET)
+    assert f"on {trained} training examples" in (tmp_path / "run" / "README.md").read_text()
+    warned = "is more than the" in capsys.readouterr().err
+    assert warned == (settings["train_subset"] > trained)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_a_bf16_run_loads_as_it_was_trained(tmp_path, synthetic_data):
+    cfg = make_config({"model": "vae", **SMALL, "epochs": 1, "precision": "bf16"})
+    train(cfg, tmp_path / "run", runtime=QUIET)
+    loaded = load_run(tmp_path / "run")[0]
+    assert loaded.precision == "bf16" and loaded == cfg and config_hash(loaded) == config_hash(cfg)
+
+
+@pytest.mark.parametrize(
+    "settings,fragment",
+    [
+        ({"model": "vae", "adv_weight": 0.1}, "adv_weight 0.1 does nothing for model 'vae'"),
+        ({"model": "vae-noise", "disc_steps": 2}, "disc_steps 2 does nothing for model 'vae-noise'"),
+        ({"model": "avb", "ac_samples": 4}, "read only by avb-ac"),
+        ({"model": "avb-ac", "adv_loss": "minimax"}, "adv_loss 'minimax' does nothing"),
+        ({"model": "avae", "adv_lr": 1e-4}, "the joint reading of model 'avae'"),
+        ({"model": "vae", "disc_lr": 1e-4, "adv_weight": 2.0}, "adv_weight 2.0, disc_lr 0.0001 do nothing"),
+    ],
+)
+def test_settings_a_model_does_not_read_are_refused(settings, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        make_config(settings)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"model": "vae", "adv_weight": 1.0, "disc_lr": 1e-3, "disc_steps": 1, "ac_samples": 8},  # defaults
+        {"model": "avae", "adv_update": "separate", "adv_lr": 1e-4, "adv_weight": 0.5},
+        {"model": "avb-ac", "ac_samples": 4, "disc_steps": 2},
+    ],
+)
+def test_settings_a_model_reads_and_defaults_are_accepted(settings):
+    make_config(settings)
+
+
+def test_the_registry_lists_every_setting_a_model_reads():
+    """Each phase's learning rate and repeat count are among the settings its model declares."""
+    for name, model in MODELS.items():
+        for reading, values in model.readings.items():
+            cfg = make_config({"model": name, **SMALL, **values})
+            keys = {key for p in build_model(cfg.model, (0,)).phases() for key in (p.lr_key, p.repeats_key)}
+            assert keys - {None, "lr"} <= settings_used(name, reading), (name, reading)
+
+
+def test_no_profile_or_sweep_passes_a_setting_its_model_does_not_read():
+    for profile in PROFILES:
+        assert runs_for(profile)  # each planned run's configuration passed make_config's check
+    with pytest.raises(ConfigError, match="grid point adv_weight=0.1: adv_weight 0.1 does nothing"):
+        plan_sweep({"model": "vae"}, {"adv_weight": [0.1, 1.0]})
+
+
+def test_a_recorded_run_is_read_whatever_later_versions_refuse(tmp_path, synthetic_data):
+    """config.json's nested form is read as the run was trained, e.g. a VAE with adv_weight 0.5
+    from before such settings were refused; resuming it may not change one the model ignores."""
+    cfg = make_config({"model": "vae", **SMALL, "epochs": 1})
+    recorded = config_dict(cfg)
+    recorded["model"]["adv_weight"] = 0.5
+    assert make_config(recorded).model.adv_weight == 0.5
+    train(cfg, tmp_path / "run", runtime=QUIET)
+    with pytest.raises(ConfigError, match="disc_lr 0.0001 does nothing for model 'vae'"):
+        resume_config(tmp_path / "run", {"epochs": 2, "disc_lr": 1e-4})
+    assert resume_config(tmp_path / "run", {"epochs": 2, "lr": 1e-4}).lr == 1e-4
+
+
+def test_fit_takes_a_train_config_only(tmp_path):
+    with pytest.raises(ConfigError, match="cfg must be a TrainConfig, got dict; build it with avae.make"):
+        train({"model": "vae"}, tmp_path / "run")
+    with pytest.raises(ConfigError, match="adv_weight 0.5 does nothing"):  # a TrainConfig built by hand
+        train(TrainConfig(model=ModelConfig(name="vae", adv_weight=0.5)), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def two_epochs(tmp_path) -> tuple:
+    """A finished 2-epoch run and the bytes of its files."""
+    weights(tmp_path, "vae", "run", (0, 1), epochs=2)
+    run = tmp_path / "run"
+    return run, {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+
+def resume(run, epochs=3):
+    cfg = make_config({"model": "vae", **SMALL, "seeds": (0, 1), "epochs": epochs})
+    return train(cfg, run, runtime=QUIET, resume=True)
+
+
+def unchanged(run, before: dict) -> bool:
+    return all((run / name).read_bytes() == raw for name, raw in before.items() if (run / name).exists())
+
+
+def test_resume_without_the_checkpoint_is_refused(tmp_path, synthetic_data):
+    run, before = two_epochs(tmp_path)
+    (run / CHECKPOINT).unlink()
+    with pytest.raises(CheckpointError, match="has 2 epochs in metrics.csv but no checkpoint.safetensors"):
+        resume(run)
+    assert unchanged(run, before)
+
+
+def test_resume_of_a_run_published_without_weights_is_refused(tmp_path, synthetic_data):
+    run, _ = two_epochs(tmp_path)
+    published = tmp_path / "published"
+    published.mkdir()
+    for name in ("config.json", METRICS, "README.md"):  # what `avae publish` copies
+        (published / name).write_bytes((run / name).read_bytes())
+    with pytest.raises(CheckpointError, match="was published without weights"):
+        resume(published)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, synthetic_data):
+    """metrics.csv is written just before the checkpoint: a kill between them leaves epoch 1's rows
+    alone, which training again rewrites as they were."""
+    run, before = two_epochs(tmp_path)
+    rows = [r for r in read_metrics(run / METRICS) if r["epoch"] == 1]
+    for name in (CHECKPOINT, "model.safetensors", "README.md"):
+        (run / name).unlink()
+    write_metrics(run / METRICS, rows)
+    resume(run, epochs=2)
+    assert (run / "model.safetensors").read_bytes() == before["model.safetensors"]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "epoch 1 dropped"])
+def test_resume_without_the_earlier_epochs_history_is_refused(tmp_path, synthetic_data, damage):
+    run, before = two_epochs(tmp_path)
+    if damage == "deleted":
+        (run / METRICS).unlink()
+    elif damage == "emptied":
+        (run / METRICS).write_text("")
+    else:
+        write_metrics(run / METRICS, [r for r in read_metrics(run / METRICS) if r["epoch"] == 2])
+    fragment = "lacks epoch(s) 1 of the 2" if damage == "epoch 1 dropped" else "is missing or empty"
+    with pytest.raises(CheckpointError, match=re.escape(fragment)):
+        resume(run)
+    before.pop(METRICS)
+    assert unchanged(run, before)
+
+
+def test_a_torn_metrics_file_is_refused_naming_it(tmp_path, synthetic_data):
+    from avae.evaluate import evaluate_run
+
+    run, before = two_epochs(tmp_path)
+    text = (run / METRICS).read_text()
+    (run / METRICS).write_text(text[: len(text) - 7])  # cut within the last row
+    for attempt in (lambda: resume(run), lambda: evaluate_run(run, metrics="elbo", runtime=QUIET)):
+        with pytest.raises(AvaeError, match=re.escape(f"{run / METRICS} is damaged")):
+            attempt()
+    before.pop(METRICS)
+    assert unchanged(run, before)
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(tmp_path, synthetic_data, capsys):
+    run, before = two_epochs(tmp_path)
+    with pytest.raises(ConfigError, match="already has 2 epochs, so epochs 1 would train nothing"):
+        resume(run, epochs=1)
+    resume(run, epochs=2)  # as many as done: nothing to train, and it says so
+    assert "already has 2 epochs; nothing to train" in capsys.readouterr().err
+    assert unchanged(run, before)

@@ -137,3 +137,46 @@ def test_the_command_line_takes_a_file_and_analyses_it_without_a_classifier(tmp_
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["points"] == 20 and "frechet_distance" not in analysis["per_member"][0]
     assert "reference_frechet_distance" not in analysis
+
+
+def test_16_bit_greyscale_pngs_are_read_at_their_bit_depth(tmp_path):
+    """A 16-bit PNG scales by 65535 (Pillow opens it as mode I;16, which convert("L") clips to 255),
+    an 8-bit one by 255: the same picture saved both ways reads the same within 8-bit rounding."""
+    rng = np.random.default_rng(2)
+    deep, shallow = tmp_path / "deep", tmp_path / "shallow"
+    deep.mkdir()
+    shallow.mkdir()
+    for i in range(3):
+        picture = rng.random((28, 28))
+        Image.fromarray((picture * 65535).round().astype(np.uint16)).save(deep / f"{i}.png")
+        Image.fromarray((picture * 255).round().astype(np.uint8)).save(shallow / f"{i}.png")
+        assert Image.open(deep / f"{i}.png").mode in userdata.SIXTEEN_BIT_MODES
+    sixteen, eight = userdata.read(str(deep))["train"], userdata.read(str(shallow))["train"]
+    assert sixteen.shape == eight.shape == (3, 784)
+    assert np.abs(sixteen - eight).max() <= 0.5 / 255 + 1e-6
+    assert float((sixteen == 1.0).mean()) < 0.01
+
+
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (
+            bytes(np.random.default_rng(3).integers(0, 256, 1000, dtype=np.uint8)),
+            "not a valid .npy/.npz file",
+        ),
+        (b"", "is empty"),
+    ],
+)
+def test_a_file_that_is_no_array_is_diagnosed_as_such(tmp_path, content, fragment):
+    path = tmp_path / "noise.npy"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="noise.npy is not a valid .npy/.npz file") as error:
+        userdata.read(str(path))
+    assert fragment in str(error.value) and "objects" not in str(error.value)
+
+
+def test_an_npz_of_objects_is_refused_in_one_sentence(tmp_path):
+    path = tmp_path / "objects.npz"
+    np.savez(path, train=np.array([np.zeros(3), np.zeros(4)], dtype=object))
+    with pytest.raises(DataError, match="objects.npz holds objects or arrays of different shapes"):
+        userdata.read(str(path))
