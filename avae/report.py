@@ -13,7 +13,7 @@ from avae import stats
 from avae.claims import claims_section, key_label
 from avae.costs import estimate_run_seconds
 from avae.errors import ConfigError
-from avae.figures import format_table, plot_curves
+from avae.figures import Curve, Panel, format_table, plot_curves
 from avae.findings import findings_section
 from avae.io import atomic_write_bytes, atomic_write_text, read_json, write_csv
 from avae.models import MODELS, row_label
@@ -22,6 +22,7 @@ from avae.plan import PROFILES, get_profile, runs_for
 from avae.results import (
     INDEX,
     MANIFEST,
+    SWEEP,
     RunResult,
     collect_runs,
     index_runs,
@@ -29,6 +30,7 @@ from avae.results import (
     shared_points,
     short_of_convergence,
 )
+from avae.runs import CONFIG, divergence_label
 
 Table = dict[RowKey, RunResult]
 
@@ -43,7 +45,6 @@ def cell(values: list[float] | None, missing: str = "-") -> str:
 
 
 def header_section(runs: list[RunResult], datasets: list[str], profile: str) -> str:
-    short = [r for r in runs if short_of_convergence(r) and not r.divergence]  # diverged: said apart
     epochs = sorted({r.cfg.epochs for r in runs})
     images = sorted({r.cfg.train_subset or 60000 for r in runs})
     budget = (
@@ -51,20 +52,27 @@ def header_section(runs: list[RunResult], datasets: list[str], profile: str) -> 
         f"training images, {len(runs[0].cfg.seeds)} seeds per configuration. The paper trains on all "
         "60,000 images (epochs and number of runs unstated)."
     )
-    if short:
-        gains = [g for g in (last_epoch_gain(r) for r in short) if g is not None]
-        largest = f" (up to {max(gains):.1f} nats in the last epoch)" if gains else ""
-        budget += (
-            f" **Warning: {len(short)} of {len(runs)} runs were still improving by more than 1 nat per "
-            f"epoch at their last epoch{largest}: their numbers describe how fast each model learns, "
-            "not what it reaches, and every verdict below carries that caveat.**"
-        )
-    budget += divergence_note(runs)
+    budget += convergence_warning(runs, "every verdict below") + divergence_note(runs)
     return (
         "# Reproduction report: Variational Autoencoder Model Based on Adversarial Strategy (AVAE)\n\n"
         f"Profile `{profile}`, {len(runs)} runs, data sets: "
         f"{', '.join(dataset_label(d) for d in datasets)}. "
         "Written by `avae report` from the run directories alone.\n\n" + budget
+    )
+
+
+def convergence_warning(runs: list[RunResult], caveated: str) -> str:
+    """A warning when runs were still improving at their last epoch (diverged runs are said apart),
+    saying that `caveated` carries that caveat."""
+    short = [r for r in runs if short_of_convergence(r) and not r.divergence]
+    if not short:
+        return ""
+    gains = [g for g in (last_epoch_gain(r) for r in short) if g is not None]
+    largest = f" (up to {max(gains):.1f} nats in the last epoch)" if gains else ""
+    return (
+        f" **Warning: {len(short)} of {len(runs)} runs were still improving by more than 1 nat per "
+        f"epoch at their last epoch{largest}: their numbers describe how fast each model learns, "
+        f"not what it reaches, and {caveated} carries that caveat.**"
     )
 
 
@@ -215,34 +223,37 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
     return "\n".join([*lines, "", "CSV: [report/honest.csv](report/honest.csv)"])
 
 
-def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) -> str:
+def curve_panels(datasets: list[str], which: str) -> tuple[str, list[tuple[str, list[RowKey]]]]:
+    """Fig. 6 or Fig. 7 ("fig6", "fig7"): its title, and each panel's title and rows."""
     if which == "fig6":
         title = "Fig. 6: VAE+eps with noise dimension 5, 10, 15 against the VAE (latent 10)"
-        panels = [
-            {
-                "title": dataset_label(d),
-                "keys": [*rows_of(d, "vae", 10), *(rows_of(d, "vae-noise", 10, n)[0] for n in (5, 10, 15))],
-            }
+        return title, [
+            (
+                dataset_label(d),
+                [*rows_of(d, "vae", 10), *(rows_of(d, "vae-noise", 10, n)[0] for n in (5, 10, 15))],
+            )
             for d in datasets
         ]
-    else:
-        title = "Fig. 7: VAE, VAE+eps and AVAE over training (latent 10 and 15)"
-        panels = [
-            {
-                "title": f"{dataset_label(d)}, latent {z}",
-                "keys": [k for m in ("vae", "vae-noise", "avae") for k in rows_of(d, m, z)],
-            }
-            for d in datasets
-            for z in (10, 15)
-        ]
-    csv_rows = []
-    for panel in panels:
-        panel["curves"] = []
-        for key in panel["keys"]:
-            points = curve_stats(table[key]) if key in table else []
-            panel["curves"].append((key_label(key), points, MODELS[key[1]].colour))
-            csv_rows += [[*key, p["epoch"], p["seeds"], p["mean"], p["lo"], p["hi"]] for p in points]
-    plot_curves(panels, figdir / f"{which}.png", title)
+    title = "Fig. 7: VAE, VAE+eps and AVAE over training (latent 10 and 15)"
+    return title, [
+        (
+            f"{dataset_label(d)}, latent {z}",
+            [k for m in ("vae", "vae-noise", "avae") for k in rows_of(d, m, z)],
+        )
+        for d in datasets
+        for z in (10, 15)
+    ]
+
+
+def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) -> str:
+    title, panels = curve_panels(datasets, which)
+    csv_rows, drawn = [], []
+    for panel_title, keys in panels:
+        curves = key_curves(table, keys)
+        drawn.append(Panel(panel_title, curves))
+        for key, curve in zip(keys, curves, strict=True):
+            csv_rows += [[*key, p["epoch"], p["seeds"], p["mean"], p["lo"], p["hi"]] for p in curve.points]
+    plot_curves(drawn, figdir / f"{which}.png", title)
     write_csv(
         figdir / f"{which}.csv",
         [
@@ -259,7 +270,7 @@ def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) 
         ],
         csv_rows,
     )
-    missing = [f"{key_label(k)} ({k[0]})" for p in panels for k in p["keys"] if k not in table]
+    missing = [f"{key_label(k)} ({k[0]})" for _, keys in panels for k in keys if k not in table]
     note = f" Missing runs: {', '.join(missing)}." if missing else ""
     return "\n".join(
         [
@@ -273,6 +284,28 @@ def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) 
             f"CSV: [report/{which}.csv](report/{which}.csv)",
         ]
     )
+
+
+def key_curves(table: Table, keys: list[RowKey]) -> list[Curve]:
+    """A panel's curves, one per row key in the model's colour; keys sharing a colour take the
+    next line style in the panel's order (AVAE separate is dashed beside AVAE joint), so a row
+    keeps its style whether or not the others ran."""
+    curves = []
+    for i, key in enumerate(keys):
+        colour = MODELS[key[1]].colour
+        style = sum(MODELS[k[1]].colour == colour for k in keys[:i])
+        run = table.get(key)
+        curves.append(Curve(key_label(key), curve_stats(run) if run else [], colour, style, curve_note(run)))
+    return curves
+
+
+def curve_note(run: RunResult | None, divergence: dict[str, Any] | None = None) -> str:
+    """What a figure's legend says after a run's label: why it has no curve, or why it stops
+    (`divergence`: the record of a run without a finished epoch, which has no RunResult)."""
+    divergence = run.divergence if run else divergence
+    if divergence:
+        return f"diverged at epoch {divergence['epoch']}"
+    return "not run" if run is None else ""
 
 
 def curve_stats(run: RunResult, column: str = "test_neg_elbo") -> list[dict[str, float]]:
@@ -314,7 +347,7 @@ def grid_section(
                 atomic_write_bytes(figdir / name, source.read_bytes())
                 cells.append(f"![{model}](report/{name})")
             else:
-                cells.append("missing run")
+                cells.append(run.missing_label if run and run.divergence else "missing run")
         lines.append(f"| {dataset_label(dataset)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -336,6 +369,9 @@ def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str)
         table, key=lambda k: (datasets.index(k[0]), k[3], list(MODELS).index(k[1]), k[2], k[4])
     ):
         run = table[key]
+        if run.divergence:  # nothing to analyse, and nothing a command could fill
+            rows.append([dataset_label(key[0]), key_label(key), run.missing_label, "-", "-", "-"])
+            continue
         if not run.analysis:
             missing.append(run.dir.name)
             continue
@@ -428,10 +464,19 @@ def fill_command(profile: str | None, out: Path) -> str:
 
 
 def write_report(out: str | Path) -> Path:
-    """Write OUT/report.md, with figures and CSV files under OUT/report/, from the run directories."""
+    """Write OUT/report.md, with figures and CSV files under OUT/report/, from the run directories:
+    a reproduction's report, or a sweep's when OUT holds sweep.json and no reproduce.json."""
     out = Path(out)
     if not out.is_dir():
-        raise ConfigError(f"{out} is not a directory; give the --out of `avae reproduce`")
+        raise ConfigError(f"{out} is not a directory; give the --out of `avae reproduce` or `avae sweep`")
+    if (out / CONFIG).is_file():
+        raise ConfigError(
+            f"{out} is a single run, and `avae report` takes a folder of runs (the --out of `avae "
+            f"reproduce` or `avae sweep`); for one run, `avae evaluate {out}` computes its figures into "
+            "eval.json, and its model card README.md lists them"
+        )
+    if (out / SWEEP).exists() and not (out / MANIFEST).exists():
+        return write_sweep_report(out, read_json(out / SWEEP))
     manifest: dict[str, Any] = read_json(out / MANIFEST) if (out / MANIFEST).exists() else {}
     runs = collect_runs(out)
     if not runs:
@@ -480,3 +525,108 @@ def write_report(out: str | Path) -> Path:
     path = out / "report.md"
     atomic_write_text(path, "\n\n".join(sections) + "\n")
     return path
+
+
+def write_sweep_report(out: Path, record: dict[str, Any]) -> Path:
+    """OUT/report.md of `avae sweep`: each point of sweep.json with its run's figures, and its
+    curve in its own colour and style (report/sweep.png, report/sweep.csv)."""
+    runs = {run.dir.name: run for run in collect_runs(out)}
+    points = [(entry, runs.get(entry["dir"])) for entry in record["points"]]
+    present = list({run.dir.name: run for _, run in points if run}.values())
+    if not present:
+        raise ConfigError(f"no trained runs in {out}; run `avae sweep --out {out}` again to train them")
+    figdir = out / "report"
+    figdir.mkdir(parents=True, exist_ok=True)
+    grid = " ".join(f"{key}={','.join(setting(v) for v in values)}" for key, values in record["grid"].items())
+    settings = "; ".join(f"{key} {setting(value, ',')}" for key, value in record["settings"].items())
+    sections = [
+        f"# Sweep report\n\n`avae sweep --grid {grid}`: {len(points)} points, {len(present)} trained run(s); "
+        "shared "
+        f"settings: {settings}. Written by `avae report` from sweep.json and the run directories alone."
+        + convergence_warning(present, "every figure below")
+        + divergence_note(present),
+        sweep_points_section(record, points),
+        sweep_curves_section(record, points, figdir),
+        runs_section(present, {}, read_json(out / INDEX) if (out / INDEX).exists() else {}),
+    ]
+    path = out / "report.md"
+    atomic_write_text(path, "\n\n".join(sections) + "\n")
+    return path
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """A sweep point as its settings: "lr=0.001, adv_weight=0.1"."""
+    return ", ".join(f"{key}={setting(value)}" for key, value in point.items())
+
+
+def setting(value: Any, separator: str = "/") -> str:
+    """A setting's value as `avae sweep --grid` takes it: a list's items joined by "/"."""
+    return separator.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def sweep_points_section(
+    record: dict[str, Any], points: list[tuple[dict[str, Any], RunResult | None]]
+) -> str:
+    figures = list(dict.fromkeys(key for _, run in points if run for key in run.eval.get("metrics", {})))
+    rows = []
+    for entry, run in points:
+        cells = [setting(entry["point"][key]) for key in record["grid"]] + [entry["dir"]]
+        if run is None:  # no finished epoch: diverged in its first, or not trained
+            diverged = entry.get("diverged")
+            rows.append(
+                [*cells, divergence_label(diverged) if diverged else "not trained", *("-" for _ in figures)]
+            )
+            continue
+        gap = run.missing_label if run.divergence else "-"
+        rows.append(
+            [*cells, f"{run.trained_epochs}/{run.cfg.epochs}", *(cell(run.metric(f), gap) for f in figures)]
+        )
+    return "\n".join(
+        [
+            "## Points",
+            "",
+            "Each point's figures at its run's last epoch (eval.json): nats, lower is better, mean ± 95% "
+            "confidence interval over seeds (t distribution).",
+            "",
+            format_table([*record["grid"], "run", "epochs", *figures], rows),
+        ]
+    )
+
+
+def sweep_curves_section(
+    record: dict[str, Any], points: list[tuple[dict[str, Any], RunResult | None]], figdir: Path
+) -> str:
+    """One curve per run of the sweep, labelled by its points, each in its own colour (then style)."""
+    labels: dict[str, list[str]] = {}
+    for entry, _ in points:
+        labels.setdefault(entry["dir"], []).append(point_label(entry["point"]))
+    runs = {entry["dir"]: (entry, run) for entry, run in points}
+    curves, csv_rows = [], []  # (data set, or None for a run not there: said in every panel)
+    for i, (name, names) in enumerate(labels.items()):
+        entry, run = runs[name]
+        points_of = curve_stats(run) if run else []
+        note = curve_note(run, entry.get("diverged"))
+        curve = Curve("; ".join(names), points_of, f"C{i % 10}", i // 10, note)
+        curves.append((run.cfg.dataset if run else None, curve))
+        csv_rows += [
+            ["; ".join(names), name, p["epoch"], p["seeds"], p["mean"], p["lo"], p["hi"]] for p in points_of
+        ]
+    datasets = list(dict.fromkeys(d for d, _ in curves if d))
+    panels = [Panel(dataset_label(d), [c for e, c in curves if e in (d, None)]) for d in datasets]
+    title = f"avae sweep over {', '.join(record['grid'])}: test negative ELBO over training"
+    plot_curves(panels, figdir / "sweep.png", title)
+    write_csv(
+        figdir / "sweep.csv", ["point", "run", "epoch", "seeds", "mean", "ci95_low", "ci95_high"], csv_rows
+    )
+    return "\n".join(
+        [
+            "## Test negative ELBO over training",
+            "",
+            "After every epoch (metrics.csv), one curve per point in its own colour, mean over seeds with a "
+            "shaded 95% CI band.",
+            "",
+            "![sweep](report/sweep.png)",
+            "",
+            "CSV: [report/sweep.csv](report/sweep.csv)",
+        ]
+    )

@@ -90,3 +90,54 @@ def test_the_report_warns_when_runs_are_short_of_convergence(tmp_path):
     assert "Warning: 1 of 2 runs were still improving by more than 1 nat per epoch" in warned
     assert "up to 3.0 nats in the last epoch" in warned
     assert "Warning" not in header_section([settled], ["mnist"], "test")
+
+
+def test_report_on_a_sweep_draws_and_lists_each_point_apart(tmp_path, synthetic_data, monkeypatch):
+    """Two learning rates of one model: the sweep's report has a row and a curve of its own colour
+    for each point, labelled by its setting (they were drawn as one model, one row of Table 1); a
+    point that diverged in its first epoch (no run to read) says so."""
+    from avae import report
+    from avae.io import read_json, write_json
+    from avae.sweep import SWEEP, sweep
+
+    base = {"model": "vae", "epochs": 2, "seeds": (0,), "hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
+    sweep(base, ["lr=0.001,0.003"], tmp_path, runtime=Runtime(progress=False), jobs=1)
+    record = read_json(tmp_path / SWEEP)
+    diverged = {"epoch": 1, "step": 2, "seed": 0, "term": "loss_elbo"}
+    record["points"].append(
+        {"point": {"lr": 1e30}, "dir": "gone", "key": "-", "figures": {}, "diverged": diverged}
+    )
+    write_json(tmp_path / SWEEP, record)
+    figures = []
+    draw = report.plot_curves
+    monkeypatch.setattr(report, "plot_curves", lambda *args: figures.append(draw(*args)) or figures[-1])
+    text = write_report(tmp_path).read_text()
+    assert text.startswith("# Sweep report") and "Table 1" not in text
+    points = text.split("## Points")[1].split("##")[0]
+    rows = [line for line in points.splitlines() if line.startswith("| 0.00")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0.001", "| 0.003"]
+    assert len({row.split(" | ")[1] for row in rows}) == 2  # each point its own run directory
+    assert "| 1e+30 | gone | diverged (epoch 1, seed 0) | - |" in points
+    (figure,) = figures
+    lines = [line for line in figure.axes[0].get_lines() if len(line.get_xdata())]
+    assert [line.get_label() for line in lines] == ["lr=0.001", "lr=0.003"]
+    assert lines[0].get_color() != lines[1].get_color()
+    assert "lr=1e+30: diverged at epoch 1" in [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert (tmp_path / "report" / "sweep.png").exists()
+    curves = (tmp_path / "report" / "sweep.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in curves} == {"lr=0.001", "lr=0.003"}
+
+
+def test_report_on_a_single_run_says_what_it_takes_and_what_to_run(tmp_path, synthetic_data):
+    from avae.config import make_config
+    from avae.errors import ConfigError
+    from avae.train import train
+
+    cfg = make_config({"model": "vae", "epochs": 1, "seeds": (0,), "hidden": (32, 16), "latent_dim": 4})
+    train(cfg, tmp_path / "one", runtime=Runtime(progress=False))
+    with pytest.raises(ConfigError) as error:
+        write_report(tmp_path / "one")
+    message = str(error.value)
+    assert "is a single run" in message and "`avae reproduce` or `avae sweep`" in message
+    assert f"`avae evaluate {tmp_path / 'one'}`" in message
+    assert not (tmp_path / "one" / "report.md").exists()

@@ -33,3 +33,74 @@ def test_committed_tables_match_the_report(folder):
     for row in rows:
         if row["figure"] == "own" and row["mean"] != "nan":
             assert f"{float(row['mean']):.2f} ± {float(row['ci95']):.2f}" in text, row
+
+
+def published_figure(folder: Path, which: str, path: Path):
+    """Fig. 6 or 7 of a published folder as `avae report` draws it (the matplotlib Figure)."""
+    from avae.figures import Panel, plot_curves
+    from avae.paper import DATASET_LABELS
+    from avae.report import curve_panels, key_curves
+    from avae.results import collect_runs, index_runs
+
+    table = index_runs(collect_runs(folder))
+    title, panels = curve_panels([d for d in DATASET_LABELS if any(k[0] == d for k in table)], which)
+    return plot_curves([Panel(name, key_curves(table, keys)) for name, keys in panels], path, title)
+
+
+def drawn_axes(figure) -> dict[str, object]:
+    """First line of each visible axes' title -> the axes."""
+    return {ax.get_title().split("\n")[0]: ax for ax in figure.axes if ax.get_visible()}
+
+
+@pytest.mark.parametrize("which", ["fig6", "fig7"])
+@pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: p.name)
+def test_no_two_curves_of_a_published_figure_look_alike(folder, which, tmp_path):
+    """AVAE joint and separate (same model colour) and VAE+eps at noise 5, 10 and 15 each get their
+    own line style and marker (they were drawn alike)."""
+    figure = published_figure(folder, which, tmp_path / "f.png")
+    for title, ax in drawn_axes(figure).items():
+        looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+        looks = [look for look in looks if look[1] != "None"]  # legend-only entries ("not run")
+        assert len(set(looks)) == len(looks), title
+
+
+def test_paper_z10_fig7_shows_the_comparison_it_exists_for(tmp_path):
+    """The separate reading (~150 nats on MNIST, diverged on Fashion-MNIST) no longer sets the axes:
+    each panel is fitted to the close curves and names what lies beyond; the last third is enlarged,
+    where VAE, VAE+eps and AVAE joint differ by about a nat; latent 15, never run, is not drawn as
+    empty axes but named."""
+    figure = published_figure(RESULTS / "paper-z10", "fig7", tmp_path / "f.png")
+    axes = drawn_axes(figure)
+    assert not any("latent 15" in title for title in axes)
+    assert "not drawn, no runs in this folder: MNIST, latent 15; Fashion-MNIST, latent 15" in (
+        figure.get_suptitle()
+    )
+    main, zoom = axes["MNIST, latent 10"], axes["MNIST, latent 10: epochs 67-100, enlarged"]
+    assert "beyond this range: AVAE (separate) z10 n10 (mean 145 to 194)" in main.get_title()
+    assert main.get_ylim()[1] < 194
+    low, high = zoom.get_ylim()
+    assert high - low < 10 and low < 107.5 < high  # the three converged curves end near 107.5 nats
+    assert {line.get_label() for line in zoom.get_lines()} == {
+        "VAE z10",
+        "VAE+eps z10 n10",
+        "AVAE (joint) z10 n10",
+    }
+    assert "not shown: AVAE (separate) z10 n10" in zoom.get_title()
+    legend = [text.get_text() for text in axes["Fashion-MNIST, latent 10"].get_legend().get_texts()]
+    assert "AVAE (separate) z10 n10 (diverged at epoch 12)" in legend
+
+
+def test_paper_z10_names_what_it_did_not_run_or_what_diverged(tmp_path):
+    """Fig. 6 names the noise dimensions not run; the grids and the analysis table say the diverged
+    run diverged (they said "missing run", or left it out)."""
+    figure = published_figure(RESULTS / "paper-z10", "fig6", tmp_path / "f.png")
+    legend = [text.get_text() for text in drawn_axes(figure)["MNIST"].get_legend().get_texts()]
+    assert {"VAE+eps z10 n5: not run", "VAE+eps z10 n15: not run"} <= set(legend)
+    text = (RESULTS / "paper-z10" / "report.md").read_text()
+    diverged = "diverged (epoch 12, seed 2)"
+    fig8 = text.split("## Fig. 8")[1].split("##")[0]
+    recon = text.split("### Reconstructions")[1].split("###")[0]
+    analysis = text.split("### Aggregate posterior")[1].split("## Runs")[0]
+    assert all(diverged in part and "missing run" not in part for part in (fig8, recon))
+    assert f"| Fashion-MNIST | AVAE (separate) z10 n10 | {diverged} |" in analysis
+    assert "Not analysed" not in analysis  # nothing a command could fill
