@@ -27,7 +27,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 # - costs (the cost model of a planned run) has a floor of its own, above plan, whose runs it prices.
 # - sweep (a grid of runs on reproduce's executors) has a floor of its own, above reproduce, under cli.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("version",),
+    ("version", "watchdog"),  # watchdog: a process of its own, which imports nothing of avae
     ("errors",),
     ("io", "stats", "bench_report"),
     ("nets", "objectives", "sources", "graphs", "userdata"),
