@@ -104,6 +104,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "adv_update": "separate",
     "holdout": 0,
     "ac_samples": 8,
+    "ac_moments": "all",
     "test_data": "",
     "test_fraction": 0.1,
 }
@@ -250,12 +251,15 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def config_hash(cfg: TrainConfig) -> str:
     """16 hex digits naming the run. A later-added setting is left out at its `HASH_NEUTRAL` value,
-    and a reading setting (e.g. adv_update) is left out for a model with no such reading."""
+    and for a model that does not read it (e.g. adv_update of a model with no such reading)."""
     settings = config_dict(cfg)
-    readings = {key for reading in MODELS[cfg.model.name].readings.values() for key in reading}
+    name = cfg.model.name
+    readings = {key for reading in MODELS[name].readings.values() for key in reading}
+    optional = {key for model in MODELS for key in settings_used(model)}
     for part in (settings, settings["model"]):
         for key, neutral in HASH_NEUTRAL.items():
             unread = key in ModelConfig.reading_keys and key not in readings
+            unread |= key in optional and key not in settings_used(name)  # e.g. ac_moments of a VAE
             if key in part and (part[key] == neutral or unread):
                 part.pop(key)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -73,6 +73,10 @@ class ModelConfig:
       adversary ~100x stronger than Algorithm 1 would, so it is the least faithful reading. Both
       are reproduced.
     - ac_samples 8: AVB-AC's encoder draws per point for the moments of q(z|x) (AVB Sec. 3.3).
+    - ac_moments "others": AVB-AC standardises its z by moments of the other ac_samples - 1 draws.
+      "all" (how runs before this setting were trained) takes them from all draws, z included; then
+      each standardised coordinate is bounded by (m - 1) / sqrt(m) (Samuelson's inequality; 2.47 for
+      m = 8), so it is never N(0, I), even for a Gaussian q, and the critic can always tell.
     - decoder widths: the encoder's reversed (32, 64, 256), the usual mirrored layout.
     """
 
@@ -87,6 +91,7 @@ class ModelConfig:
     adv_update: str = "joint"
     critic_input: str = "xz"
     ac_samples: int = 8
+    ac_moments: str = "others"
     data_dim: int = 784
 
     # Settings that only select a reading of one model (see LatentModel.readings).
@@ -103,9 +108,12 @@ class ModelConfig:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if not self.hidden or any(int(h) <= 0 for h in self.hidden):
             raise ConfigError(f"hidden widths must be positive integers, got {self.hidden}")
-        if self.ac_samples < 2:
+        obj.check_choice("ac_moments", self.ac_moments, AC_MOMENTS)
+        fewest = 3 if self.ac_moments == "others" else 2  # a standard deviation needs two draws
+        if self.ac_samples < fewest:
             raise ConfigError(
-                f"ac_samples must be at least 2 (moments need two draws), got {self.ac_samples}"
+                f"ac_samples must be at least {fewest} with ac_moments {self.ac_moments!r} (moments need "
+                f"two draws), got {self.ac_samples}"
             )
         MODELS[self.name].check_noise_dim(self.noise_dim)
         if self.critic_input not in MODELS[self.name].critic_inputs:
@@ -118,6 +126,7 @@ class ModelConfig:
 
 
 ADV_UPDATES = ("joint", "separate")
+AC_MOMENTS = ("others", "all")  # AVB-AC: moments from the other draws, or from all of them (z included)
 
 
 @dataclass
@@ -427,8 +436,9 @@ def critic_loss(critic: Critic, x: torch.Tensor, positive: torch.Tensor, negativ
 class AVBAC(AVB):
     """AVB with adaptive contrast (Mescheder et al. 2017, Sec. 3.3).
 
-    The moments mu(x), sigma(x) of q(z|x) are estimated from `ac_samples` encoder draws per point
-    (gradients flow through them). With r(z|x) = N(mu, sigma^2),
+    The moments mu(x), sigma(x) of q(z|x) are estimated from encoder draws per point (gradients
+    flow through them): with `ac_moments` "others", from the `ac_samples` - 1 draws other than the
+    z they standardise, so that z~ is not bounded (see ModelConfig). With r(z|x) = N(mu, sigma^2),
         ELBO = E_q[log p(x|z)] - KL(r(z|x) || p(z)) - KL(q(z|x) || r(z|x)),
     the first KL analytic and the second estimated by T on the standardised z~ = (z - mu) / sigma,
     which T tells apart from N(0, I): T* = log q~(z~|x) - log N(z~; 0, I).
@@ -436,15 +446,15 @@ class AVBAC(AVB):
 
     label = "AVB-AC"
     colour = "tab:olive"
-    own_settings = (*AVB.own_settings, "ac_samples")
+    own_settings = (*AVB.own_settings, "ac_samples", "ac_moments")
     metric_label = "negative ELBO (AVB-AC: discriminator-based estimate, not a bound)"
 
     def contrast(self, x: torch.Tensor, noise: MemberRandom) -> tuple[torch.Tensor, Normal, torch.Tensor]:
         """One z ~ q(z|x) per point, the moment-matched Gaussian r(z|x), and z standardised by it."""
         count = self.cfg.ac_samples
         draws = split_draws(self.encode(repeat_points(x, count), noise), count)  # [S, m, B, Z]
-        r = obj.fitted_gaussian(draws, dim=1)
         z = draws[:, 0]
+        r = obj.fitted_gaussian(draws[:, 1:] if self.cfg.ac_moments == "others" else draws, dim=1)
         return z, r, (z - r.loc) / r.scale
 
     def neg_elbo(self, x: torch.Tensor, noise: MemberRandom) -> torch.Tensor:

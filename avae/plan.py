@@ -130,7 +130,8 @@ PROFILES: dict[str, Profile] = {
         "and 20; noise 5, 10 and 15), 5 seeds, 100 epochs on all 60,000 training images; IWAE and AIS "
         "on every run, and the reconstruction term. Its latent-10, noise-10 runs are paper-z10's: copy "
         "results/paper-z10's run folders into --out and they are reused as published (without the "
-        "reconstruction term, which needs their weights)",
+        "reconstruction term, which needs their weights), but for AVB-AC, trained anew since its "
+        "moments no longer include z",
         epochs=100,
         seeds=(0, 1, 2, 3, 4),
         honest_every_noise=True,

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
-from avae.config import config_hash, make_config
+from avae.config import config_dict, config_hash, flatten, make_config
 from avae.models import reading_of
 from avae.runs import read_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VAE = ({"model": "vae"}, "d8258fc5d01b152e")
 AVAE_SEPARATE = (
@@ -165,3 +168,18 @@ def test_hash_is_a_function_of_the_settings_only():
     assert config_hash(make_config({**settings, "seeds": [0, 1, 2]})) == config_hash(make_config(settings))
     assert config_hash(make_config({**settings, "epochs": 11})) != config_hash(make_config(settings))
     assert len(config_hash(make_config(settings))) == 16
+
+
+def test_avb_ac_runs_published_before_ac_moments_keep_their_names(tmp_path):
+    """ac_moments was added after AVB-AC runs were published (results/paper-z10): their config.json
+    lacks it and reads as "all", how they were trained, under the name they have; a new AVB-AC run
+    (moments of the other draws) gets a name of its own, and a model that does not read the setting
+    keeps its name whatever it is."""
+    published = ROOT / "results" / "paper-z10" / "avb-ac-mnist-z10-n10-6745a3fbe1ef49b8"
+    cfg = read_config(published)
+    assert cfg.model.ac_moments == "all" and config_hash(cfg) == "6745a3fbe1ef49b8"
+    fresh = make_config({**flatten(config_dict(cfg)), "ac_moments": "others"})
+    assert config_hash(fresh) != "6745a3fbe1ef49b8"
+    assert make_config({"model": "avb-ac", "noise_dim": 10}).model.ac_moments == "others"
+    vae = make_config(PINNED["vae"][0])
+    assert vae.model.ac_moments == "others" and config_hash(vae) == PINNED["vae"][1]

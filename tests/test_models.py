@@ -169,19 +169,23 @@ def test_avae_critic_figure_is_avbs_form_with_logit_d():
     assert small_model("vae").neg_critic_figure(x, MemberRandom((0, 1), "n")) is None
 
 
-def test_avb_ac_objective_matches_an_independent_computation():
+@pytest.mark.parametrize("moments", ["others", "all"])
+def test_avb_ac_objective_matches_an_independent_computation(moments):
     """AVB-AC (Mescheder et al. 2017, Sec. 3.3): -log p(x|z) + KL(N(mu, sigma^2) || N(0, I))
-    + T(x, (z - mu) / sigma), with mu, sigma the moments of m encoder draws (unbiased std) and z
-    the first draw; recomputed here draw by draw with the same noise."""
+    + T(x, (z - mu) / sigma), with z the first of m encoder draws and mu, sigma (unbiased std) the
+    moments of the other m - 1 draws ("others") or of all m ("all"); recomputed here draw by draw
+    with the same noise."""
     m, batch = 5, 4
-    cfg = ModelConfig(name="avb-ac", noise_dim=4, ac_samples=m, **SMALL)
+    cfg = ModelConfig(name="avb-ac", noise_dim=4, ac_samples=m, ac_moments=moments, **SMALL)
     model = build_model(cfg, (0, 1))
     x = torch.rand(2, batch, 784)
     got = model.neg_elbo(x, MemberRandom((0, 1), "n"))
     eps = MemberRandom((0, 1), "n").normal(m * batch, 4).reshape(2, m, batch, 4)
     draws = torch.stack([model.encoder(x, eps[:, k]) for k in range(m)], dim=1)  # [S, m, B, Z]
-    mu = draws.sum(1) / m
-    sigma = ((draws - mu.unsqueeze(1)) ** 2).sum(1).div(m - 1).sqrt()
+    used = draws[:, 1:] if moments == "others" else draws
+    n = used.shape[1]
+    mu = used.sum(1) / n
+    sigma = ((used - mu.unsqueeze(1)) ** 2).sum(1).div(n - 1).sqrt()
     kl = 0.5 * (mu**2 + sigma**2 - 1 - 2 * sigma.log()).sum(-1)
     z = draws[:, 0]
     expected = -model.log_px_given_z(x, z) + kl + model.critic(x, (z - mu) / sigma)
@@ -194,6 +198,32 @@ def test_avb_ac_critic_tells_standardised_draws_from_standard_normals():
     model = build_model(ModelConfig(name="avb-ac", noise_dim=4, ac_samples=6, **SMALL), (0,))
     positive, negative = model.critic_samples(torch.rand(1, 300, 784), MemberRandom((0,), "n"))
     assert positive.shape == negative.shape == (1, 300, 3)
-    # standardised by their own moments: mean ~0, sd ~1 per point across draws; the negatives are N(0, I)
+    # standardised by the other draws' moments: about N(0, 1) per coordinate; the negatives are N(0, I)
     assert abs(float(negative.mean())) < 0.1 and abs(float(negative.std()) - 1) < 0.1
     assert torch.isfinite(positive).all()
+
+
+@pytest.mark.parametrize("moments", ["all", "others"])
+def test_avb_ac_standardised_z_is_bounded_only_when_its_moments_include_it(moments):
+    """With moments from all m draws, z itself among them, every standardised coordinate lies within
+    (m - 1) / sqrt(m) (Samuelson's inequality; 2.47 for m = 8), so it can never look N(0, I). With
+    the moments of the other m - 1 draws (the default) it is unbounded, as N(0, I) is."""
+    cfg = ModelConfig("avb-ac", data_dim=6, hidden=(8,), latent_dim=4, noise_dim=3, ac_moments=moments)
+    model = build_model(cfg, (0,))
+    x = torch.rand(1, 2000, 6)
+    with torch.no_grad():
+        _, _, standard = model.contrast(x, MemberRandom((0,), "test", torch.device("cpu")))
+    bound = 7 / 8**0.5
+    largest = float(standard.abs().max())
+    if moments == "all":
+        assert largest <= bound + 1e-4
+    else:
+        assert largest > bound + 0.5
+
+
+def test_avb_ac_moments_need_enough_draws_and_a_known_choice():
+    with pytest.raises(ConfigError, match="ac_samples must be at least 3 with ac_moments 'others'"):
+        ModelConfig("avb-ac", noise_dim=10, ac_samples=2)
+    ModelConfig("avb-ac", noise_dim=10, ac_samples=2, ac_moments="all")
+    with pytest.raises(ConfigError, match="ac_moments"):
+        ModelConfig("avb-ac", noise_dim=10, ac_moments="some")
