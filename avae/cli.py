@@ -4,6 +4,7 @@ Every command has --help; bad input is refused in one sentence before any work s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,11 @@ from avae import data
 from avae.analysis import analyse_run, classifier_path, ensure_classifier
 from avae.bench import cmd_bench
 from avae.config import PRESETS, Runtime, make_config
+from avae.costs import classifier_seconds
 from avae.errors import AvaeError, ConfigError
-from avae.evaluate import EvalSettings, evaluate_run, metric_seconds, parse_metrics
+from avae.evaluate import EvalSettings, evaluate_run, metric_seconds, parse_metrics, test_points
 from avae.figures import format_table, save_image_grid
+from avae.io import check_writable_dir, os_error_sentence
 from avae.nets import MemberRandom
 from avae.parser import EVALUATE_OPTIONS, TRAIN_OPTIONS, build_parser, read_config_file
 from avae.publish import publish
@@ -38,15 +41,30 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def check_threads(args: argparse.Namespace) -> None:
+    """Refuse a --threads below 1 or above this machine's cores (left out, torch chooses). On a Ray
+    cluster given by --address, the tasks run on its nodes, whose cores this machine cannot see."""
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(
+            f"--threads must be a positive integer, got {threads}; leave it out for torch's choice"
+        )
+    cores = os.cpu_count() or 1
+    if threads > cores and not getattr(args, "address", None):
+        raise ConfigError(
+            f"--threads {threads} is more than this machine's {cores} CPU cores; give at most {cores}"
+        )
+
+
 def runtime_of(args: argparse.Namespace, *, check_device: bool = True) -> Runtime:
     """The how-to-run settings of a command, in the one object every layer takes."""
-    if getattr(args, "threads", 0) < 0:
-        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
     return Runtime(
         device=resolve_device(args.device) if check_device else args.device,
         data_dir=getattr(args, "data_dir", None),
         progress=not getattr(args, "no_progress", False),
-        threads=getattr(args, "threads", 0),
+        threads=getattr(args, "threads", None) or 0,
         compile=getattr(args, "compile", False),
     )
 
@@ -69,9 +87,14 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     given = train_overrides(args)
     cfg = resume_config(Path(args.out), given) if args.resume else make_config(given)
-    out = train(cfg, args.out, resume=args.resume, runtime=runtime_of(args))
+    runtime = runtime_of(args)
+    check_writable_dir(args.out)
+    out = train(cfg, args.out, resume=args.resume, runtime=runtime)
     print(f"run written to {out}")
     return 0
+
+
+WRITABLE_RUN = "make it writable, or copy the run to a writable folder and give that"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -82,6 +105,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             given[key] = getattr(args, key)
     settings, runtime = EvalSettings(**given), runtime_of(args)
+    if Path(args.run_dir).is_dir():  # else evaluate_run says it is not a run directory
+        check_writable_dir(args.run_dir, "RUN_DIR", WRITABLE_RUN)
     announce_evaluation(Path(args.run_dir), metrics, settings, runtime)
     result = evaluate_run(args.run_dir, metrics=metrics, settings=settings, runtime=runtime)
     print(
@@ -120,7 +145,7 @@ def announce_evaluation(run_dir: Path, metrics, settings: EvalSettings, runtime:
     if not (run_dir / "config.json").is_file():
         return  # evaluate_run says what is wrong with the directory
     cfg = read_config(run_dir)
-    points, members = cfg.test_subset or 10000, len(cfg.seeds)
+    points, members = test_points(cfg), len(cfg.seeds)
     seconds = sum(metric_seconds(m, settings, points, members, runtime.device) for m in metrics)
     used = min(points, settings.subset) if settings.subset else points
     print(
@@ -173,6 +198,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     # a dry run estimates for any device; Ray's workers, not this driver, need the GPU
     check_device = not args.dry_run and args.executor == "local"
+    if not args.dry_run:
+        check_writable_dir(args.out)
     reproduce(
         args.profile,
         args.out,
@@ -190,6 +217,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """`avae sweep`: the train options are the settings every point shares, --grid what varies."""
+    check_writable_dir(args.out)
     sweep(
         train_overrides(args),
         args.grid,
@@ -207,21 +235,42 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     runtime = runtime_of(args)
     run_dir = Path(args.run_dir)
     cfg, _, _ = load_run(run_dir)
+    check_writable_dir(run_dir, "RUN_DIR", WRITABLE_RUN)
     classifier = None  # the user's own data has no labels, so no classifier features
     if cfg.dataset in data.DATASETS:
         if args.classifiers:
             path = Path(args.classifiers) / classifier_path(args.classifiers, cfg.dataset).name
         else:
             path = classifier_path(run_dir.resolve().parent, cfg.dataset)
+        if not path.exists():
+            announce_classifier(path, cfg.dataset, args.classifier_epochs, runtime.device)
         classifier = ensure_classifier(path, cfg.dataset, epochs=args.classifier_epochs, runtime=runtime)
     analyse_run(run_dir, classifier=classifier, samples=args.samples, runtime=runtime)
     print(f"written to {run_dir / 'analysis.json'}")
     return 0
 
 
+def announce_classifier(path: Path, dataset: str, epochs: int, device: str) -> None:
+    """One line before the feature classifier trains: what, how long (estimate), where it is kept."""
+    check_writable_dir(path.parent, "--classifiers")
+    images = data.SPLIT_SIZES["train"]
+    print(
+        f"avae analyse: training the feature classifier for {dataset} once ({epochs} epochs on {images} "
+        f"images, about {classifier_seconds(epochs, images, device) / 60:.1f} min on {device}, estimate); "
+        f"it is kept in {path} for later runs",
+        flush=True,
+    )
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     print(f"published to {publish(args.out, args.dest)}")
     return 0
+
+
+def cmd_bench_checked(args: argparse.Namespace) -> int:
+    """`avae bench`, refused at once when its --out cannot be written (not after the measurements)."""
+    check_writable_dir(args.out)
+    return cmd_bench(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -240,16 +289,23 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "publish": cmd_publish,
     "analyse": cmd_analyse,
-    "bench": cmd_bench,
+    "bench": cmd_bench_checked,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(HANDLERS).parse_args(argv)
+    threads = torch.get_num_threads()
     try:
+        check_threads(args)
+        if getattr(args, "threads", None):  # the whole command, evaluation and analysis included
+            torch.set_num_threads(args.threads)
         return args.func(args)
     except AvaeError as exc:
         print(f"avae: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the last line of defence: a file the precise checks did not foresee
+        print(f"avae: error: {os_error_sentence(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -257,3 +313,5 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        torch.set_num_threads(threads)  # as it was, for a caller in the same process

@@ -4,18 +4,25 @@ bar's time remaining and a report's "fill" estimate.
 Training is timed, in this order of preference, by the run's own latest epochs (a resumed run), by
 finished runs in the same --out that cost the same (`Measured`), and by the fitted per-step cost of
 `avae bench`. Evaluation is timed by what alike runs' parts took (index.json), else by the
-estimators' own cost model (`avae.evaluate.metric_seconds`).
+estimators' own cost model (`avae.evaluate.metric_seconds`). Each training, evaluation and analysis
+call has a fixed cost besides its steps, and a plan as a whole more (`plan_seconds`): training the
+feature classifiers and starting the executor (worker processes, Ray).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avae.analysis import classifier_path
 from avae.config import TrainConfig, make_config
-from avae.evaluate import decoder_rate, metric_seconds
+from avae.data import SPLIT_SIZES
+from avae.evaluate import decoder_rate, device_kind, metric_seconds, test_points
 from avae.io import read_json
 from avae.plan import EvalStep, PlannedRun, Profile, eval_steps, missing_metrics, status_of
 from avae.results import INDEX
@@ -32,6 +39,23 @@ GPU_BENCH_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu-h2
 BATCH = 100
 BUILTIN_STEP_MS = {"vae": (15.0, 12.0), "vae-noise": (15.0, 12.0), "avb": (40.0, 35.0), "avae": (45.0, 40.0)}
 GPU_STEP_MS = 10.0  # without a GPU benchmark: an eager CUDA step, a pessimistic figure
+
+# Fixed costs, measured for issue 20 on the shared 2-core development machine as process time with
+# one torch thread (what they take on an idle core; smoke-profile runs, 2 members):
+TRAIN_CALL_SECONDS = 0.1  # a training call beyond its steps: model, checkpoint, card, sample grid
+EVAL_CALL_SECONDS = 0.1  # an evaluation call beyond its passes: load the run, eval.json, card (0.07)
+ANALYSIS_SECONDS = 1.1  # an analysis beyond its passes: Frechet distances, grids (1.06-1.21)
+# The feature classifier: trained at this many images per second (batch 128: 9.2 steps/s), then
+# tested on the 10,000 test images (1 epoch on 2,000 images took 8.0 s in all). CUDA: a guess.
+CLASSIFIER_IMAGES_PER_SECOND = {"cpu": 1.2e3, "cuda": 1.0e5}
+CLASSIFIER_TEST_SECONDS = {"cpu": 6.5, "cuda": 1.0}
+# Starting the executor, wall time measured here (the machine shared, load about 5): a worker process
+# (spawned for local --jobs > 1, or Ray's) importing avae took 4.9-7.0 s (2.5-3.4 s of process
+# time), the workers side by side, one per core; Ray's local cluster took 8.4-9.9 s to start
+# (`ray.init(num_cpus=2, include_dashboard=False)`, Ray 2.60, first task included) and 1.3-1.5 s to
+# stop. It waits on its own processes more than it computes, so an idle machine is hardly faster.
+WORKER_START_SECONDS = 5.0
+RAY_START_SECONDS = 10.0
 
 
 def fit_step_cost(entries: list[dict[str, Any]]) -> tuple[float, float] | None:
@@ -104,7 +128,7 @@ def estimate_train_seconds(
     else:
         a, b = fitted
         eval_s = members * max(e["test_pass_s_per_10k"] / e["members"] for e in entries)
-    return float(epochs * (steps * (a + b * members) + eval_s))
+    return float(epochs * (steps * (a + b * members) + eval_s)) + TRAIN_CALL_SECONDS
 
 
 RECENT_EPOCHS = 10  # a run's latest epochs time the epochs it has left
@@ -127,7 +151,7 @@ def same_device_kind(recorded: object, device: str) -> bool:
 
 
 def median(values: list[float]) -> float | None:
-    return sorted(values)[len(values) // 2] if values else None
+    return statistics.median(values) if values else None
 
 
 @dataclass
@@ -174,17 +198,23 @@ def estimate_eval_seconds(
     run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep], measured: Measured | None = None
 ) -> float:
     """Evaluation and analysis time of the steps a run still needs: what alike runs took for each
-    part (`measured`), else the cost model's figure."""
-    test, members = run.cfg.test_subset or 10000, len(run.cfg.seeds)
+    part (`measured`), else the cost model's figure (each part a call of its own, as `execute_run`
+    makes them)."""
+    test, members = test_points(run.cfg), len(run.cfg.seeds)
     took = measured.part_seconds if measured else {}
     seconds = sum(
         took.get(key)
-        or metric_seconds(
-            family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device
+        or (
+            EVAL_CALL_SECONDS
+            + metric_seconds(
+                family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device
+            )
         )
         for key, family, settings in steps
     )
-    analysis = took.get("analysis") or 3 * profile.analysis_samples * members / decoder_rate(device)
+    analysis = took.get("analysis") or (
+        ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
+    )
     return seconds + analysis
 
 
@@ -213,3 +243,41 @@ def estimate_run_seconds(
         return train_s, 0.0
     todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))
     return train_s, estimate_eval_seconds(run, profile, device, todo, alike)
+
+
+def classifier_seconds(epochs: int, images: int, device: str) -> float:
+    """Wall time of training the feature classifier for `epochs` epochs over `images` images and
+    testing it."""
+    kind = device_kind(device)
+    return epochs * images / CLASSIFIER_IMAGES_PER_SECOND[kind] + CLASSIFIER_TEST_SECONDS[kind]
+
+
+def start_seconds(executor: str, jobs: int) -> float:
+    """Wall time of starting the executor of `jobs` runs at a time: none for local runs in this
+    process; the workers' imports for local worker processes; Ray's cluster and its workers."""
+    if executor == "local" and jobs == 1:
+        return 0.0
+    workers = WORKER_START_SECONDS * math.ceil(jobs / (os.cpu_count() or 1))
+    return workers + (RAY_START_SECONDS if executor == "ray" else 0.0)
+
+
+def classifiers_seconds(profile: Profile, out: Path, device: str) -> float:
+    """Compute time of the feature classifiers the profile's analyses need and `out` does not cache
+    yet (each trained once, by the first run that reaches its analysis)."""
+    images = profile.classifier_subset or SPLIT_SIZES["train"]
+    return sum(
+        classifier_seconds(profile.classifier_epochs, images, device)
+        for dataset in (profile.datasets if profile.evaluate else ())
+        if not classifier_path(out, dataset).exists()
+    )
+
+
+def plan_seconds(
+    compute: float, parallel: int, profile: Profile, out: Path, device: str, executor: str, jobs: int
+) -> float:
+    """Wall time of a profile's plan whose runs need `compute` seconds (`estimate_run_seconds`):
+    with the classifiers still to train, shared by `parallel` runs at a time, after the executor
+    has started; nothing when no run has work left."""
+    if not compute:
+        return 0.0
+    return (compute + classifiers_seconds(profile, out, device)) / parallel + start_seconds(executor, jobs)

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from avae import data
+from avae import data, userdata
 from avae import objectives as obj
 from avae.card import write_card
-from avae.config import Runtime
+from avae.config import Runtime, TrainConfig
 from avae.errors import ConfigError
 from avae.graphs import use_device
 from avae.io import read_json, write_json
@@ -356,13 +356,27 @@ DECODER_EVALS_PER_SECOND = {"cpu": 3.6e4, "cuda": 1.0e7}
 SEQUENTIAL_EVALS_PER_SECOND = {"cpu": 3.6e4, "cuda": 1.3e6}
 
 
+# Seconds of one sequential HMC leapfrog step of AIS beyond its decoder passes (Python, autograd and
+# dispatch; a batch of points shares it), which dominates AIS on a few points. CPU: measured with
+# one torch thread on the shared 2-core development machine as process time (what it takes on an
+# idle core): AIS and BDMC on 10-50 points, 2-8 chains, 20-40 steps, 1.2-1.9 ms. CUDA: not measured
+# (the sequential rate above carries the launches at the benchmark's batch size).
+SEQUENTIAL_STEP_SECONDS = {"cpu": 1.5e-3, "cuda": 0.0}
+SEQUENTIAL_RUNS = {"ais": 2, "bdmc": 3}  # AIS runs one after another per batch: pilot, counted (+ reverse)
+
+
 def decoder_rate(device: str, sequential: bool = False) -> float:
     rates = SEQUENTIAL_EVALS_PER_SECOND if sequential else DECODER_EVALS_PER_SECOND
-    return rates["cuda" if device.startswith("cuda") else "cpu"]
+    return rates[device_kind(device)]
+
+
+def device_kind(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def metric_seconds(family: str, settings: EvalSettings, points: int, members: int, device: str) -> float:
-    """The cost model's time for one metric family on `points` test points (before --subset)."""
+    """The cost model's time for one metric family on `points` test points (before --subset): its
+    decoder passes and, for AIS and BDMC, the fixed cost of their sequential steps."""
     n = min(points, settings.subset) if settings.subset else points
     transitions = settings.ais_chains * settings.ais_steps * (settings.leapfrog + 1) * 1.25  # + the pilot
     passes = {
@@ -374,7 +388,20 @@ def metric_seconds(family: str, settings: EvalSettings, points: int, members: in
         "ais": n * transitions,
         "bdmc": 2 * settings.bdmc_points * transitions,
     }[family]
-    return passes * members / decoder_rate(device, sequential=family in ("ais", "bdmc"))
+    batches = math.ceil((settings.bdmc_points if family == "bdmc" else n) / settings.batch_size)
+    steps = SEQUENTIAL_RUNS.get(family, 0) * batches * settings.ais_steps * (settings.leapfrog + 1)
+    sequential = steps * SEQUENTIAL_STEP_SECONDS[device_kind(device)]
+    return passes * members / decoder_rate(device, sequential=family in SEQUENTIAL_RUNS) + sequential
+
+
+def test_points(cfg: TrainConfig) -> int:
+    """How many test points a run is evaluated on: its data set's test split (the user's own data
+    is read to count them), cut to the run's test_subset."""
+    if userdata.is_user_data(cfg.dataset):
+        points = len(userdata.splits(cfg.dataset, cfg.test_data, cfg.test_fraction)[1])
+    else:
+        points = data.SPLIT_SIZES["test"]
+    return min(points, cfg.test_subset) if cfg.test_subset else points
 
 
 def evaluate_run(

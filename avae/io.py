@@ -1,5 +1,7 @@
 """Crash-safe file writes: a file is written to a temporary sibling, fsynced, then renamed over
 the target, so a reader sees either the old complete file or the new complete one, never a part.
+Beside them: JSON and CSV reading, a check that an output folder can be written before anything is
+(`check_writable_dir`), and an OSError worded as one sentence (`os_error_sentence`).
 
 A process killed mid-write (SIGKILL, power loss) can leave only a temporary sibling named
 ``.<name>.<random>.tmp`` behind, never a damaged target; `remove_stale_temporaries` clears those.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from avae.errors import AvaeError
+from avae.errors import AvaeError, ConfigError
 
 TMP_SUFFIX = ".tmp"
 
@@ -112,13 +115,68 @@ def write_json(path: str | Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
+def read_json(path: str | Path, what: str = "file", parse: Callable[[Any], Any] | None = None) -> Any:
+    """The JSON value in `path`, or `parse(value)`: an error of `parse` (a bad or missing value in a
+    hand-edited file) is raised again naming the file, as an unreadable file is."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AvaeError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AvaeError(f"{what} {path} is not readable JSON ({exc}); fix or delete it") from None
+    if parse is None:
+        return payload
+    try:
+        return parse(payload)
+    except AvaeError as exc:  # the same error, its message naming the file
+        fix = "; fix that value in the file" if isinstance(exc, ConfigError) else ""
+        exc.args = (f"{what} {path}: {exc}{fix}",)
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise AvaeError(
+            f"{what} {path} lacks or garbles an entry ({type(exc).__name__}: {exc}); restore that entry"
+        ) from None
+
+
+def check_writable_dir(path: str | Path, what: str = "--out", fix: str = "") -> None:
+    """Refuse, before anything is written, a folder that cannot be created or written in: a file in
+    its place or on its way, or a nearest existing folder this process may not write in (permissions,
+    a read-only file system). Creates nothing. `fix` says what to do (default: choose another `what`)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = (
+            "is a file, not a directory" if existing == path else f"cannot be made: {existing} is a file"
+        )
+        raise ConfigError(f"{what} {path} {problem}; {fix or f'choose another {what}'}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{what} {path} cannot be written: {existing} is not writable for this user; "
+            f"{fix or f'make it writable or choose another {what}'}"
+        )
+
+
+# What to do about an operating-system error no precise check caught (`os_error_sentence`).
+OS_ERROR_FIXES = {
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only: choose a writable path",
+    errno.EEXIST: "a file is in the way: choose another path or move that file",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: choose another path",
+    errno.ENOSPC: "free disk space, then run the same command again (finished work is kept)",
+    errno.EDQUOT: "free disk space, then run the same command again (finished work is kept)",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_sentence(exc: OSError) -> str:
+    """One sentence for an OSError: the path, what the system said and what to do."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    fix = OS_ERROR_FIXES.get(exc.errno or 0, "check the path and its file system, then try again")
+    return f"{paths or 'a file operation failed'}: {exc.strerror or exc}; {fix}"
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

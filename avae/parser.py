@@ -15,6 +15,7 @@ from avae.models import ADV_UPDATES, MODELS
 from avae.paper import EXPERIMENTS
 from avae.plan import PROFILES
 from avae.runner import EXECUTORS
+from avae.version import __version__
 
 try:
     import tomllib
@@ -196,7 +197,9 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     """How to run (never what the numbers are): --device, --data-dir, --threads."""
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--data-dir", help="data cache directory (default $AVAE_DATA_DIR or ~/.cache/avae)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads, 1 to this machine's cores (default: torch's choice)"
+    )
 
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +234,7 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         description="Adversarial variational autoencoders: train, evaluate, sample and compare VAE, "
         "VAE+eps, AVB, AVB-AC and AVAE on MNIST, Fashion-MNIST or your own data.",
     )
+    parser.add_argument("--version", action="version", version=f"avae {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -448,6 +452,8 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "--pythae-python",
         help="a Python interpreter with pythae==0.1.2 installed, for the external peer (default: skip it)",
     )
-    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: as configured)")
+    bench.add_argument(
+        "--threads", type=int, help="torch threads, 1 to this machine's cores (default: as configured)"
+    )
     bench.set_defaults(func=handlers["bench"])
     return parser

@@ -3,13 +3,20 @@ and exactly one line on stderr, `avae: error: ...`, and no run directory is crea
 
 from __future__ import annotations
 
+import argparse
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from avae.cli import main
+import avae
+from avae import cli, costs
+from avae import io as avae_io
+from avae.cli import check_threads, main
+from avae.errors import ConfigError
 from avae.runs import CHECKPOINT
 
 SMALL = ["--hidden", "32,16", "--latent-dim", "4", "--batch-size", "50"]
@@ -208,3 +215,155 @@ def test_resume_of_a_missing_or_empty_folder_is_an_error(tmp_path, capsys, synth
 def test_malformed_seed_lists_are_refused(capsys, tmp_path, seeds):
     err = refused(capsys, ["train", "--seeds", seeds, "--out", str(tmp_path / "r")])
     assert "comma-separated integers" in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"avae {avae.__version__}"
+
+
+@pytest.mark.parametrize(
+    "threads,fragment",
+    [
+        ("999999", "--threads 999999 is more than this machine's"),
+        ("0", "--threads must be a positive integer, got 0"),
+        ("-2", "--threads must be a positive integer, got -2"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "evaluate", "reproduce"])
+def test_threads_outside_1_to_the_cores_are_refused(tmp_path, capsys, command, threads, fragment):
+    out = tmp_path / "run"
+    argv = {
+        "train": ["train", "--out", str(out)],
+        "evaluate": ["evaluate", str(out)],
+        "reproduce": ["reproduce", "--profile", "smoke", "--out", str(out)],
+    }[command]
+    assert fragment in refused(capsys, [*argv, "--threads", threads])
+    assert not out.exists()
+
+
+def test_threads_beyond_this_machine_are_left_to_a_ray_cluster_at_an_address():
+    """The tasks of `--executor ray --address` run on the cluster's nodes, not here."""
+    check_threads(argparse.Namespace(threads=10**6, address="10.0.0.1:6379"))
+    with pytest.raises(ConfigError, match="more than this machine's"):
+        check_threads(argparse.Namespace(threads=10**6, address=None))
+
+
+def deny_writes(monkeypatch, folder: Path) -> None:
+    """As root, chmod takes no write permission away, so a folder without it is simulated where
+    the check asks the system (os.access)."""
+    real = os.access
+    monkeypatch.setattr(avae_io.os, "access", lambda p, mode: Path(p) != folder and real(p, mode))
+
+
+@pytest.mark.parametrize(
+    "argv,work",
+    [
+        (["train", *SMALL, "--epochs", "1", "--no-progress"], "train"),
+        (["sweep", "--grid", "lr=0.001"], "sweep"),
+        (["reproduce", "--profile", "smoke"], "reproduce"),
+        (["bench", "--quick"], "cmd_bench"),
+    ],
+)
+def test_an_unwritable_out_is_refused_before_anything_runs(
+    tmp_path, capsys, monkeypatch, synthetic_data, argv, work
+):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = locked / "out"
+    deny_writes(monkeypatch, locked)
+    ran = []  # the work is stood in for: only the check before it is tested
+    monkeypatch.setattr(cli, work, lambda *a, **k: ran.append(out.mkdir()))
+    err = refused(capsys, [*argv, "--out", str(out)])
+    assert f"--out {out} cannot be written: {locked} is not writable" in err
+    assert not out.exists() and not ran
+
+
+def test_an_unwritable_run_directory_is_refused_before_evaluating(
+    tmp_path, capsys, monkeypatch, synthetic_data
+):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    before = snapshot(run)
+    capsys.readouterr()
+    deny_writes(monkeypatch, run)
+    err = refused(capsys, ["evaluate", str(run), "--metrics", "elbo"])
+    assert f"RUN_DIR {run} cannot be written" in err and "copy the run to a writable folder" in err
+    assert snapshot(run) == before
+
+
+def test_reproduce_out_that_is_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("not a folder")
+    err = refused(capsys, ["reproduce", "--profile", "smoke", "--out", str(out), "--no-progress"])
+    assert f"--out {out} is a file, not a directory; choose another --out" in err
+    assert out.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "error,fragment",
+    [
+        (PermissionError(errno.EACCES, "Permission denied"), "Permission denied; check its permissions"),
+        (FileExistsError(errno.EEXIST, "File exists"), "File exists; a file is in the way"),
+        (IsADirectoryError(errno.EISDIR, "Is a directory"), "a folder stands where a file is needed"),
+        (OSError(errno.ENOSPC, "No space left on device"), "free disk space, then run the same command"),
+    ],
+)
+def test_an_os_error_no_check_foresaw_is_one_sentence_naming_the_path(
+    tmp_path, capsys, monkeypatch, error, fragment
+):
+    error.filename = str(tmp_path / "somewhere")
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli, "reproduce", fails)
+    err = refused(capsys, ["reproduce", "--profile", "smoke", "--out", str(tmp_path / "out")])
+    assert err.startswith(f"avae: error: {tmp_path / 'somewhere'}: ") and fragment in err
+
+
+def test_an_unreadable_image_folder_is_one_sentence(tmp_path, capsys, monkeypatch):
+    """As root, chmod 000 does not stop reads, so listing the folder is made to fail as it would."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    real = Path.iterdir
+
+    def iterdir(path):
+        if path == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    err = refused(capsys, ["train", "--dataset", str(folder), "--out", str(tmp_path / "run")])
+    assert f"{folder}: Permission denied; check its permissions" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_analyse_says_that_it_trains_the_classifier_and_for_how_long(
+    tmp_path, capsys, monkeypatch, synthetic_data
+):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "ensure_classifier", lambda path, *a, **k: path)  # not trained here
+    monkeypatch.setattr(cli, "analyse_run", lambda *a, **k: {})
+    assert main(["analyse", str(run), "--classifier-epochs", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    minutes = costs.classifier_seconds(2, 60000, "cpu") / 60
+    assert first.startswith("avae analyse: training the feature classifier for mnist once (2 epochs on 60000")
+    assert f"about {minutes:.1f} min on cpu" in first and str(tmp_path / "classifiers") in first
+
+
+def test_threads_apply_to_the_whole_command_and_are_restored_after_it(
+    tmp_path, capsys, monkeypatch, synthetic_data
+):
+    """`avae analyse --threads 1` trains its classifier with one thread (it used torch's default)."""
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--epochs", "1", "--out", str(run), "--no-progress"]) == 0
+    seen = []
+    monkeypatch.setattr(cli, "ensure_classifier", lambda path, *a, **k: seen.append(torch.get_num_threads()))
+    monkeypatch.setattr(cli, "analyse_run", lambda *a, **k: {})
+    torch.set_num_threads(2)
+    assert main(["analyse", str(run), "--threads", "1"]) == 0
+    assert seen == [1] and torch.get_num_threads() == 2

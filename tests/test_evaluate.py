@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from avae.cli import main
 from avae.config import Runtime, make_config
 from avae.models import ModelConfig, build_model
 from avae.nets import MemberRandom
-from avae.runs import load_run
+from avae.runs import load_run, read_config
 from avae.train import train
 
 QUIET = Runtime(progress=False)
@@ -158,3 +159,34 @@ def test_the_reconstruction_term_is_exact_when_the_decoder_ignores_z(name):
     ).sum(-1).double()
     got = [m["value"] for m in entries["neg_recon"]["per_member"]]
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), exact.mean(1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_estimate_before_an_evaluation_counts_the_runs_own_test_points(tmp_path, capsys):
+    """Own data with 200 examples holds out 20 test points: the estimate is for those 20, not for
+    MNIST's 10,000."""
+    path = tmp_path / "vectors.npy"
+    np.save(path, np.random.default_rng(0).random((200, 30)).astype("float32"))
+    run = small_run(tmp_path, model="vae", epochs=1, dataset=str(path), seeds=(0,), pixels="continuous")
+    assert ev.test_points(read_config(run)) == 20
+    assert main(["evaluate", str(run), "--metrics", "elbo,iwae", "--k", "1,5"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("avae evaluate: elbo, iwae on 20 test points x 1 members: about 0.0 min")
+
+
+def test_test_points_of_a_registered_data_set_are_its_test_split_cut_to_the_subset():
+    assert ev.test_points(make_config({"test_subset": 0})) == 10000
+    assert ev.test_points(make_config({"test_subset": 300})) == 300
+    assert ev.test_points(make_config({"test_subset": 50000})) == 10000  # no more than there are
+
+
+def test_ais_costs_its_sequential_steps_even_on_a_few_points():
+    """AIS on a few points is bound by its sequential HMC steps, not by its decoder passes: the
+    smoke profile's AIS on 10 points (20 steps, 2 chains) took about 0.9-1.3 s of process time."""
+    settings = scoring.EvalSettings(ais_steps=20, ais_chains=2, bdmc_points=5)
+    ais = ev.metric_seconds("ais", settings, 10, 2, "cpu")
+    assert 0.7 < ais < 1.6
+    assert ev.metric_seconds("bdmc", settings, 10, 2, "cpu") > ais  # forward and reverse
+    more = ev.metric_seconds(
+        "ais", scoring.EvalSettings(ais_steps=20, ais_chains=2, batch_size=5), 10, 2, "cpu"
+    )
+    assert more > ais  # two batches: each runs its steps
