@@ -127,6 +127,14 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "--ac-samples",
         {"type": int, "help": "AVB-AC: encoder draws per point for q(z|x)'s moments (default 8)"},
     ),
+    (
+        "--ac-moments",
+        {
+            "choices": ("others", "all"),
+            "help": "AVB-AC: standardise z by the moments of the other draws (others, the default) or of "
+            "all draws, z included (all: how AVB-AC was trained before; it bounds the standardised z)",
+        },
+    ),
     ("--batch-size", {"type": int, "help": "minibatch size (default 100)"}),
     ("--epochs", {"type": int, "help": "number of epochs (default 10)"}),
     (
@@ -400,12 +408,14 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
 
     report = commands.add_parser(
         "report",
-        help="write DIR/report.md, figures and CSVs from a reproduction",
+        help="write DIR/report.md, figures and CSVs from a reproduction or a sweep",
         description="Read the run directories of `avae reproduce --out DIR` and write DIR/report.md: "
         "Table 1 beside the paper, honest IWAE/AIS figures, Figs. 6-8, a verdict for each claim and "
-        "analyses beyond the paper; PNG figures and CSV files go to DIR/report/.",
+        "analyses beyond the paper; PNG figures and CSV files go to DIR/report/. On the --out of "
+        "`avae sweep`, a row and a curve per point. For a single run, `avae evaluate RUN_DIR` writes its "
+        "figures and its model card lists them.",
     )
-    report.add_argument("dir", metavar="DIR", help="the --out directory of `avae reproduce`")
+    report.add_argument("dir", metavar="DIR", help="the --out directory of `avae reproduce` or `avae sweep`")
     report.set_defaults(func=handlers["report"])
 
     publish = commands.add_parser(

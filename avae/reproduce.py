@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from avae.config import Runtime
-from avae.costs import estimate_run_seconds
+from avae.costs import estimate_run_seconds, plan_seconds
 from avae.errors import AvaeError, ConfigError
 from avae.figures import format_table
-from avae.io import atomic_write_text, read_json, write_json
+from avae.io import atomic_write_text, check_writable_dir, read_json, write_json
 from avae.plan import (
     PlannedRun,
     Profile,
@@ -187,11 +187,12 @@ def reproduce(
         print(note, file=sys.stderr, flush=True)
     if dry_run:
         table, total = dry_run_table(profile, out, runtime.device)
+        parallel = min(jobs, os.cpu_count() or 1)
+        wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs)
         print(table)
         print(
             f"\n{len(runs)} runs of profile {profile.name!r} on {runtime.device}: about {clock(total)} of "
-            f"compute in all (estimate), about {clock(total / min(jobs, os.cpu_count() or 1))} "
-            f"with --jobs {jobs}"
+            f"compute in all (estimate), about {clock(wall)} with --jobs {jobs}"
         )
         if runtime.device.startswith("cuda") and not torch.cuda.is_available():
             print(
@@ -201,12 +202,14 @@ def reproduce(
             )
         return []
     check_executor(executor, address, runtime.device)  # before anything is written
+    check_writable_dir(out)  # an --out that is a file, or that this user may not write in
     estimates = {run.key: sum(estimate_run_seconds(run, profile, out, runtime.device)) for run in runs}
     parallel = max(1, min(jobs, len(runs)))
     left = sum(1 for seconds in estimates.values() if seconds)
+    wall = plan_seconds(sum(estimates.values()), parallel, profile, out, runtime.device, executor, jobs)
     print(
         f"avae reproduce: profile {profile.name!r}, {len(runs)} runs, {left} with work left; about "
-        f"{clock(sum(estimates.values()) / parallel)} on {runtime.device} with --jobs {jobs} "
+        f"{clock(wall)} on {runtime.device} with --jobs {jobs} "
         "(estimate from the cost model; --dry-run lists every run)",
         flush=True,
     )

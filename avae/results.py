@@ -25,7 +25,7 @@ from avae.runs import (
 
 MANIFEST = "reproduce.json"
 INDEX = "index.json"
-SWEEP = "sweep.json"  # what `avae sweep` writes (avae.sweep, a floor above, names it the same)
+SWEEP = "sweep.json"  # what `avae sweep` writes
 
 
 @dataclass

@@ -114,7 +114,8 @@ def record_resume(run_dir: Path, cfg: TrainConfig, from_epoch: int) -> None:
 
 def read_config(run_dir: str | Path) -> TrainConfig:
     """The configuration recorded in RUN_DIR/config.json."""
-    return make_config(read_json(Path(run_dir) / CONFIG, "run configuration")["config"])
+    path = Path(run_dir) / CONFIG  # a hand-edited value's error names the file
+    return read_json(path, "run configuration", parse=lambda record: make_config(record["config"]))
 
 
 def checkpoint_epoch(run_dir: Path) -> int:

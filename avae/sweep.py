@@ -27,6 +27,7 @@ from avae.figures import format_table
 from avae.io import read_json, write_json
 from avae.models import MODELS, ModelConfig
 from avae.plan import EvalStep, PlannedRun, missing_metrics
+from avae.results import SWEEP
 from avae.runner import (
     PlanProgress,
     Task,
@@ -40,7 +41,6 @@ from avae.runner import (
 from avae.runs import EVAL, checkpoint_epoch, divergence_label, read_divergence, read_record
 from avae.scoring import EvalSettings
 
-SWEEP = "sweep.json"
 LIST_SEPARATOR = "/"
 GRID_KEYS = (MODEL_KEYS | TRAIN_KEYS | {"model"}) - {"seeds"}
 FIELD_TYPES = {f.name: str(f.type) for cls in (ModelConfig, TrainConfig) for f in fields(cls)}
