@@ -215,3 +215,37 @@ def test_a_sweep_point_that_diverges_on_ray_fails_alone_and_keeps_its_record(clu
     good, bad = read_json(out / SWEEP)["points"]
     assert "neg_elbo" in good["figures"] and bad["diverged"]["epoch"] == 1
     assert ray.is_initialized()  # the caller's cluster is left running
+
+
+@needs_ray
+def test_a_killed_driver_takes_the_ray_cluster_it_started_with_it(tmp_path):
+    """`avae sweep --executor ray` without --address starts a local Ray cluster (GCS, raylet, agents
+    that ignore SIGTERM, workers). SIGKILL the driver while a task trains: 10 s later none of the
+    processes it started is left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    out = tmp_path / "out"
+    settings = list(SWEEP_SETTINGS)
+    settings[settings.index("--epochs") + 1] = "40"  # still training when it is killed
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    command = [sys.executable, "-m", "avae", "sweep", *settings, "--executor", "ray", "--jobs", "2"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    driver = subprocess.Popen([*command, "--out", str(out)], env=env, start_new_session=True, **quiet)
+    noted: set[psutil.Process] = set()
+    deadline = time.monotonic() + 240
+    while driver.poll() is None and time.monotonic() < deadline and not list(out.glob("*/checkpoint.*")):
+        noted |= set(psutil.Process(driver.pid).children(recursive=True))
+        time.sleep(0.2)
+    assert driver.poll() is None, "the sweep ended before a task had trained an epoch"
+    noted |= set(psutil.Process(driver.pid).children(recursive=True))
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    _, left = psutil.wait_procs(list(noted), timeout=10)
+    for process in left:
+        process.kill()
+    assert len(noted) > 3 and not left, [p.pid for p in left]
