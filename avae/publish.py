@@ -12,7 +12,7 @@ from typing import Any
 from avae.errors import ConfigError
 from avae.figures import format_table
 from avae.io import atomic_write_text, read_json
-from avae.plan import analysis_done, eval_steps, manifest_profile, missing_metrics, runs_for
+from avae.plan import analysis_done, eval_steps, manifest_profile, missing_metrics, runs_for, status_of
 from avae.report import write_report
 from avae.results import INDEX, MANIFEST, RunResult, collect_runs
 from avae.runs import ANALYSIS, CONFIG, DIVERGED, EVAL, METRICS
@@ -45,19 +45,24 @@ def publish(out: str | Path, dest: str | Path) -> Path:
 
 def finished_runs(out: Path) -> tuple[list[RunResult], list[str]]:
     """The runs of OUT trained to their last epoch and, where OUT's manifest names a known profile,
-    with every planned metric and the analysis; and one line for each planned run left out (still
-    training, evaluating, or not started): a half-trained run is never published as a result. A
-    diverged run is an outcome, and is published with its record (runs.DIVERGED)."""
+    with every planned metric and the analysis; and one line for each run left out (still training,
+    evaluating, not started, or no longer planned): a half-trained run is never published as a
+    result. A diverged run is an outcome, and is published with its record (runs.DIVERGED); a run
+    copied in from published results without weights is published with the figures it has."""
     manifest = read_json(out / MANIFEST) if (out / MANIFEST).exists() else {}
     profile = manifest_profile(manifest)  # None: training complete is the test
     planned = {run.dir_name: run for run in runs_for(profile)} if profile else {}
     done, pending = [], []
     for run in collect_runs(out):
         plan = planned.pop(run.dir.name, None)
-        if run.divergence:
+        if profile and plan is None:
+            pending.append(f"{run.dir.name}: planned by an earlier version, not by profile {profile.name}")
+        elif run.divergence:
             done.append(run)
         elif run.trained_epochs < run.cfg.epochs:
             pending.append(f"{run.dir.name}: trained {run.trained_epochs} of {run.cfg.epochs} epochs")
+        elif plan and status_of(plan, profile, out)[0] == "published":
+            done.append(run)  # copied from published results without weights: its figures as they are
         elif plan and (
             missing_metrics(run.dir, run.cfg, eval_steps(plan, profile))
             or (profile.evaluate and not analysis_done(run.dir, run.cfg))

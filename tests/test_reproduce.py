@@ -459,3 +459,20 @@ def test_publish_leaves_out_unfinished_runs_and_says_so(smoke, tmp_path):
     assert f"{unevaluated.name}: trained, evaluation unfinished" in index
     assert f"{untrained.name}: trained 1 of 2 epochs" in index
     assert f"{unstarted.name}: no finished epoch yet" in index
+
+
+def test_publishing_the_paper_profile_keeps_published_runs_and_leaves_out_unplanned_ones(tmp_path):
+    """paper-z10's runs copied into a 'paper' reproduction are published as they are (they lack only
+    the reconstruction term, which needs their weights); its AVB-AC runs, trained before ac_moments,
+    are no run of the profile now and are left out, each with one line."""
+    out = tmp_path / "paper"
+    names = []
+    for config in (ROOT / "results" / "paper-z10").glob("*/config.json"):
+        shutil.copytree(config.parent, out / config.parent.name)
+        names.append(config.parent.name)
+    manifest = {"profile": "paper", "settings": {}, "runs": [{"dir": name} for name in names]}
+    (out / "reproduce.json").write_text(json.dumps(manifest))
+    done, pending = finished_runs(out)
+    assert sorted(run.dir.name for run in done) == sorted(n for n in names if not n.startswith("avb-ac"))
+    left_out = sorted(line.split(":")[0] for line in pending if "planned by an earlier version" in line)
+    assert left_out == sorted(n for n in names if n.startswith("avb-ac"))
