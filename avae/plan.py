@@ -17,7 +17,7 @@ from avae.config import TrainConfig, config_hash, make_config
 from avae.data import DATASETS
 from avae.errors import ConfigError
 from avae.models import MODELS
-from avae.paper import EXPERIMENTS, PAPER_TABLE1, noise_of
+from avae.paper import EXPERIMENTS, PAPER_LATENTS, PAPER_TABLE1, noise_of
 from avae.runs import (
     ANALYSIS,
     EVAL,
@@ -68,6 +68,26 @@ class Profile:
         return tuple(sorted({n for n in (self.ais_points, self.iwae_points) if n}))
 
 
+PAPER_Z10 = Profile(
+    "paper-z10",
+    "the central comparison at paper scale: latent 10, noise 10, every model and reading, "
+    "5 seeds, 100 epochs on all 60,000 training images",
+    epochs=100,
+    seeds=(0, 1, 2, 3, 4),
+    latent_dims=(10,),
+    experiments=("table1",),
+    honest_latents=(10,),
+    iwae_points=2000,
+    ais_points=200,
+    ais_steps=1000,
+    ais_chains=4,
+    bdmc_points=20,
+    analysis_samples=10000,
+    classifier_epochs=10,
+    measured="11.4 h of one process in all, not wall time (training 8.4 h), on a 2-core Intel Xeon "
+    "with --jobs 2 (results/paper-z10)",
+)
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke",
@@ -105,44 +125,21 @@ PROFILES: dict[str, Profile] = {
         classifier_epochs=5,
         measured="93 s on one NVIDIA H200 with --device cuda --jobs 8 (results/quick-h200)",
     ),
-    "paper-z10": Profile(
-        "paper-z10",
-        "the central comparison at paper scale: latent 10, noise 10, every model and reading, "
-        "5 seeds, 100 epochs on all 60,000 training images",
-        epochs=100,
-        seeds=(0, 1, 2, 3, 4),
-        latent_dims=(10,),
-        experiments=("table1",),
-        honest_latents=(10,),
-        iwae_points=2000,
-        ais_points=200,
-        ais_steps=1000,
-        ais_chains=4,
-        bdmc_points=20,
-        analysis_samples=10000,
-        classifier_epochs=10,
-        measured="11.4 h of one process in all, not wall time (training 8.4 h), on a 2-core Intel Xeon "
-        "with --jobs 2 (results/paper-z10)",
-    ),
-    "paper": Profile(
-        "paper",
-        "the whole paper at paper scale with paper-z10's evaluation: every experiment (latent 10, 15 "
-        "and 20; noise 5, 10 and 15), 5 seeds, 100 epochs on all 60,000 training images; IWAE and AIS "
-        "on every run, and the reconstruction term. Its latent-10, noise-10 runs are paper-z10's: copy "
-        "results/paper-z10's run folders into --out and they are reused as published (without the "
-        "reconstruction term, which needs their weights), but for AVB-AC, trained anew since its "
-        "moments no longer include z",
-        epochs=100,
-        seeds=(0, 1, 2, 3, 4),
+    "paper-z10": PAPER_Z10,
+    "paper": replace(
+        PAPER_Z10,
+        name="paper",
+        description="the whole paper at paper scale with paper-z10's evaluation: every experiment "
+        "(latent 10, 15 and 20; noise 5, 10 and 15), 5 seeds, 100 epochs on all 60,000 training "
+        "images; IWAE and AIS on every run, and the reconstruction term. Its latent-10, noise-10 runs "
+        "are paper-z10's: copy results/paper-z10's run folders into --out and they are reused as "
+        "published (without the reconstruction term, which needs their weights), but for AVB-AC, "
+        "trained anew since its moments no longer include z",
+        latent_dims=PAPER_LATENTS,
+        experiments=tuple(EXPERIMENTS),
+        honest_latents=PAPER_LATENTS,
         honest_every_noise=True,
         recon=True,
-        iwae_points=2000,
-        ais_points=200,
-        ais_steps=1000,
-        ais_chains=4,
-        bdmc_points=20,
-        analysis_samples=10000,
-        classifier_epochs=10,
         measured="paper-z10's runs: 11.4 h of one process for 12 runs (training 8.4 h), on a 2-core "
         "Intel Xeon with --jobs 2 (results/paper-z10)",
     ),
