@@ -139,10 +139,10 @@ def diverged_note(runs: list[PlannedRun], out: Path) -> str:
     return "\n".join(lines)
 
 
-def published_note(runs: list[PlannedRun], profile: Profile, out: Path) -> str:
+def published_note(runs: list[PlannedRun], profile: Profile, out: Path, status: dict[str, str]) -> str:
     """One line for the runs copied from published results without weights that lack a planned
     figure: they are reported as they are; only retraining adds the figure."""
-    published = [run for run in runs if status_of(run, profile, out)[0] == "published"]
+    published = [run for run in runs if status[run.key] == "published"]
     if not published:
         return ""
     missing = set()
@@ -183,7 +183,8 @@ def reproduce(
     check_executor(executor, address, runtime.device, need_ray=False)
     out = Path(out).resolve() if executor == "ray" else Path(out)  # the same path on every node
     runs = runs_for(profile)
-    if note := published_note(runs, profile, out):
+    status = {run.key: status_of(run, profile, out)[0] for run in runs}  # each reads a checkpoint: once
+    if note := published_note(runs, profile, out, status):
         print(note, file=sys.stderr, flush=True)
     if dry_run:
         table, total = dry_run_table(profile, out, runtime.device)
@@ -230,7 +231,7 @@ def reproduce(
     tasks = [
         Task(run, profile, out, worker, tensorboard)
         for run in runs
-        if status_of(run, profile, out)[0] not in left_alone
+        if status[run.key] not in left_alone
     ]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
