@@ -4,7 +4,8 @@
 - active latent units (Burda et al. 2016);
 - a Frechet distance of samples to test images on the features of a classifier trained once per
   data set and cached as safetensors;
-- a reconstruction grid.
+- a reconstruction grid;
+- whether a noise-injected encoder uses its noise (`noise_usage`, on demand: scripts/noise_usage.py).
 
 `avae reproduce` (or `avae analyse RUN`) runs them; `avae report` only reads their results.
 """
@@ -15,6 +16,8 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,10 @@ from tqdm.auto import tqdm
 
 from avae import data
 from avae.config import Runtime
+from avae.errors import ConfigError
 from avae.figures import save_image_grid
 from avae.io import atomic_write_bytes, file_lock, write_json
+from avae.models import LatentModel
 from avae.nets import MemberRandom
 from avae.runs import ANALYSIS, load_run
 
@@ -247,3 +252,148 @@ def sample_quality(model, cfg, test_x: torch.Tensor, classifier: Path, per_membe
         reference = frechet_distance(classifier_features(net, train_x), test_features)
     keys = ("architecture", "epochs", "train_images", "test_accuracy")
     return {"classifier": {k: net_meta.get(k) for k in keys}, "reference_frechet_distance": reference}
+
+
+# --- does a noise-injected encoder use its noise? ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberNoiseUsage:
+    """One member's noise usage on the test points (variances in latent units squared).
+
+    - mean_spread: Var_eps[mu(x, eps)], averaged over points and coordinates.
+    - within_variance: E_eps[sigma^2(x, eps)], averaged over points and coordinates.
+    - noise_share: the sum over points and coordinates of Var_eps[mu] over that of
+      Var_eps[mu] + E_eps[sigma^2], i.e. the share of tr Var[z|x] due to the noise (0: unused).
+    - coordinate_share: the same ratio per latent coordinate (summed over points only).
+    - image_spread: Var_x[E_eps mu(x, eps)] across the test points, averaged over coordinates: how far
+      q's mean moves from image to image, the scale to read mean_spread against. Estimated from the
+      K-draw means less E_x[Var_eps mu] / K, the part of their spread due to the draws (so unbiased).
+    - active_units: coordinates whose Var_x[E_eps mu] exceeds ACTIVE_UNIT_VARIANCE (Burda et al. 2016).
+    - active_share: noise_share over the active units alone (nan without one): an inactive unit has
+      sigma near 1 and a mean near 0, and would otherwise dilute the share of those in use.
+    """
+
+    seed: int
+    mean_spread: float
+    within_variance: float
+    noise_share: float
+    coordinate_share: tuple[float, ...]
+    image_spread: float
+    active_units: int
+    active_share: float
+
+
+@dataclass(frozen=True)
+class NoiseUsage:
+    """`noise_usage`'s result: the settings it ran with and one record per member."""
+
+    points: int
+    draws: int
+    latent_dim: int
+    noise_dim: int
+    stream: str
+    members: tuple[MemberNoiseUsage, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+NOISE_USAGE_DEFINITIONS = {
+    "mean_spread": "Var_eps[mu(x, eps)] (unbiased over the draws), mean over points and coordinates",
+    "within_variance": "E_eps[sigma^2(x, eps)], mean over points and coordinates",
+    "noise_share": "sum Var_eps[mu] / sum (Var_eps[mu] + E_eps[sigma^2]), sums over points and "
+    "coordinates: the share of tr Var[z|x] due to the injected noise (law of total variance)",
+    "coordinate_share": "noise_share per latent coordinate",
+    "image_spread": "Var_x[E_eps mu(x, eps)] across test points (unbiased: the K-draw means' variance "
+    "less E_x[Var_eps mu] / K), mean over coordinates",
+    "active_units": "coordinates u with Var_x[E_eps mu_u] > 0.01 (Burda et al. 2016)",
+    "active_share": "noise_share summed over the active units alone (nan without one)",
+}
+
+ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2016's threshold on Cov_x(E[z_u|x]), as `analyse_run`
+
+
+def noise_usage_not_applicable(model: LatentModel) -> str:
+    """Why `noise_usage` does not apply to `model`, or "" when it does."""
+    if model.noise_free:
+        return f"model {model.name!r} has no injected noise (noise_dim 0), so there is no noise to use"
+    if not model.semi_implicit:
+        return (
+            f"not applicable to model {model.name!r}: its implicit encoder z = f(x, eps) has no "
+            "Gaussian head, so all of Var[z|x] comes from eps (the share is 1 by construction)"
+        )
+    return ""
+
+
+@torch.no_grad()
+def noise_usage(
+    model: LatentModel,
+    x: torch.Tensor,
+    seeds: Sequence[int],
+    *,
+    draws: int = 64,
+    batch_size: int = 100,
+    seed: int = 0,
+) -> NoiseUsage:
+    """How much of each member's q(z|x) is due to its injected noise eps, on test points x [N, D].
+
+    For a semi-implicit encoder q(z|x) = E_eps N(z; mu(x, eps), diag sigma^2(x, eps)) (VAE+eps, AVAE),
+    the law of total variance splits each coordinate's posterior variance in two,
+        Var[z|x] = Var_eps[mu(x, eps)] + E_eps[sigma^2(x, eps)],
+    the first part due to the noise, the second the Gaussian's own. With `draws` = K draws of eps per
+    point (from the members' own MemberRandom streams, named by `seed`, so the result repeats), the
+    first is estimated by the unbiased sample variance of mu over the K draws and the second by the
+    mean of sigma^2; `noise_share` is the first's share of their sum over coordinates and points.
+    A share near 0 means the encoder ignores its noise and q(z|x) is one Gaussian. That is what SIVI
+    (Yin & Zhou, ICML 2018, Proposition 1) predicts: the objective these models train with (eq. 9,
+    SIVI's L_0) is an average over eps of Gaussian ELBOs, never above the best single Gaussian's, so
+    the noise cannot raise it and the encoder has no reason to use it. Per coordinate, and over the
+    active units alone, too (an inactive unit, sigma near 1, would dilute the share); and the spread
+    of q's mean across images, Var_x[E_eps mu], to read Var_eps[mu] against.
+
+    Only for semi-implicit encoders: a model without noise (VAE) raises ConfigError, and so does an
+    implicit one (AVB, AVB-AC), for which the share is 1 by construction (`noise_usage_not_applicable`).
+    """
+    reason = noise_usage_not_applicable(model)
+    if reason:
+        raise ConfigError(reason)
+    if draws < 2:
+        raise ConfigError(f"noise usage needs at least 2 draws of eps per point (a variance), got {draws}")
+    if len(x) < 2 or batch_size < 1:
+        raise ConfigError(f"noise usage needs at least 2 test points and a positive batch size, got {len(x)}")
+    stream = f"noise-usage-{seed}"
+    noise = MemberRandom(seeds, stream, x.device)
+    latent = model.cfg.latent_dim
+    spread = torch.zeros(len(seeds), latent, dtype=torch.float64, device=x.device)
+    within = torch.zeros_like(spread)
+    locations = []
+    for chunk in x.split(batch_size):
+        q = model.posteriors(chunk.unsqueeze(0).expand(len(seeds), -1, -1), noise, draws)  # [K, S, B, Z]
+        mu, var = q.loc.double(), q.scale.double().square()
+        # two passes about the first draw: exactly 0 when mu does not depend on eps
+        shifted = mu - mu[:1]
+        spread += (shifted - shifted.mean(0)).square().sum(0).sum(1) / (draws - 1)
+        within += var.mean(0).sum(1)
+        locations.append(mu.mean(0))  # [S, B, Z]
+    points = len(x)
+    # Var_x of the K-draw means = Var_x[E_eps mu] + E_x[Var_eps mu] / K: take the draws' part away
+    image = torch.cat(locations, dim=1).var(dim=1) - spread / (points * draws)  # [S, Z]
+    total = spread.sum(-1) / (spread.sum(-1) + within.sum(-1))
+    per_coordinate = spread / (spread + within)
+    active = image > ACTIVE_UNIT_VARIANCE
+    in_use = (spread * active).sum(-1) / ((spread + within) * active).sum(-1)  # nan: no active unit
+    members = tuple(
+        MemberNoiseUsage(
+            seed=int(s),
+            mean_spread=float(spread[m].sum() / (points * latent)),
+            within_variance=float(within[m].sum() / (points * latent)),
+            noise_share=float(total[m]),
+            coordinate_share=tuple(float(v) for v in per_coordinate[m]),
+            image_spread=float(image[m].mean()),
+            active_units=int(active[m].sum()),
+            active_share=float(in_use[m]),
+        )
+        for m, s in enumerate(seeds)
+    )
+    return NoiseUsage(points, draws, latent, model.cfg.noise_dim, stream, members)
