@@ -211,6 +211,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         address=args.address,
         experiments=args.experiments,
         train_only=args.train_only,
+        run_names=args.runs,
     )
     return 0
 

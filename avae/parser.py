@@ -344,6 +344,15 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "the same --out later reuses them",
     )
     reproduce.add_argument(
+        "--runs",
+        type=comma_list,
+        default=(),
+        metavar="NAMES",
+        help="only these runs of the profile, in this order, comma-separated: their directory names "
+        "as --dry-run lists them, or a start that names one run (avb-mnist-z15); for moving some "
+        "runs to another machine (copy their folders back into --out: they are reused)",
+    )
+    reproduce.add_argument(
         "--train-only",
         action="store_true",
         help="train (with each epoch's test -ELBO) and evaluate nothing else: no IWAE, AIS, BDMC or "

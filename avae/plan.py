@@ -250,6 +250,22 @@ def runs_for(profile: str | Profile) -> list[PlannedRun]:
     return sorted(planned.values(), key=run_order)
 
 
+def pick_runs(runs: Sequence[PlannedRun], names: Sequence[str]) -> list[PlannedRun]:
+    """The runs named in `names`, in that order: each name is a run directory's name as `--dry-run`
+    lists it, or the start of exactly one such name (`avb-mnist-z15`)."""
+    picked: list[PlannedRun] = []
+    for name in names:
+        matches = [r for r in runs if r.dir_name == name] or [r for r in runs if r.dir_name.startswith(name)]
+        if not matches:
+            raise ConfigError(f"no run of this profile is named {name!r}; `--dry-run` lists their names")
+        if len(matches) > 1:
+            names_found = ", ".join(r.dir_name for r in matches)
+            raise ConfigError(f"{name!r} names {len(matches)} runs ({names_found}); give one whole name")
+        if matches[0] not in picked:
+            picked.append(matches[0])
+    return picked
+
+
 def run_order(run: PlannedRun) -> int:
     """Which runs go first, so that a long reproduction answers the paper's own questions early:
     0 the noise sizes of Fig. 6 (claim 2), 1 the paper's four models (the first reading of each),

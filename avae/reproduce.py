@@ -35,6 +35,7 @@ from avae.plan import (
     Profile,
     eval_steps,
     missing_metrics,
+    pick_runs,
     runs_for,
     select,
     status_of,
@@ -92,9 +93,9 @@ def provenance(runtime: Runtime, jobs: int) -> dict[str, Any]:
     }
 
 
-def dry_run_table(profile: Profile, out: Path, device: str) -> tuple[str, float]:
+def dry_run_table(runs: list[PlannedRun], profile: Profile, out: Path, device: str) -> tuple[str, float]:
     rows, total = [], 0.0
-    for run in runs_for(profile):
+    for run in runs:
         status, epoch = status_of(run, profile, out)
         train_s, eval_s = estimate_run_seconds(run, profile, out, device)
         total += train_s + eval_s
@@ -168,9 +169,11 @@ def reproduce(
     address: str | None = None,
     experiments: Sequence[str] = (),
     train_only: bool = False,
+    run_names: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Train, evaluate and analyse every run of the profile that is not finished; only the runs of
-    `experiments` (default all the profile's), and with `train_only` only their training.
+    `experiments` (default all the profile's), and with `train_only` only their training. With
+    `run_names`, only those runs, in that order (whole directory names or a unique start of one).
 
     `executor` "local" runs them here (`jobs` processes); "ray" runs each as one Ray task, on a
     local Ray cluster of `jobs` task slots or on the cluster at `address`, and then `out` must be
@@ -182,12 +185,12 @@ def reproduce(
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
     check_executor(executor, address, runtime.device, need_ray=False)
     out = Path(out).resolve() if executor == "ray" else Path(out)  # the same path on every node
-    runs = runs_for(profile)
+    runs = pick_runs(runs_for(profile), run_names) if run_names else runs_for(profile)
     status = {run.key: status_of(run, profile, out)[0] for run in runs}  # each reads a checkpoint: once
     if note := published_note(runs, profile, out, status):
         print(note, file=sys.stderr, flush=True)
     if dry_run:
-        table, total = dry_run_table(profile, out, runtime.device)
+        table, total = dry_run_table(runs, profile, out, runtime.device)
         parallel = min(jobs, os.cpu_count() or 1)
         wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs)
         print(table)
@@ -229,9 +232,7 @@ def reproduce(
         print(note, file=sys.stderr, flush=True)
     left_alone = ("diverged", "published")
     tasks = [
-        Task(run, profile, out, worker, tensorboard)
-        for run in runs
-        if status[run.key] not in left_alone
+        Task(run, profile, out, worker, tensorboard) for run in runs if status[run.key] not in left_alone
     ]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from avae import data
 from avae.checkpoint import load_checkpoint
@@ -126,8 +127,9 @@ def checkpoint_epoch(run_dir: Path) -> int:
 
 
 def has_weights(run_dir: Path) -> bool:
-    """Whether the run can be evaluated further: it keeps its checkpoint (published runs do not)."""
-    return (run_dir / CHECKPOINT).exists()
+    """Whether the run can be evaluated further: it keeps its checkpoint, or at least the weights
+    exported when it finished (`load_run` reads either); published runs keep neither."""
+    return (run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists()
 
 
 def trained_epoch(run_dir: Path) -> int:
@@ -217,11 +219,31 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig, Lat
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run directory; give the --out of `avae train`")
-    tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+    if not (run_dir / CHECKPOINT).exists() and (run_dir / WEIGHTS).exists():
+        tensors, meta = load_exported(run_dir)
+    else:
+        tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
     cfg = make_config(meta["config"])  # as trained: its precision and every other setting
     model = build_model(cfg.model, cfg.seeds)
     load_weights(model, tensors)
     return cfg, model.to(device), meta
+
+
+def load_exported(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A run shared without its checkpoint: the weights alone (model.safetensors, as
+    `avae.card.export_weights` writes them, with their epoch) and the configuration in config.json.
+    Enough to evaluate, analyse or sample; not to resume training."""
+    try:
+        with safe_open(run_dir / WEIGHTS, framework="pt") as f:
+            epoch = int((f.metadata() or {})["epoch"])
+            tensors = {f"model.{key}": f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(
+            f"{run_dir / WEIGHTS} is not weights avae exported ({exc}); train again"
+        ) from None
+    if not (run_dir / CONFIG).is_file():
+        raise CheckpointError(f"{run_dir} has {WEIGHTS} but no {CONFIG}: its configuration is unknown")
+    return tensors, {"epoch": epoch, "config": read_json(run_dir / CONFIG)["config"]}
 
 
 def read_record(run_dir: Path, name: str, epoch: int) -> dict[str, Any]:

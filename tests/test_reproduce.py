@@ -132,6 +132,29 @@ def test_dry_run_lists_runs_with_estimates_and_trains_nothing(tmp_path, capsys):
     assert not (tmp_path / "q").exists()
 
 
+def test_runs_named_on_the_command_line_are_the_only_ones_and_keep_their_order(tmp_path, capsys):
+    runs = runs_for("quick")
+    avb, vae = (next(r for r in runs if r.dir_name.startswith(p)) for p in ("avb-mnist-z15", "vae-mnist-z10"))
+    assert plan.pick_runs(runs, [avb.dir_name[:13], vae.dir_name, avb.dir_name]) == [avb, vae]
+    with pytest.raises(ConfigError, match=r"'avae-mnist-z10' names 2 runs \(avae-mnist-z10-n10-"):
+        plan.pick_runs(runs, ["avae-mnist-z10"])
+    with pytest.raises(ConfigError, match="no run of this profile is named 'gan'; `--dry-run` lists"):
+        plan.pick_runs(runs, ["gan"])
+    args = [
+        "reproduce",
+        "--profile",
+        "quick",
+        "--out",
+        str(tmp_path),
+        "--dry-run",
+        "--runs",
+        "avb-mnist-z15,vae-mnist-z10",
+    ]
+    assert main(args) == 0
+    listed = re.findall(r"^\| (\w[\w-]*-[0-9a-f]{16}) \|", capsys.readouterr().out, re.M)
+    assert listed == [avb.dir_name, vae.dir_name]
+
+
 def test_a_dry_run_for_cuda_on_a_machine_without_one_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     args = ["reproduce", "--profile", "smoke", "--out", str(tmp_path / "s"), "--dry-run", "--device", "cuda"]
@@ -227,6 +250,22 @@ def test_train_only_then_the_whole_profile_reuses_the_training(tmp_path, monkeyp
         plan.select(profile, ["fig9"])
     with pytest.raises(ConfigError, match="'fig6' is not in profile 'tiny'"):
         plan.select(profile, ["fig6"])
+
+
+def test_a_run_trained_elsewhere_and_copied_back_with_its_weights_alone_is_evaluated(tmp_path, monkeypatch):
+    """A run trained on another machine (`--runs ... --train-only`) comes back without its
+    checkpoint but with model.safetensors: the whole profile evaluates it, and trains nothing."""
+    profile = replace(tiny_profile(monkeypatch), epochs=1)
+    runtime = Runtime(progress=False)
+    (run,) = runs_for(profile)
+    reproduce(profile, tmp_path, runtime=runtime, train_only=True)
+    (tmp_path / run.dir_name / "checkpoint.safetensors").unlink()
+    assert plan.status_of(run, profile, tmp_path) == ("evaluate", 1)
+    (result,) = reproduce(profile, tmp_path, runtime=runtime)
+    assert not result["trained"] and result["evaluated"] == ["neg_elbo", "analysis"]
+    (tmp_path / run.dir_name / "model.safetensors").unlink()
+    (tmp_path / run.dir_name / "analysis.json").unlink()
+    assert plan.status_of(run, profile, tmp_path) == ("published", 1)
 
 
 def test_a_diverged_run_is_recorded_left_alone_reported_and_published(tmp_path, monkeypatch, capsys):

@@ -165,6 +165,23 @@ def test_checkpoint_with_mismatched_shapes_is_refused(tmp_path, synthetic_data):
         load_run(tmp_path / "run")
 
 
+def test_a_run_shared_without_its_checkpoint_loads_from_its_exported_weights(tmp_path, synthetic_data):
+    from avae.card import export_weights
+
+    trained = weights(tmp_path, "vae-noise", "run", (0, 1), epochs=1)
+    export_weights(tmp_path / "run")
+    (tmp_path / "run" / CHECKPOINT).unlink()
+    cfg, model, meta = load_run(tmp_path / "run")
+    assert meta["epoch"] == 1 and cfg.seeds == (0, 1)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_run(tmp_path / "run")
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="not weights avae exported"):
+        load_run(tmp_path / "run")
+
+
 def test_holdout_trains_without_the_last_images_and_reports_on_them(synthetic_data, tmp_path):
     from avae.train import split_data
 

@@ -1,0 +1,124 @@
+"""Is AIS at the published settings tight on real test images? (issue 22, item 2)
+
+For each trained run, on its first N test images (the first of the points every published AIS
+figure uses), forward AIS from the prior at several numbers of annealing steps, with C chains per
+point; the estimate from the first c < C of those chains is the estimate a run with c chains would
+have given (the chains are independent), so one run per step count gives every chain count.
+IWAE-k with the model's own proposal on the same points is recorded beside them.
+
+AIS is a stochastic lower bound on log p(x): more steps and chains can only raise its expectation
+towards log p(x). If the 1,000-step figure is within a small fraction of a nat of the 10,000-step
+one, AIS at 1,000 steps is tight enough for the comparisons the report makes; if it is far, the
+published AIS figures are too pessimistic by at least that much.
+
+    PYTHONPATH=. python scripts/ais_convergence.py RUN_DIR [RUN_DIR ...] --points 50 \
+        --steps 1000,3000,10000 --chains 16 --subchains 4 --device cuda --out ais.json
+
+Results are written after every (run, steps) pair, so a run cut short keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from avae import data
+from avae.graphs import use_device
+from avae.io import write_json
+from avae.nets import MemberRandom
+from avae.runs import load_run
+from avae.scoring import EvalSettings, forward_ais, iwae_points, model_log_lik
+from avae.stats import mean_ci
+
+
+def ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def member_summary(neg_per_point: torch.Tensor) -> dict:
+    """Per-member means over points of a negative log-likelihood-type value [S, N], and their
+    mean with a 95% t-interval across members."""
+    means = neg_per_point.double().mean(1).tolist()
+    mean, half = mean_ci(means)
+    return {"per_member": means, "mean": mean, "ci95_half_width": half}
+
+
+def run_study(run_dir: Path, args: argparse.Namespace, record: dict, out: Path, started: float) -> None:
+    use_device(args.device)
+    cfg, model, meta = load_run(run_dir, args.device)
+    model.requires_grad_(False)
+    x = data.load_pixels(cfg.dataset, "test", cfg.pixels, args.data_dir)[: args.points].to(args.device)
+    batch = x.unsqueeze(0).expand(len(cfg.seeds), -1, -1)
+    entry = record.setdefault(
+        run_dir.name,
+        {
+            "model": cfg.model.name,
+            "dataset": cfg.dataset,
+            "latent_dim": cfg.model.latent_dim,
+            "epoch": meta["epoch"],
+            "seeds": list(cfg.seeds),
+            "points": len(x),
+            "ais": {},
+        },
+    )
+    settings = EvalSettings(k=(args.iwae_k,), batch_size=len(x), seed=args.seed)
+    tick = time.perf_counter()
+    iwae = iwae_points(model, x, cfg.seeds, settings)[args.iwae_k]
+    entry[f"iwae_k{args.iwae_k}"] = {**member_summary(-iwae), "seconds": round(time.perf_counter() - tick, 2)}
+    write_json(out, record)
+    for steps in args.steps:
+        if time.perf_counter() - started > args.deadline:
+            print(f"deadline reached before {run_dir.name} at {steps} steps", flush=True)
+            return
+        settings = EvalSettings(ais_steps=steps, ais_chains=args.chains, batch_size=len(x), seed=args.seed)
+        noise = MemberRandom(cfg.seeds, f"ais-convergence-{steps}-{args.seed}", x.device)
+        tick = time.perf_counter()
+        log_w, _, info = forward_ais(model, model_log_lik(model, batch), len(x), settings, noise)
+        seconds = time.perf_counter() - tick
+        by_chains = {}
+        for chains in sorted({*args.subchains, args.chains}):
+            log_z = torch.logsumexp(log_w[:chains].double(), 0) - math.log(chains)  # [S, N]
+            by_chains[str(chains)] = member_summary(-log_z)
+        entry["ais"][str(steps)] = {"by_chains": by_chains, "seconds": round(seconds, 2), "hmc": info}
+        write_json(out, record)
+        shown = ", ".join(f"{c} chains {v['mean']:.2f}" for c, v in by_chains.items())
+        print(f"{run_dir.name}: AIS {steps} steps: {shown} ({seconds:.1f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="trained run directories (with checkpoint)")
+    parser.add_argument("--points", type=int, default=50, help="the first N test images (default 50)")
+    parser.add_argument(
+        "--steps", type=ints, default=[1000, 3000, 10000], help="annealing steps, comma-separated"
+    )
+    parser.add_argument("--chains", type=int, default=16, help="chains per point (default 16)")
+    parser.add_argument("--subchains", type=ints, default=[4], help="also the estimate of the first c chains")
+    parser.add_argument("--iwae-k", type=int, default=1000, help="IWAE-k on the same points (default 1000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--deadline", type=float, default=math.inf, help="seconds; start nothing after it")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    args = parser.parse_args(argv)
+    if any(c > args.chains or c < 1 for c in args.subchains):
+        parser.error("--subchains must be between 1 and --chains")
+    started = time.perf_counter()
+    record: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    record["settings"]["runs"] = [str(r) for r in args.runs]
+    record["torch"] = torch.__version__
+    record["device_name"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    for run_dir in args.runs:
+        run_study(run_dir, args, record, args.out, started)
+    json.dump({k: v for k, v in record.items() if k != "settings"}, sys.stdout, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
