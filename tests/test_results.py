@@ -104,3 +104,18 @@ def test_paper_z10_names_what_it_did_not_run_or_what_diverged(tmp_path):
     assert all(diverged in part and "missing run" not in part for part in (fig8, recon))
     assert f"| Fashion-MNIST | AVAE (separate) z10 n10 | {diverged} |" in analysis
     assert "Not analysed" not in analysis  # nothing a command could fill
+
+
+def test_the_measurement_report_regenerates_byte_for_byte_from_its_files():
+    """results/measurement/MEASUREMENT.md (issue 22) is computed from its JSON files and the
+    published runs by scripts/measurement_report.py, not typed in."""
+    import importlib.util
+
+    script = RESULTS.parent / "scripts" / "measurement_report.py"
+    spec = importlib.util.spec_from_file_location("measurement_report", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = RESULTS / "measurement"
+    text = module.render(folder, RESULTS / "paper")
+    assert text == (folder / "MEASUREMENT.md").read_text()
+    assert "| AVB | `avb-mnist-z10-n10-" in text and "| mnist | 15 |" in text

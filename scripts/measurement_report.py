@@ -1,0 +1,258 @@
+"""MEASUREMENT.md of results/measurement from its committed files alone (issue 22): is AIS tight on
+real test images, how much easier are the AIS points, which reading of the paper's figure fits
+Table 1, and do noise-injected encoders use their noise. Every figure is read from a JSON file;
+nothing is typed in by hand. `tests/test_results.py` regenerates it byte for byte.
+
+    PYTHONPATH=. python scripts/measurement_report.py [results/measurement] [--published results/paper]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from avae.paper import PAPER_TABLE1
+from avae.stats import mean_ci
+
+NAMES = {"vae": "VAE", "vae-noise": "VAE+ε", "avb": "AVB", "avae": "AVAE", "avb-ac": "AVB-AC"}
+READINGS = {  # eval.json key of each candidate reading of the paper's Table 1 figure
+    "own": "neg_elbo",
+    "critic": "neg_critic",
+    "recon": "neg_recon",
+}
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def ci(values: Sequence[float]) -> str:
+    mean, half = mean_ci(values)
+    return f"{mean:.2f}" if math.isnan(half) else f"{mean:.2f} ± {half:.2f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def members(entry: dict) -> list[float]:
+    return [m["value"] for m in entry["per_member"]]
+
+
+def retrain_rows(record: dict, published: Path, retrained: Path) -> list[list[str]]:
+    """The own figure of each H200 retrain beside its published run's (same configuration)."""
+    rows = []
+    for name, run in record["runs"].items():
+        before = members(read(published / name / "eval.json")["metrics"]["neg_elbo"])
+        after = members(read(retrained / name / "eval.json")["metrics"]["neg_elbo"])
+        rows.append(
+            [
+                NAMES[run["model"]],
+                ci(before),
+                ci(after),
+                ci([a - b for a, b in zip(after, before, strict=True)]),
+            ]
+        )
+    return rows
+
+
+def ais_section(record: dict, published: Path, retrained: Path) -> list[str]:
+    rows = []
+    for name, run in record["runs"].items():
+        ais = run["ais"]
+        as_published = ais["1000"]["by_chains"]["4"]["per_member"]
+        best = ais["10000"]["by_chains"]["16"]["per_member"]
+        gap = [p - b for p, b in zip(as_published, best, strict=True)]
+        cells = [
+            ci(ais[s]["by_chains"][c]["per_member"]) for s in ("1000", "3000", "10000") for c in ("4", "16")
+        ]
+        rows.append([NAMES[run["model"]], f"`{name}`", ci(run["iwae_k1000"]["per_member"]), *cells, ci(gap)])
+    steps = [f"AIS {s}, {c} ch." for s in ("1k", "3k", "10k") for c in (4, 16)]
+    header = ["model", "run", "IWAE-1000", *steps, "1k×4 − 10k×16 (paired)"]
+    run = next(iter(record["runs"].values()))
+    return [
+        "## 1. Is AIS at the published settings tight on real test images?",
+        "",
+        f"Negative log p(x) in nats on the first {run['points']} MNIST test images (grey levels, as every "
+        "published figure), mean ± 95% CI over the 5 members (seeds 0-4). The published AIS figures use "
+        "1,000 steps and 4 chains (1k×4); Wu et al. (2017) used 10,000 steps and 16 chains. The 4-chain "
+        "figures are the first 4 of the 16 chains. AIS is a stochastic lower bound on log p(x), so a "
+        "figure that stops falling as steps and chains grow is what convergence looks like; it cannot "
+        "show a bias that no chain escapes. The runs are the published latent-10 configurations trained "
+        "anew on an NVIDIA H200 (their published folders keep no weights); see section 3 for how close "
+        "they are to the published runs.",
+        "",
+        *table(header, rows),
+        "",
+        "The retrains against the published runs (CPU, same configuration and seeds; the devices' "
+        "random streams differ), own figure on all 10,000 test images:",
+        "",
+        *table(
+            ["model", "published run", "H200 retrain", "retrain − published"],
+            retrain_rows(record, published, retrained),
+        ),
+        "",
+    ]
+
+
+def prefix_section(published: Path) -> list[str]:
+    rows = []
+    for run_dir in sorted(published.glob("*-z10-n*")):
+        config, path = read(run_dir / "config.json")["config"], run_dir / "eval.json"
+        model = config["model"]
+        if (
+            not path.exists()
+            or config["model"]["noise_dim"] not in (0, 10)
+            or model["name"] not in PAPER_TABLE1["mnist"]
+        ):
+            continue
+        if model.get("adv_update", "joint") != "joint":
+            continue
+        entry = read(path)["metrics"]["neg_elbo"]
+        whole = members(entry)
+        first = {n: entry["prefix_means"][n] for n in ("200", "2000")}
+        easier = [a - b for a, b in zip(first["200"], whole, strict=True)]
+        rows.append(
+            [
+                NAMES[model["name"]],
+                config["dataset"],
+                ci(whole),
+                ci(first["2000"]),
+                ci(first["200"]),
+                ci(easier),
+            ]
+        )
+    return [
+        "## 2. Which test points AIS uses, and how much easier they are",
+        "",
+        "Every published AIS figure is on the first 200 test images and every IWAE figure on the first "
+        "2,000; the own figures are on all 10,000. The own figure (the model's -ELBO) of the published "
+        "latent-10 runs on each set:",
+        "",
+        *table(["model", "data set", "all 10,000", "first 2,000", "first 200", "first 200 − all"], rows),
+        "",
+        "Compare AIS with other figures on the same points only (the report's tables use the prefix means).",
+        "",
+    ]
+
+
+def readings_section(retrained: Path, published: Path) -> list[str]:
+    rows, gaps = [], {name: [] for name in (*READINGS, "AIS")}
+    for run_dir in sorted(published.glob("*-z10-n*")):
+        config = read(run_dir / "config.json")["config"]
+        model, dataset = config["model"], config["dataset"]
+        if model["name"] not in PAPER_TABLE1[dataset] or model.get("adv_update", "joint") != "joint":
+            continue
+        if model["noise_dim"] not in (0, 10) or not (run_dir / "eval.json").exists():
+            continue
+        paper = PAPER_TABLE1[dataset][model["name"]][10]
+        own = read(run_dir / "eval.json")["metrics"]
+        again = retrained / run_dir.name / "eval.json"
+        figures = read(again)["metrics"] if again.exists() else own
+        values = {name: figures[key]["mean"] for name, key in READINGS.items() if key in figures}
+        values["AIS"] = own["ais"]["mean"]
+        for name, value in values.items():
+            gaps[name].append(value - paper)
+        source = "H200 retrain" if again.exists() else "published run"
+        cells = [f"{values[n]:.2f} ({values[n] - paper:+.2f})" if n in values else "–" for n in gaps]
+        rows.append([NAMES[model["name"]], dataset, f"{paper:.2f}", *cells, source])
+    summary = [
+        [name, str(len(g)), f"{sum(abs(x) for x in g) / len(g):.2f}", f"{max(g, key=abs):+.2f}"]
+        for name, g in gaps.items()
+        if g
+    ]
+    return [
+        "## 3. Which quantity gives the paper's Table 1?",
+        "",
+        "Each latent-10 cell of Table 1 we have, beside each candidate reading of the paper's figure "
+        "(reading − paper in brackets): own = the model's training objective as a -ELBO (for AVB its "
+        "discriminator-based estimate), critic = the ELBO with the KL term replaced by the critic's "
+        "log-ratio estimate, recon = E_q[-log p(x|z)] alone (no KL term), AIS = the published AIS "
+        "figure (first 200 test images). Own, critic and recon on all 10,000 test images, from the "
+        "H200 retrain where there is one (the only runs with weights), else from the published run.",
+        "",
+        *table(["model", "data set", "paper", "own", "critic", "recon", "AIS", "figures from"], rows),
+        "",
+        *table(["reading", "cells", "mean |reading − paper|", "largest"], summary),
+        "",
+    ]
+
+
+def noise_section(record: dict) -> list[str]:
+    rows = []
+    for run in sorted(record["runs"], key=lambda r: (r["dataset"], r["noise_dim"])):
+        if not run.get("applicable", True):
+            continue
+        summary = run["summary"]
+        share, active = summary["noise_share"], summary["active_share"]
+        sivi = run.get("sivi", {}).get("gain_over_smallest_k", {}).get("1000")
+        rows.append(
+            [
+                run["dataset"],
+                str(run["noise_dim"]),
+                f"{share['mean']:.5f} [{share['ci_low']:.5f}, {share['ci_high']:.5f}]",
+                f"{active['mean']:.4f} [{active['ci_low']:.4f}, {active['ci_high']:.4f}]",
+                f"{summary['active_units']['mean']:.1f}",
+                f"{sivi['mean']:.3f} [{sivi['ci_low']:.3f}, {sivi['ci_high']:.3f}]" if sivi else "–",
+            ]
+        )
+    header = [
+        "data set",
+        "noise dim",
+        "noise share",
+        "share over active units",
+        "active units",
+        "SIVI L_1000 − L_0",
+    ]
+    return [
+        "## 4. Do the noise-injected encoders use their noise?",
+        "",
+        "VAE+ε at latent 10, 5 members, 1,000 test images, 64 draws of ε₁ per image. Noise share: the part "
+        "of q(z|x)'s total variance due to ε₁ (law of total variance: Var_ε[μ] / (Var_ε[μ] + E_ε[σ²]), "
+        "summed over points and coordinates); 0 means the noise is ignored. SIVI L_1000 − L_0: how much "
+        "SIVI's bound gains over the plain objective on the first 200 images, in nats. Mean [95% CI] "
+        "over members.",
+        "",
+        *table(header, rows),
+        "",
+    ]
+
+
+def render(folder: Path, published: Path) -> str:
+    lines = [
+        "# What the paper measured, and whether AIS is tight (issue 22)",
+        "",
+        f"Generated by `scripts/measurement_report.py results/{folder.name} --published "
+        f"results/{published.name}` from the files in this folder and the published runs; INDEX.md "
+        "says how each file was made.",
+        "",
+        *ais_section(read(folder / "ais_convergence.json"), published, folder / "h200-retrained"),
+        *prefix_section(published),
+        *readings_section(folder / "h200-retrained", published),
+        *noise_section(read(folder / "noise_usage.json")),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=Path("results/measurement"))
+    parser.add_argument("--published", type=Path, default=Path("results/paper"))
+    parser.add_argument("--check", action="store_true", help="compare with the committed file, write nothing")
+    args = parser.parse_args(argv)
+    text = render(args.folder, args.published)
+    target = args.folder / "MEASUREMENT.md"
+    if args.check:
+        return 0 if target.read_text() == text else 1
+    target.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
