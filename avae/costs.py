@@ -43,6 +43,10 @@ GPU_STEP_MS = 10.0  # without a GPU benchmark: an eager CUDA step, a pessimistic
 # Fixed costs, measured for issue 20 on the shared 2-core development machine as process time with
 # one torch thread (what they take on an idle core; smoke-profile runs, 2 members):
 TRAIN_CALL_SECONDS = 0.1  # a training call beyond its steps: model, checkpoint, card, sample grid
+# On CUDA a training call also loads its data to the device and captures its graphs: measured on one
+# H200 (2026-12-04, paper-scale runs, results/measurement/logs): 10-14 s beyond the epochs' own
+# seconds for a process's second and later runs, 20-24 s for its first.
+GPU_TRAIN_CALL_SECONDS = 12.0
 EVAL_CALL_SECONDS = 0.1  # an evaluation call beyond its passes: load the run, eval.json, card (0.07)
 ANALYSIS_SECONDS = 1.1  # an analysis beyond its passes: Frechet distances, grids (1.06-1.21)
 # The feature classifier: trained at this many images per second (batch 128: 9.2 steps/s), then
@@ -118,7 +122,7 @@ def estimate_train_seconds(
     `epochs` epochs over `train_images` images, with the test pass after each epoch."""
     steps = train_images // BATCH
     if device.startswith("cuda"):
-        return epochs * steps * gpu_step_seconds(model, members)
+        return epochs * steps * gpu_step_seconds(model, members) + GPU_TRAIN_CALL_SECONDS
     entries = bench_entries(model, bench)
     fitted = fit_step_cost(entries)
     if fitted is None:

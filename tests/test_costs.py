@@ -53,3 +53,23 @@ def test_the_smoke_profiles_estimate_comes_true_within_a_quarter(tmp_path, execu
     estimate = costs.plan_seconds(compute, min(jobs, len(runs)), smoke, tmp_path, "cpu", executor, jobs)
     low, high = SMOKE_TOOK[executor, jobs]
     assert 0.75 * low <= estimate <= 1.25 * high
+
+
+def test_the_cuda_training_estimate_comes_within_25_percent_of_the_h200_runs(tmp_path):
+    """The whole-run training times one H200 measured (results/measurement/logs: `[i/n] RUN:
+    trained, S s`, paper-scale runs) against the cost model's estimate for a fresh --out."""
+    import re
+    from pathlib import Path
+
+    logs = Path(__file__).resolve().parent.parent / "results" / "measurement" / "logs"
+    measured = {
+        name: float(seconds)
+        for log in logs.glob("*.log")
+        for name, seconds in re.findall(r"\] (\S+): trained, ([\d.]+) s", log.read_text())
+    }
+    assert len(measured) >= 5
+    planned = {run.dir_name: run for run in runs_for("paper")}
+    profile = get_profile("paper")
+    for name, seconds in measured.items():
+        train_s, _ = costs.estimate_run_seconds(planned[name], profile, tmp_path, "cuda")
+        assert abs(train_s / seconds - 1) < 0.25, (name, train_s, seconds)
