@@ -185,7 +185,9 @@ def readings_section(retrained: Path, published: Path) -> list[str]:
 
 def noise_section(record: dict) -> list[str]:
     rows = []
-    for run in sorted(record["runs"], key=lambda r: (r["dataset"], r["noise_dim"])):
+    for run in sorted(
+        record["runs"], key=lambda r: (r["model"] != "vae-noise", r["dataset"], r["noise_dim"])
+    ):
         if not run.get("applicable", True):
             continue
         summary = run["summary"]
@@ -193,6 +195,7 @@ def noise_section(record: dict) -> list[str]:
         sivi = run.get("sivi", {}).get("gain_over_smallest_k", {}).get("1000")
         rows.append(
             [
+                NAMES[run["model"]],
                 run["dataset"],
                 str(run["noise_dim"]),
                 f"{share['mean']:.5f} [{share['ci_low']:.5f}, {share['ci_high']:.5f}]",
@@ -202,6 +205,7 @@ def noise_section(record: dict) -> list[str]:
             ]
         )
     header = [
+        "model",
         "data set",
         "noise dim",
         "noise share",
@@ -212,8 +216,9 @@ def noise_section(record: dict) -> list[str]:
     return [
         "## 4. Do the noise-injected encoders use their noise?",
         "",
-        "VAE+ε at latent 10, 5 members, 1,000 test images, 64 draws of ε₁ per image. Noise share: the part "
-        "of q(z|x)'s total variance due to ε₁ (law of total variance: Var_ε[μ] / (Var_ε[μ] + E_ε[σ²]), "
+        "VAE+ε and AVAE (joint) at latent 10, 5 members, 1,000 test images, 64 draws of ε₁ per image. "
+        "Noise share: the part of q(z|x)'s total variance due to ε₁ (law of total variance: "
+        "Var_ε[μ] / (Var_ε[μ] + E_ε[σ²]), "
         "summed over points and coordinates); 0 means the noise is ignored. SIVI L_1000 − L_0: how much "
         "SIVI's bound gains over the plain objective on the first 200 images, in nats. Mean [95% CI] "
         "over members.",
