@@ -216,7 +216,8 @@ def noise_section(record: dict) -> list[str]:
     return [
         "## 4. Do the noise-injected encoders use their noise?",
         "",
-        "VAE+ε and AVAE (joint) at latent 10, 5 members, 1,000 test images, 64 draws of ε₁ per image. "
+        "VAE+ε and AVAE (joint) at latent 10 (AVAE: MNIST only), 5 members, 1,000 test images, "
+        "64 draws of ε₁ per image. "
         "Noise share: the part of q(z|x)'s total variance due to ε₁ (law of total variance: "
         "Var_ε[μ] / (Var_ε[μ] + E_ε[σ²]), "
         "summed over points and coordinates); 0 means the noise is ignored. SIVI L_1000 − L_0: how much "
