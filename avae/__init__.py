@@ -11,12 +11,12 @@ evaluation. The command line is `avae --help`; from Python:
 """
 
 from avae.api import TrainedModel, load
-from avae.config import Runtime, TrainConfig, make_config
-from avae.evaluate import EvalSettings, evaluate_run
-from avae.models import MODELS, LatentModel, ModelConfig, register
-from avae.plan import PROFILES
-from avae.reproduce import reproduce as run_profile
-from avae.train import train as fit
+from avae.core.models import MODELS, LatentModel, ModelConfig, register
+from avae.evaluation.evaluate import EvalSettings, evaluate_run
+from avae.repro.plan import PROFILES
+from avae.repro.reproduce import reproduce as run_profile
+from avae.training.config import Runtime, TrainConfig, make_config
+from avae.training.train import train as fit
 from avae.version import __version__
 
 __all__ = [

@@ -1,3 +1,3 @@
-from avae.cli import main
+from avae.cli.commands import main
 
 raise SystemExit(main())

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from avae.config import TrainConfig
+from avae.core.models import LatentModel
+from avae.core.nets import MemberRandom
 from avae.errors import ConfigError
-from avae.models import LatentModel
-from avae.nets import MemberRandom
-from avae.runs import load_run
-from avae.scoring import EvalSettings, ais_points, iwae_points, per_point
+from avae.likelihood.scoring import EvalSettings, ais_points, iwae_points, per_point
+from avae.training.config import TrainConfig
+from avae.training.runs import load_run
 
 SCORES = ("elbo", "iwae", "ais")
 

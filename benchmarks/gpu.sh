@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="runs/gpu-bench"
 if [[ $# -gt 0 && "$1" != --* ]]; then out="$1"; shift; fi
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m avae.bench_gpu --out "$out" "$@"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python3}" -m avae.bench.gpu --out "$out" "$@"

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from avae import data
-from avae.graphs import use_device
+from avae.core.graphs import use_device
+from avae.core.nets import MemberRandom
+from avae.data import datasets as data
+from avae.evaluation.stats import mean_ci
 from avae.io import write_json
-from avae.nets import MemberRandom
-from avae.runs import load_run
-from avae.scoring import EvalSettings, forward_ais, iwae_points, model_log_lik
-from avae.stats import mean_ci
+from avae.likelihood.scoring import EvalSettings, forward_ais, iwae_points, model_log_lik
+from avae.training.runs import load_run
 
 
 def ints(text: str) -> list[int]:

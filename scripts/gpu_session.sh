@@ -34,7 +34,7 @@ capped() {  # capped SECONDS CMD...: run CMD for at most SECONDS (and never past
     local rc=$?; say "exit $rc"; return $rc
 }
 trained() {  # trained RUN: whether RUN finished all its epochs
-    "$py" -c "import sys; from pathlib import Path; from avae.runs import trained_epoch, read_config
+    "$py" -c "import sys; from pathlib import Path; from avae.training.runs import trained_epoch, read_config
 d = Path(sys.argv[1]); sys.exit(0 if d.is_dir() and trained_epoch(d) >= read_config(d).epochs else 1)" "$work/runs/$1" 2>/dev/null
 }
 say "device: $("$py" -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"

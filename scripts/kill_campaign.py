@@ -49,9 +49,9 @@ import psutil
 import torch
 
 import avae
-from avae.checkpoint import load_checkpoint
 from avae.errors import AvaeError
-from avae.runs import CHECKPOINT, CONFIG, METRICS
+from avae.training.checkpoint import load_checkpoint
+from avae.training.runs import CHECKPOINT, CONFIG, METRICS
 
 TRAIN_ARGS: tuple[str, ...] = (
     "--model", "avae",

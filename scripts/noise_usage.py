@@ -1,12 +1,12 @@
-"""Does a noise-injected encoder use its noise? `avae.analysis.noise_usage` on trained runs.
+"""Does a noise-injected encoder use its noise? `avae.evaluation.analysis.noise_usage` on trained runs.
 
 For each run (a directory with its checkpoint), on the first N test images of its data set, K draws
 of eps per image and member: the spread of q's mean across eps, Var_eps[mu(x, eps)], the Gaussian's
 own variance E_eps[sigma^2(x, eps)], and the noise's share of Var[z|x] (law of total variance),
-with the mean and a 95% confidence interval across members (t distribution, `avae.stats.mean_ci`).
+with the mean and a 95% confidence interval across members (t distribution, `avae.evaluation.stats.mean_ci`).
 Models without noise (VAE) or without a Gaussian head (AVB, AVB-AC) are recorded as not applicable.
 
-With --sivi-k, also SIVI's L_K (Yin & Zhou 2018; `avae.estimators.sivi`, as `avae evaluate
+With --sivi-k, also SIVI's L_K (Yin & Zhou 2018; `avae.likelihood.estimators.sivi`, as `avae evaluate
 --metrics sivi` computes it) on the first --sivi-points images for each K given, 0 included (L_0 is
 the model's own objective, eq. 9): an encoder that ignores its noise gains nothing from K > 0.
 
@@ -28,17 +28,17 @@ from typing import Any
 import torch
 from torch.distributions import Normal
 
-from avae import data
-from avae.analysis import NOISE_USAGE_DEFINITIONS, noise_usage, noise_usage_not_applicable
-from avae.estimators import log_joint_of, sivi
-from avae.figures import format_table
-from avae.graphs import use_device
+from avae.core.graphs import use_device
+from avae.core.models import LatentModel
+from avae.core.nets import MemberRandom
+from avae.data import datasets as data
+from avae.evaluation.analysis import NOISE_USAGE_DEFINITIONS, noise_usage, noise_usage_not_applicable
+from avae.evaluation.stats import LEVEL, mean_ci
 from avae.io import write_json
-from avae.models import LatentModel
-from avae.nets import MemberRandom
-from avae.runs import load_run
-from avae.scoring import model_log_lik
-from avae.stats import LEVEL, mean_ci
+from avae.likelihood.estimators import log_joint_of, sivi
+from avae.likelihood.scoring import model_log_lik
+from avae.repro.report.figures import format_table
+from avae.training.runs import load_run
 
 SUMMARISED = ("noise_share", "active_share", "active_units", "mean_spread", "within_variance", "image_spread")
 
@@ -75,7 +75,7 @@ def sivi_bounds(
 ) -> dict[int, torch.Tensor]:
     """SIVI's L_K per member (mean over the points of x), {K: [S]}: per batch, `samples` own
     components and max(ks) extra ones, the first K of which serve L_K (K = 0: the plain objective),
-    and the same z draws (`avae.estimators.sivi` draws them; the stream is rewound for each K)."""
+    and the same z draws (`avae.likelihood.estimators.sivi` draws them; the stream is rewound for each K)."""
     noise = MemberRandom(seeds, f"noise-usage-sivi-{seed}", x.device)
     sums = {k: torch.zeros(len(seeds), dtype=torch.float64, device=x.device) for k in ks}
     for chunk in x.split(batch_size):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avae import data
+from avae.data import datasets as data
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from avae.analysis import noise_usage
+from avae.core.models import ModelConfig, build_model
+from avae.core.nets import MemberRandom, split_draws
 from avae.errors import ConfigError
-from avae.models import ModelConfig, build_model
-from avae.nets import MemberRandom, split_draws
+from avae.evaluation.analysis import noise_usage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

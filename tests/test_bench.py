@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from avae import bench, costs
-from avae.models import MODELS
+from avae.bench import cpu as bench
+from avae.core.models import MODELS
+from avae.repro import costs
 
 
 def test_quick_bench_writes_markdown_and_json(tmp_path, synthetic_data):
@@ -53,7 +54,7 @@ def test_flop_count_of_the_paper_vae():
 
 
 def test_pooled_noise_depends_only_on_the_members_own_seed():
-    from avae.nets import MemberRandom
+    from avae.core.nets import MemberRandom
 
     together, alone = MemberRandom([3, 5], "noise", pool=64), MemberRandom([5], "noise", pool=64)
     for shape in ((4, 3), (10, 5), (2, 2)):  # the second draw crosses a refill
@@ -63,9 +64,9 @@ def test_pooled_noise_depends_only_on_the_members_own_seed():
 def test_bf16_training_runs_and_resumes_only_in_bf16(tmp_path, synthetic_data):
     import pytest
 
-    from avae.config import Runtime, make_config
     from avae.errors import ConfigError
-    from avae.train import train
+    from avae.training.config import Runtime, make_config
+    from avae.training.train import train
 
     settings = {"model": "avae", "hidden": (32, 16), "latent_dim": 4, "batch_size": 50, "seeds": (0, 1)}
     runtime = Runtime(progress=False)

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import avae
-from avae import cli, costs
 from avae import io as avae_io
-from avae.cli import check_threads, main
+from avae.cli import commands as cli
+from avae.cli.commands import check_threads, main
 from avae.errors import ConfigError
-from avae.runs import CHECKPOINT
+from avae.repro import costs
+from avae.training.runs import CHECKPOINT
 
 SMALL = ["--hidden", "32,16", "--latent-dim", "4", "--batch-size", "50"]
 

@@ -4,7 +4,7 @@ so that a reproduction finds it again and reuses it instead of training it anew.
 The pinned hashes were measured on the previous version of the code (before `adv_update`,
 `ac_samples` and `precision` existed; its AVAE was the "separate" reading). Settings added since are
 meant to be left out of the hash at the value that reproduces the earlier behaviour
-(`avae.config.HASH_NEUTRAL`).
+(`avae.training.config.HASH_NEUTRAL`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from avae.config import config_dict, config_hash, flatten, make_config
-from avae.models import reading_of
-from avae.runs import read_config
+from avae.core.models import reading_of
+from avae.training.config import config_dict, config_hash, flatten, make_config
+from avae.training.runs import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

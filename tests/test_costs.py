@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from avae import costs
-from avae.analysis import classifier_path
-from avae.plan import get_profile, runs_for
+from avae.evaluation.analysis import classifier_path
+from avae.repro import costs
+from avae.repro.plan import get_profile, runs_for
 
 
 def test_median_of_an_even_count_is_the_mean_of_the_middle_two():

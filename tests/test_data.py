@@ -1,4 +1,4 @@
-"""Tests for avae.data and avae.sources: IDX parsing, gzip handling, verified atomic caching, source
+"""Tests for avae.data and avae.data.sources: IDX parsing, gzip handling, verified atomic caching, source
 order, pixels. Source machinery (HTTP, tools, source folders) is patched where it lives, in `sources`.
 
 Every test except ``test_real_*`` runs offline: the autouse `offline` fixture replaces HTTP and
@@ -27,7 +27,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avae import data, sources
+from avae.data import datasets as data
+from avae.data import sources
 from avae.errors import DataError
 
 IMAGES, LABELS, TEST_IMAGES, TEST_LABELS = data.FILES
@@ -436,12 +437,13 @@ def test_missing_or_failing_tool_is_unavailable_not_a_crash(tmp_path, monkeypatc
 
 
 def test_sources_does_not_import_data():
-    """The dependency runs one way: avae.data imports avae.sources, never the reverse (checked on
-    the source: importing any avae module loads the package's public API, and with it both)."""
+    """The dependency runs one way: avae.data.datasets imports avae.data.sources, never the reverse
+    (checked on the source: importing any avae module loads the package's public API, and with it
+    both)."""
     tree = ast.parse(Path(sources.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert "data" not in imported and "avae.data" not in imported
+    assert "datasets" not in imported and "avae.data.datasets" not in imported
 
 
 # ----------------------------------------------------------------------------- folders

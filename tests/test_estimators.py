@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, Normal
 
-from avae import estimators as est
-from avae import objectives as obj
-from avae.nets import MemberRandom
+from avae.core import objectives as obj
+from avae.core.nets import MemberRandom
+from avae.likelihood import estimators as est
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

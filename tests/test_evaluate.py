@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from avae import evaluate as ev
-from avae import objectives as obj
-from avae import scoring
-from avae.cli import main
-from avae.config import Runtime, make_config
-from avae.models import ModelConfig, build_model
-from avae.nets import MemberRandom
-from avae.runs import load_run, read_config
-from avae.train import train
+from avae.cli.commands import main
+from avae.core import objectives as obj
+from avae.core.models import ModelConfig, build_model
+from avae.core.nets import MemberRandom
+from avae.evaluation import evaluate as ev
+from avae.likelihood import scoring
+from avae.training.config import Runtime, make_config
+from avae.training.runs import load_run, read_config
+from avae.training.train import train
 
 QUIET = Runtime(progress=False)
 

@@ -23,14 +23,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from avae import data, sources
 from avae import io as avae_io
-from avae.checkpoint import META_KEY, load_checkpoint, save_checkpoint
-from avae.cli import main
-from avae.config import Runtime, make_config
+from avae.cli.commands import main
+from avae.data import datasets as data
+from avae.data import sources
 from avae.errors import AvaeError, CheckpointError, DataError, DivergenceError
-from avae.runs import CHECKPOINT, DIVERGED, METRICS, read_divergence
-from avae.train import train
+from avae.training.checkpoint import META_KEY, load_checkpoint, save_checkpoint
+from avae.training.config import Runtime, make_config
+from avae.training.runs import CHECKPOINT, DIVERGED, METRICS, read_divergence
+from avae.training.train import train
 
 QUIET = Runtime(progress=False)
 SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
@@ -348,7 +349,7 @@ def test_resume_with_another_thread_count_is_still_bitwise_equal(tmp_path, synth
 
 
 def json_config(cfg) -> dict:
-    from avae.config import config_dict
+    from avae.training.config import config_dict
 
     return config_dict(cfg)
 

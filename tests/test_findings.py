@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from avae.claims import test_pair as claim_test
-from avae.config import make_config
-from avae.findings import answer, findings_section
-from avae.paper import rows_of
-from avae.results import RunResult
+from avae.repro.paper import rows_of
+from avae.repro.report.claims import test_pair as claim_test
+from avae.repro.report.findings import answer, findings_section
+from avae.repro.results import RunResult
+from avae.training.config import make_config
 
 T_975_DOF2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom
 

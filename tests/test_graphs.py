@@ -1,4 +1,4 @@
-"""Replayable units (avae.graphs): the static-buffer training iteration gives bitwise the numbers of
+"""Replayable units (avae.core.graphs): the static-buffer training iteration gives bitwise the numbers of
 the plain eager loop it replaced, the static noise holds exactly the pooled draws, and the GPU
 benchmark's code path runs on the CPU. (Members equal single runs and resume is exact:
 tests/test_train.py, unchanged, runs on the static-buffer iteration.)"""
@@ -11,14 +11,15 @@ from subprocess import CompletedProcess
 import pytest
 import torch
 
-from avae import bench_gpu, scoring
-from avae.bench_report import protocol_lines
-from avae.cli import HANDLERS
-from avae.config import Runtime, make_config
-from avae.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted, use_device
-from avae.nets import MemberRandom
-from avae.parser import build_parser
-from avae.train import autocast, new_state, run_epoch, take_step
+from avae.bench import gpu as bench_gpu
+from avae.bench.report import protocol_lines
+from avae.cli.commands import HANDLERS
+from avae.cli.parser import build_parser
+from avae.core.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted, use_device
+from avae.core.nets import MemberRandom
+from avae.likelihood import scoring
+from avae.training.config import Runtime, make_config
+from avae.training.train import autocast, new_state, run_epoch, take_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}

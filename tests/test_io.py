@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from avae.config import make_config
 from avae.errors import AvaeError, ConfigError
 from avae.io import read_json
+from avae.training.config import make_config
 
 
 def read_config_json(path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avae.config import make_config
+from avae.core.models import MODELS, ModelConfig, build_model, default_noise_dim
+from avae.core.nets import MemberRandom
 from avae.errors import ConfigError
-from avae.models import MODELS, ModelConfig, build_model, default_noise_dim
-from avae.nets import MemberRandom
-from avae.train import new_state, take_step
+from avae.training.config import make_config
+from avae.training.train import new_state, take_step
 
 SMALL = {"hidden": (16, 8), "latent_dim": 3}
 

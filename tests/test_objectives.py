@@ -7,7 +7,7 @@ import math
 import torch
 from torch.distributions import Normal
 
-from avae import objectives as obj
+from avae.core import objectives as obj
 
 
 def test_kl_to_prior_matches_closed_form():

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from avae import plan
-from avae.cli import main
-from avae.config import Runtime, make_config
+from avae.cli.commands import main
 from avae.io import read_json
-from avae.paper import Experiment
-from avae.plan import PROFILES, runs_for
-from avae.reproduce import reproduce
-from avae.runs import run_dir_name
-from avae.sweep import SWEEP
+from avae.repro import plan
+from avae.repro.paper import Experiment
+from avae.repro.plan import PROFILES, runs_for
+from avae.repro.reproduce import reproduce
+from avae.repro.sweep import SWEEP
+from avae.training.config import Runtime, make_config
+from avae.training.runs import run_dir_name
 
 try:
     import ray

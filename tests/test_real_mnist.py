@@ -12,10 +12,10 @@ import csv
 
 import pytest
 
-from avae import data
-from avae.config import Runtime, make_config
-from avae.models import MODELS
-from avae.train import train
+from avae.core.models import MODELS
+from avae.data import datasets as data
+from avae.training.config import Runtime, make_config
+from avae.training.train import train
 
 TRAIN_IMAGES, TEST_IMAGES = 20_000, 1_000
 MARGIN = 5.0  # nats below the pixel-independent baseline

@@ -1,4 +1,4 @@
-"""The registry (`avae.models.MODELS`, filled by `@register`) is the one home of every fact about a
+"""The registry (`avae.core.models.MODELS`, filled by `@register`) is the one home of every fact about a
 model: a fifth model registered from outside the package trains, evaluates, is planned by a
 reproduction (Table 1 uses every registered model) and appears under its own label in the report,
 without any other module naming it.
@@ -14,14 +14,14 @@ from dataclasses import replace
 
 import pytest
 
-from avae import models
-from avae.config import Runtime, config_hash, make_config
-from avae.evaluate import evaluate_run
-from avae.models import MODELS, GaussianEncoderModel, register
-from avae.plan import PROFILES, runs_for
-from avae.report import write_report
-from avae.reproduce import reproduce
-from avae.train import train
+from avae.core import models
+from avae.core.models import MODELS, GaussianEncoderModel, register
+from avae.evaluation.evaluate import evaluate_run
+from avae.repro.plan import PROFILES, runs_for
+from avae.repro.report.report import write_report
+from avae.repro.reproduce import reproduce
+from avae.training.config import Runtime, config_hash, make_config
+from avae.training.train import train
 
 TOY = "toy-vae"
 TOY_LABEL = "Toy VAE"

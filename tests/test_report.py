@@ -7,14 +7,15 @@ import re
 import numpy as np
 import pytest
 
-from avae import plan
-from avae.analysis import frechet_distance, gaussian_fit_kl, mmd_to_prior
-from avae.config import Runtime
-from avae.figures import format_table, image_grid
-from avae.paper import Experiment
-from avae.report import write_report
-from avae.reproduce import reproduce
-from avae.stats import mean_ci
+from avae.evaluation.analysis import frechet_distance, gaussian_fit_kl, mmd_to_prior
+from avae.evaluation.stats import mean_ci
+from avae.repro import plan
+from avae.repro.paper import Experiment
+from avae.repro.report.figures import format_table
+from avae.repro.report.report import write_report
+from avae.repro.reproduce import reproduce
+from avae.training.config import Runtime
+from avae.training.images import image_grid
 
 
 def test_mean_ci_uses_the_t_distribution():
@@ -66,8 +67,8 @@ def test_report_names_what_is_missing_and_gives_no_verdict_without_runs(tmp_path
 
 def fake_run(tmp_path, curve: list[float]):
     """A RunResult whose per-epoch test figure (both seeds) follows `curve`."""
-    from avae.config import make_config
-    from avae.results import RunResult
+    from avae.repro.results import RunResult
+    from avae.training.config import make_config
 
     rows = [
         {"epoch": e, "member": m, "seed": m, "test_neg_elbo": value + 0.01 * m}
@@ -78,8 +79,8 @@ def fake_run(tmp_path, curve: list[float]):
 
 
 def test_the_report_warns_when_runs_are_short_of_convergence(tmp_path):
-    from avae.report import header_section
-    from avae.results import last_epoch_gain, short_of_convergence
+    from avae.repro.report.report import header_section
+    from avae.repro.results import last_epoch_gain, short_of_convergence
 
     improving = fake_run(tmp_path, [150.0, 140.0, 137.0])  # still falling 3 nats per epoch
     settled = fake_run(tmp_path, [150.0, 140.0, 139.5])  # 0.5 nat in the last epoch
@@ -96,9 +97,9 @@ def test_report_on_a_sweep_draws_and_lists_each_point_apart(tmp_path, synthetic_
     """Two learning rates of one model: the sweep's report has a row and a curve of its own colour
     for each point, labelled by its setting (they were drawn as one model, one row of Table 1); a
     point that diverged in its first epoch (no run to read) says so."""
-    from avae import report
     from avae.io import read_json, write_json
-    from avae.sweep import SWEEP, sweep
+    from avae.repro.report import report
+    from avae.repro.sweep import SWEEP, sweep
 
     base = {"model": "vae", "epochs": 2, "seeds": (0,), "hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
     sweep(base, ["lr=0.001,0.003"], tmp_path, runtime=Runtime(progress=False), jobs=1)
@@ -129,9 +130,9 @@ def test_report_on_a_sweep_draws_and_lists_each_point_apart(tmp_path, synthetic_
 
 
 def test_report_on_a_single_run_says_what_it_takes_and_what_to_run(tmp_path, synthetic_data):
-    from avae.config import make_config
     from avae.errors import ConfigError
-    from avae.train import train
+    from avae.training.config import make_config
+    from avae.training.train import train
 
     cfg = make_config({"model": "vae", "epochs": 1, "seeds": (0,), "hidden": (32, 16), "latent_dim": 4})
     train(cfg, tmp_path / "one", runtime=Runtime(progress=False))

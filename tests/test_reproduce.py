@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from avae import costs, plan, runner
-from avae.cli import main
-from avae.config import Runtime
+from avae.cli.commands import main
 from avae.errors import AvaeError, ConfigError, DivergenceError
 from avae.io import read_json, write_csv
-from avae.paper import Experiment
-from avae.plan import PROFILES, Profile, runs_for
-from avae.publish import finished_runs, publish
-from avae.report import write_report
-from avae.reproduce import reproduce
-from avae.runs import CONFIG, DIVERGED, EVAL, read_metrics
-from avae.train import train
+from avae.repro import costs, plan, runner
+from avae.repro.paper import Experiment
+from avae.repro.plan import PROFILES, Profile, runs_for
+from avae.repro.publish import finished_runs, publish
+from avae.repro.report.report import write_report
+from avae.repro.reproduce import reproduce
+from avae.training.config import Runtime
+from avae.training.runs import CONFIG, DIVERGED, EVAL, read_metrics
+from avae.training.train import train
 
 SECTIONS = (
     "## Table 1",
@@ -360,7 +360,7 @@ def test_a_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
     which the pickle check mistook for a pickle."""
     import torch
 
-    from avae.checkpoint import load_checkpoint, save_checkpoint
+    from avae.training.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "c.safetensors"
     for pad in range(300):
@@ -451,7 +451,7 @@ def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_p
 
 
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
-    from avae.runner import default_jobs
+    from avae.repro.runner import default_jobs
 
     assert default_jobs("cpu") == 1
     monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: True)
@@ -463,7 +463,7 @@ def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
 
 
 def test_publish_copies_results_without_checkpoints_and_the_report_regenerates(smoke, tmp_path):
-    from avae.publish import publish
+    from avae.repro.publish import publish
 
     out, _ = smoke
     dest = publish(out, tmp_path / "published")
@@ -479,7 +479,7 @@ def test_publish_copies_results_without_checkpoints_and_the_report_regenerates(s
 
 
 def test_publish_leaves_out_unfinished_runs_and_says_so(smoke, tmp_path):
-    from avae.publish import publish
+    from avae.repro.publish import publish
 
     out = tmp_path / "out"
     shutil.copytree(smoke[0], out)

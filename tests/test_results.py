@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from avae.report import write_report
+from avae.repro.report.report import write_report
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 PUBLISHED = sorted(p.parent for p in RESULTS.glob("*/report.md"))
@@ -37,10 +37,10 @@ def test_committed_tables_match_the_report(folder):
 
 def published_figure(folder: Path, which: str, path: Path):
     """Fig. 6 or 7 of a published folder as `avae report` draws it (the matplotlib Figure)."""
-    from avae.figures import Panel, plot_curves
-    from avae.paper import DATASET_LABELS
-    from avae.report import curve_panels, key_curves
-    from avae.results import collect_runs, index_runs
+    from avae.repro.paper import DATASET_LABELS
+    from avae.repro.report.figures import Panel, plot_curves
+    from avae.repro.report.report import curve_panels, key_curves
+    from avae.repro.results import collect_runs, index_runs
 
     table = index_runs(collect_runs(folder))
     title, panels = curve_panels([d for d in DATASET_LABELS if any(k[0] == d for k in table)], which)

@@ -21,15 +21,15 @@ import psutil
 import pytest
 from test_reproduce import tiny_profile
 
-from avae import runner
-from avae.cli import main
-from avae.config import Runtime
+from avae.cli.commands import main
 from avae.errors import ConfigError, DivergenceError
 from avae.io import read_json
-from avae.plan import PlannedRun, runs_for
-from avae.runner import FAILURES, Outcomes, PlanProgress, Task, run_in_pool, run_tasks
-from avae.runs import DIVERGED
-from avae.sweep import SWEEP
+from avae.repro import runner
+from avae.repro.plan import PlannedRun, runs_for
+from avae.repro.runner import FAILURES, Outcomes, PlanProgress, Task, run_in_pool, run_tasks
+from avae.repro.sweep import SWEEP
+from avae.training.config import Runtime
+from avae.training.runs import DIVERGED
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = Runtime(progress=False, threads=1)
@@ -137,9 +137,9 @@ def test_reproduce_with_jobs_finishes_the_other_runs_when_one_diverges(tmp_path,
     profile = replace(tiny_profile(monkeypatch, models=("vae", "vae-noise")), epochs=1)
     planned = runs_for(profile)
     absurd = PlannedRun({**planned[0].settings, "lr": 1e30}, planned[0].experiments, planned[0].honest)
-    monkeypatch.setattr("avae.reproduce.runs_for", lambda _: [absurd, *planned[1:]])
+    monkeypatch.setattr("avae.repro.reproduce.runs_for", lambda _: [absurd, *planned[1:]])
     from avae.errors import AvaeError
-    from avae.reproduce import reproduce
+    from avae.repro.reproduce import reproduce
 
     with pytest.raises(AvaeError, match=f"1 of 2 runs failed \\({absurd.dir_name}: non-finite"):
         reproduce(profile, tmp_path, runtime=Runtime(progress=False), jobs=2)

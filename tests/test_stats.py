@@ -1,4 +1,4 @@
-"""`avae.stats`: the t-tests against scipy, confidence intervals against hand computations, Holm's
+"""`avae.evaluation.stats`: the t-tests against scipy, confidence intervals against hand computations, Holm's
 correction against a worked example, and the rules that turn p-values into outcomes and verdicts."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from avae import stats
+from avae.evaluation import stats
 
 # Fixed per-seed figures (nats): a claimed-better and a claimed-worse configuration, 5 seeds.
 BETTER = [93.1, 94.0, 92.7, 95.2, 93.9]

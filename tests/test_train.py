@@ -10,14 +10,14 @@ import re
 import pytest
 import torch
 
-from avae.checkpoint import load_checkpoint, save_checkpoint
-from avae.config import Runtime, TrainConfig, config_dict, config_hash, make_config, settings_used
+from avae.core.models import MODELS, ModelConfig, build_model
 from avae.errors import AvaeError, CheckpointError, ConfigError, DivergenceError
-from avae.models import MODELS, ModelConfig, build_model
-from avae.plan import PROFILES, runs_for
-from avae.runs import CHECKPOINT, METRICS, load_run, read_metrics, resume_config, write_metrics
-from avae.sweep import plan_sweep
-from avae.train import train
+from avae.repro.plan import PROFILES, runs_for
+from avae.repro.sweep import plan_sweep
+from avae.training.checkpoint import load_checkpoint, save_checkpoint
+from avae.training.config import Runtime, TrainConfig, config_dict, config_hash, make_config, settings_used
+from avae.training.runs import CHECKPOINT, METRICS, load_run, read_metrics, resume_config, write_metrics
+from avae.training.train import train
 
 QUIET = Runtime(progress=False)
 SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
@@ -166,7 +166,7 @@ def test_checkpoint_with_mismatched_shapes_is_refused(tmp_path, synthetic_data):
 
 
 def test_a_run_shared_without_its_checkpoint_loads_from_its_exported_weights(tmp_path, synthetic_data):
-    from avae.card import export_weights
+    from avae.training.card import export_weights
 
     trained = weights(tmp_path, "vae-noise", "run", (0, 1), epochs=1)
     export_weights(tmp_path / "run")
@@ -183,7 +183,7 @@ def test_a_run_shared_without_its_checkpoint_loads_from_its_exported_weights(tmp
 
 
 def test_holdout_trains_without_the_last_images_and_reports_on_them(synthetic_data, tmp_path):
-    from avae.train import split_data
+    from avae.training.train import split_data
 
     cfg = make_config({"model": "vae", "hidden": (16,), "latent_dim": 2, "holdout": 100, "epochs": 1})
     train_x, held = split_data(cfg, Runtime(progress=False))
@@ -200,7 +200,7 @@ def test_holdout_trains_without_the_last_images_and_reports_on_them(synthetic_da
 
 
 def test_the_card_shows_only_figures_of_the_weights_epoch(tmp_path, synthetic_data):
-    from avae.evaluate import evaluate_run
+    from avae.evaluation.evaluate import evaluate_run
 
     weights(tmp_path, "vae", "run", (0,), epochs=1)
     evaluate_run(tmp_path / "run", metrics="elbo", runtime=QUIET)
@@ -371,7 +371,7 @@ def test_resume_without_the_earlier_epochs_history_is_refused(tmp_path, syntheti
 
 
 def test_a_torn_metrics_file_is_refused_naming_it(tmp_path, synthetic_data):
-    from avae.evaluate import evaluate_run
+    from avae.evaluation.evaluate import evaluate_run
 
     run, before = two_epochs(tmp_path)
     text = (run / METRICS).read_text()

@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from avae import data, userdata
-from avae.checkpoint import load_checkpoint
-from avae.cli import main
-from avae.config import Runtime, make_config
+from avae.cli.commands import main
+from avae.data import datasets as data
+from avae.data import userdata
 from avae.errors import ConfigError, DataError
-from avae.evaluate import evaluate_run
-from avae.report import write_report
-from avae.train import train
+from avae.evaluation.evaluate import evaluate_run
+from avae.repro.report.report import write_report
+from avae.training.checkpoint import load_checkpoint
+from avae.training.config import Runtime, make_config
+from avae.training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = Runtime(progress=False)

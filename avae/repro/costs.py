@@ -1,0 +1,287 @@
+"""What a planned run will cost: the cost model behind `avae reproduce --dry-run`, the progress
+bar's time remaining and a report's "fill" estimate.
+
+Training is timed, in this order of preference, by the run's own latest epochs (a resumed run), by
+finished runs in the same --out that cost the same (`Measured`), and by the fitted per-step cost of
+`avae bench`. Evaluation is timed by what alike runs' parts took (index.json), else by the
+estimators' own cost model (`avae.evaluation.evaluate.metric_seconds`). Each training, evaluation and analysis
+call has a fixed cost besides its steps, and a plan as a whole more (`plan_seconds`): training the
+feature classifiers and starting the executor (worker processes, Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from avae.data.datasets import SPLIT_SIZES
+from avae.evaluation.analysis import classifier_path
+from avae.evaluation.evaluate import decoder_rate, device_kind, metric_seconds, test_points
+from avae.io import read_json
+from avae.likelihood.scoring import EvalSettings
+from avae.repro.plan import EvalStep, PlannedRun, Profile, eval_steps, missing_metrics, status_of
+from avae.repro.results import INDEX
+from avae.training.config import TrainConfig, make_config
+from avae.training.runs import CONFIG, METRICS, read_metrics
+
+# Seconds per training step (batch 100, fp32, one CPU thread) as a + b * S for S members, fitted
+# to `avae bench`'s figures in benchmarks/bench.json when this checkout has them; otherwise these
+# conservative built-in figures (about twice the slowest measured on the 2-core development
+# machine). A model the bench does not know costs as the dearest known one. GPU: fitted to the
+# committed H200 benchmark's graphed steps (`gpu_step_seconds`), else GPU_STEP_MS per step.
+BENCH_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.json"
+GPU_BENCH_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu-h200" / "gpu_bench.json"
+BATCH = 100
+BUILTIN_STEP_MS = {"vae": (15.0, 12.0), "vae-noise": (15.0, 12.0), "avb": (40.0, 35.0), "avae": (45.0, 40.0)}
+GPU_STEP_MS = 10.0  # without a GPU benchmark: an eager CUDA step, a pessimistic figure
+
+# Fixed costs, measured for issue 20 on the shared 2-core development machine as process time with
+# one torch thread (what they take on an idle core; smoke-profile runs, 2 members):
+TRAIN_CALL_SECONDS = 0.1  # a training call beyond its steps: model, checkpoint, card, sample grid
+# On CUDA a training call also loads its data to the device and captures its graphs: measured on one
+# H200 (2026-12-04, paper-scale runs, results/measurement/logs): 10-14 s beyond the epochs' own
+# seconds for a process's second and later runs, 20-24 s for its first.
+GPU_TRAIN_CALL_SECONDS = 12.0
+EVAL_CALL_SECONDS = 0.1  # an evaluation call beyond its passes: load the run, eval.json, card (0.07)
+ANALYSIS_SECONDS = 1.1  # an analysis beyond its passes: Frechet distances, grids (1.06-1.21)
+# The feature classifier: trained at this many images per second (batch 128: 9.2 steps/s), then
+# tested on the 10,000 test images (1 epoch on 2,000 images took 8.0 s in all). CUDA: a guess.
+CLASSIFIER_IMAGES_PER_SECOND = {"cpu": 1.2e3, "cuda": 1.0e5}
+CLASSIFIER_TEST_SECONDS = {"cpu": 6.5, "cuda": 1.0}
+# Starting the executor, wall time measured here (the machine shared, load about 5): a worker process
+# (spawned for local --jobs > 1, or Ray's) importing avae took 4.9-7.0 s (2.5-3.4 s of process
+# time), the workers side by side, one per core; Ray's local cluster took 8.4-9.9 s to start
+# (`ray.init(num_cpus=2, include_dashboard=False)`, Ray 2.60, first task included) and 1.3-1.5 s to
+# stop. It waits on its own processes more than it computes, so an idle machine is hardly faster.
+WORKER_START_SECONDS = 5.0
+RAY_START_SECONDS = 10.0
+
+
+def fit_step_cost(entries: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Least-squares a + b * S (seconds per step) through measured (S, ms/step) points."""
+    points = [(e["members"], e["ms_per_step"] / 1e3) for e in entries]
+    if not points:
+        return None
+    if len(points) == 1:
+        s, t = points[0]
+        return 0.0, t / s
+    n = len(points)
+    mean_s = sum(p[0] for p in points) / n
+    mean_t = sum(p[1] for p in points) / n
+    var = sum((p[0] - mean_s) ** 2 for p in points)
+    slope = sum((p[0] - mean_s) * (p[1] - mean_t) for p in points) / var
+    return max(0.0, mean_t - slope * mean_s), max(slope, 1e-9)
+
+
+def bench_entries(model: str, bench: Path) -> list[dict[str, Any]]:
+    try:
+        results = json.loads(bench.read_text()) if bench.exists() else {}
+    except (OSError, ValueError):
+        return []
+    return [
+        e
+        for e in results.get("training", [])
+        if e.get("model") == model and e.get("precision") == "fp32" and not e.get("compile")
+    ]
+
+
+def gpu_step_seconds(model: str, members: int, bench: Path = GPU_BENCH_JSON) -> float:
+    """Seconds per graphed CUDA training step, fitted through the committed GPU benchmark's
+    (S, graphed ms) points of `model` (measured on one H200), plus 5% for the per-epoch test pass;
+    GPU_STEP_MS per step without them."""
+    try:
+        results = json.loads(bench.read_text()) if bench.exists() else {}
+    except (OSError, ValueError):
+        results = {}
+    entries = [
+        {"members": e["members"], "ms_per_step": e["graphed_ms"]}
+        for e in results.get("training", [])
+        if e.get("model") == model and "graphed_ms" in e
+    ]
+    fitted = fit_step_cost(entries)
+    if fitted is None:
+        return GPU_STEP_MS / 1e3 * max(1.0, members / 8)
+    a, b = fitted
+    return 1.05 * (a + b * members)
+
+
+def estimate_train_seconds(
+    model: str,
+    members: int,
+    epochs: int,
+    train_images: int = 60000,
+    device: str = "cpu",
+    bench: Path = BENCH_JSON,
+) -> float:
+    """Wall time of one training process (`members` seeds of `model` trained together) for
+    `epochs` epochs over `train_images` images, with the test pass after each epoch."""
+    steps = train_images // BATCH
+    if device.startswith("cuda"):
+        return epochs * steps * gpu_step_seconds(model, members) + GPU_TRAIN_CALL_SECONDS
+    entries = bench_entries(model, bench)
+    fitted = fit_step_cost(entries)
+    if fitted is None:
+        a_ms, b_ms = BUILTIN_STEP_MS.get(model, max(BUILTIN_STEP_MS.values()))
+        a, b = a_ms / 1e3, b_ms / 1e3
+        eval_s = 0.1 * steps * (a + b * members) * 10000 / train_images
+    else:
+        a, b = fitted
+        eval_s = members * max(e["test_pass_s_per_10k"] / e["members"] for e in entries)
+    return float(epochs * (steps * (a + b * members) + eval_s)) + TRAIN_CALL_SECONDS
+
+
+RECENT_EPOCHS = 10  # a run's latest epochs time the epochs it has left
+
+
+def measured_epoch_seconds(run_dir: Path, device: str) -> float | None:
+    """The median wall time of the run's latest recorded epochs (metrics.csv times every epoch) if
+    the run started on the same kind of device (config.json); None for a run with no epoch yet."""
+    metrics, config = run_dir / METRICS, run_dir / CONFIG
+    if not (metrics.exists() and config.exists()):
+        return None
+    if not same_device_kind(read_json(config).get("device", ""), device):
+        return None
+    per_epoch = {row["epoch"]: float(row["seconds"]) for row in read_metrics(metrics)}
+    return median([per_epoch[epoch] for epoch in sorted(per_epoch)[-RECENT_EPOCHS:]])
+
+
+def same_device_kind(recorded: object, device: str) -> bool:
+    return str(recorded).split(":")[0] == device.split(":")[0]
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+@dataclass
+class Measured:
+    """What runs costing the same as a planned run (same model, members, training and test images,
+    in the same --out, on the same kind of device) took: seconds per epoch, and the seconds of each
+    evaluation part (index.json); the estimates use them before the cost model."""
+
+    epoch_seconds: float | None = None
+    part_seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def alike(cls, run: PlannedRun, out: Path, device: str) -> Measured:
+        index = out / INDEX
+        entries = read_json(index).get("runs", {}) if index.exists() else {}
+        alike = [
+            entry
+            for key, entry in entries.items()
+            if key != run.key and costs_alike(run.cfg, out / entry["dir"], device)
+        ]
+        epochs = [measured_epoch_seconds(out / e["dir"], device) for e in alike]
+        parts = {part for e in alike for part in e.get("seconds", {})}
+        return cls(
+            median([s for s in epochs if s is not None]),
+            {p: median([e["seconds"][p] for e in alike if p in e.get("seconds", {})]) for p in parts},
+        )
+
+
+def costs_alike(cfg: TrainConfig, run_dir: Path, device: str) -> bool:
+    """Whether the run in `run_dir` started on the same kind of device as `device` and trains and
+    evaluates as much as `cfg` does."""
+    path = run_dir / CONFIG
+    if not path.exists():
+        return False
+    record = read_json(path)
+    if not same_device_kind(record.get("device", ""), device):
+        return False
+    other = make_config(record["config"])
+    shape = (other.model.name, len(other.seeds), other.train_subset, other.test_subset, other.batch_size)
+    return shape == (cfg.model.name, len(cfg.seeds), cfg.train_subset, cfg.test_subset, cfg.batch_size)
+
+
+def estimate_eval_seconds(
+    run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep], measured: Measured | None = None
+) -> float:
+    """Evaluation and analysis time of the steps a run still needs: what alike runs took for each
+    part (`measured`), else the cost model's figure (each part a call of its own, as `execute_run`
+    makes them)."""
+    test, members = test_points(run.cfg), len(run.cfg.seeds)
+    took = measured.part_seconds if measured else {}
+    seconds = sum(
+        took.get(key)
+        or (
+            EVAL_CALL_SECONDS
+            + metric_seconds(
+                family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device
+            )
+        )
+        for key, family, settings in steps
+    )
+    analysis = took.get("analysis") or (
+        ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
+    )
+    return seconds + analysis
+
+
+def estimate_run_seconds(
+    run: PlannedRun, profile: Profile, out: Path, device: str, measured: bool = True
+) -> tuple[float, float]:
+    """(training, evaluation) seconds the run still needs; with `measured`, timed by the run's own
+    latest epochs, else by alike runs in `out` (`Measured`), else by the cost model."""
+    status, epoch = status_of(run, profile, out)
+    if status in ("finished", "diverged", "published"):
+        return 0.0, 0.0
+    cfg = run.cfg
+    alike = Measured.alike(run, out, device) if measured else None
+    train_s = 0.0
+    if epoch < cfg.epochs:
+        own = measured_epoch_seconds(out / run.dir_name, device) if measured and epoch else None
+        per_epoch = own or (alike.epoch_seconds if alike else None)
+        train_s = (
+            (cfg.epochs - epoch) * per_epoch
+            if per_epoch
+            else estimate_train_seconds(
+                cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, cfg.train_subset or 60000, device
+            )
+        )
+    if not profile.evaluate:
+        return train_s, 0.0
+    todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))
+    return train_s, estimate_eval_seconds(run, profile, device, todo, alike)
+
+
+def classifier_seconds(epochs: int, images: int, device: str) -> float:
+    """Wall time of training the feature classifier for `epochs` epochs over `images` images and
+    testing it."""
+    kind = device_kind(device)
+    return epochs * images / CLASSIFIER_IMAGES_PER_SECOND[kind] + CLASSIFIER_TEST_SECONDS[kind]
+
+
+def start_seconds(executor: str, jobs: int) -> float:
+    """Wall time of starting the executor of `jobs` runs at a time: none for local runs in this
+    process; the workers' imports for local worker processes; Ray's cluster and its workers."""
+    if executor == "local" and jobs == 1:
+        return 0.0
+    workers = WORKER_START_SECONDS * math.ceil(jobs / (os.cpu_count() or 1))
+    return workers + (RAY_START_SECONDS if executor == "ray" else 0.0)
+
+
+def classifiers_seconds(profile: Profile, out: Path, device: str) -> float:
+    """Compute time of the feature classifiers the profile's analyses need and `out` does not cache
+    yet (each trained once, by the first run that reaches its analysis)."""
+    images = profile.classifier_subset or SPLIT_SIZES["train"]
+    return sum(
+        classifier_seconds(profile.classifier_epochs, images, device)
+        for dataset in (profile.datasets if profile.evaluate else ())
+        if not classifier_path(out, dataset).exists()
+    )
+
+
+def plan_seconds(
+    compute: float, parallel: int, profile: Profile, out: Path, device: str, executor: str, jobs: int
+) -> float:
+    """Wall time of a profile's plan whose runs need `compute` seconds (`estimate_run_seconds`):
+    with the classifiers still to train, shared by `parallel` runs at a time, after the executor
+    has started; nothing when no run has work left."""
+    if not compute:
+        return 0.0
+    return (compute + classifiers_seconds(profile, out, device)) / parallel + start_seconds(executor, jobs)

@@ -1,0 +1,156 @@
+"""The paper's five claims, each tested on the runs of a reproduction: paired t-tests where two
+runs share their seeds (Welch's test otherwise), Holm-Bonferroni within each family of
+comparisons, and the confidence interval of every difference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from avae.core.models import row_label
+from avae.evaluation import stats
+from avae.io import write_csv
+from avae.repro.paper import CLAIMS, Claim, RowKey, claim_families, dataset_label
+from avae.repro.report.figures import format_table
+from avae.repro.results import RunResult, shared_points, short_of_convergence
+
+METHOD = (
+    "Each comparison tests the per-seed difference between the claimed-better and the claimed-worse "
+    "configuration (lower is better for every figure): a paired t-test when both runs share their "
+    "seeds (same initialisation streams and data order per seed), Welch's t-test otherwise, two-sided. "
+    f"Within each family of comparisons (a claim, or a claim for one AVAE reading) the p-values are "
+    f"corrected with Holm-Bonferroni at a family-wise alpha of {stats.ALPHA}. A comparison *agrees* when the "
+    "claimed direction holds with corrected p < alpha, *contradicts* when the opposite holds with "
+    "corrected p < alpha, and is *unclear* otherwise; a comparison whose difference has zero variance "
+    "(or fewer than two seeds) gets no test. Verdict: **supported** when every comparison agrees, "
+    "**not supported** when at least one contradicts, **inconclusive** otherwise (including missing "
+    "runs). Claims 1-4 are tested on the paper's figure (each model's own objective on every test "
+    "image of the runs); the last column repeats the test on AIS, the honest estimate of log p(x) "
+    "for every model, on the AIS test points (the same for every run), for information (it does not "
+    "enter the verdict)."
+)
+
+
+def key_label(key: RowKey) -> str:
+    _, model, reading, latent, noise = key
+    return f"{row_label(model, reading)} z{latent}" + (f" n{noise}" if noise else "")
+
+
+def test_pair(better: RunResult, worse: RunResult, metric: str) -> dict[str, Any] | None:
+    """The per-seed test of `metric`, on the test points both runs have it on (None: no figure on
+    common points)."""
+    points = shared_points({better.key: better, worse.key: worse}, better.key[0], metric)
+    a, b = better.values(metric, points), worse.values(metric, points)
+    if not a or not b:
+        return None
+    paired = better.cfg.seeds == worse.cfg.seeds
+    return stats.compare(a, b, paired=paired)
+
+
+def family_rows(
+    comparisons: Sequence[tuple[RowKey, RowKey]], table: dict[RowKey, RunResult], metric: str, honest_key: str
+) -> tuple[list[list[Any]], list[str], bool]:
+    """Table rows of one family, the outcomes after Holm's correction, and whether any run in it
+    is short of convergence."""
+    tests = []
+    short = False
+    for better, worse in comparisons:
+        a, b = table.get(better), table.get(worse)
+        tests.append(test_pair(a, b, metric) if a and b else None)
+        short = short or any(r is not None and short_of_convergence(r) for r in (a, b))
+    adjusted = stats.holm([t["p"] if t else float("nan") for t in tests])
+    honest = [
+        test_pair(table[b], table[w], honest_key) if b in table and w in table else None
+        for b, w in comparisons
+    ]
+    honest_adjusted = stats.holm([t["p"] if t else float("nan") for t in honest])
+    rows, outcomes = [], []
+    for (better, worse), test, p_adj, h, h_adj in zip(
+        comparisons, tests, adjusted, honest, honest_adjusted, strict=True
+    ):
+        label = [dataset_label(better[0]), f"{key_label(better)} < {key_label(worse)}"]
+        if test is None:
+            pair = (table.get(better), table.get(worse))
+            diverged = all(r is not None for r in pair) and any(r.divergence for r in pair)
+            rows.append([*label, "diverged run" if diverged else "missing run", *["-"] * 6])
+            outcomes.append("missing")
+            continue
+        result = stats.outcome(test["diff"], p_adj)
+        outcomes.append(result)
+        interval = (
+            "-" if test["ci_low"] != test["ci_low"] else f"[{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]"
+        )
+        on_iwae = "-"
+        if h is not None:
+            on_iwae = f"{stats.outcome(h['diff'], h_adj)} (diff {h['diff']:+.2f}, p {stats.fmt_p(h_adj)})"
+        rows.append(
+            [
+                *label,
+                f"{test['diff']:+.2f}",
+                interval,
+                test["test"],
+                stats.fmt_p(test["p"]),
+                stats.fmt_p(p_adj),
+                result,
+                on_iwae,
+            ]
+        )
+    return rows, outcomes, short
+
+
+HEADER = ["data set", "claim (lower is better)", "difference", "95% CI", "test", "p", "p (Holm)", "outcome"]
+
+
+def claims_section(table: dict[RowKey, RunResult], datasets: list[str], figdir: Path, honest_key: str) -> str:
+    """The claims section of report.md; writes claims.csv."""
+    lines = ["## The paper's claims, tested", "", METHOD]
+    csv_rows: list[list[Any]] = []
+    for claim in CLAIMS:
+        lines += ["", f"### Claim {claim.number}: {claim.text}"]
+        for family, comparisons in claim_families(claim.number, datasets).items():
+            rows, outcomes, short = family_rows(comparisons, table, claim.metric, honest_key)
+            lines += [
+                "",
+                verdict_line(claim, family, outcomes, short),
+                "",
+                format_table([*HEADER, f"on {honest_key}"], rows),
+            ]
+            csv_rows += [[claim.number, family, *row] for row in rows]
+            if claim.metric == "frechet_distance" and "unclear" in outcomes:
+                lines += ["", precision_note(comparisons, table)]
+    write_csv(figdir / "claims.csv", ["claim", "family", *HEADER, f"on {honest_key}"], csv_rows)
+    return "\n".join(lines)
+
+
+def precision_note(comparisons, table: dict[RowKey, RunResult]) -> str:
+    """Whether the Frechet distances were measured precisely enough for the differences judged."""
+    samples = sorted(
+        {table[k].analysis.get("points") for pair in comparisons for k in pair if k in table} - {None}
+    )
+    return (
+        f"Some of these differences are within their 95% CI of zero: with {', '.join(map(str, samples))} "
+        "samples per seed the Frechet distance is not measured precisely enough to judge them; more "
+        "samples per seed (the profile's analysis_samples) or more seeds would narrow the intervals."
+    )
+
+
+def verdict_line(claim: Claim, family: str, outcomes: list[str], short: bool) -> str:
+    counts = {o: outcomes.count(o) for o in ("agrees", "contradicts", "unclear", "no test", "missing")}
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    figure = (
+        "Frechet distance"
+        if claim.metric == "frechet_distance"
+        else "test negative ELBO (the paper's figure)"
+    )
+    scope = f" for {family}" if family else ""
+    caveat = (
+        " *Caveat: some of these runs were still improving by more than 1 nat per epoch at their last "
+        "epoch, so this verdict is about short training, not about trained models.*"
+        if short
+        else ""
+    )
+    return (
+        f"**Verdict{scope}: {stats.verdict(outcomes)}** (per-seed {figure}; {len(outcomes)} comparisons: "
+        f"{summary}).{caveat}"
+    )

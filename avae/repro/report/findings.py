@@ -1,0 +1,216 @@
+"""What the runs of a reproduction show at latent 10, as answers to four questions a reader asks
+of the paper (the report's "What the runs show"):
+
+1. Does AVAE beat VAE+eps on the honest figures (IWAE, AIS), not only on its own?
+2. Does the paper's pattern (AVAE and AVB well ahead of VAE+eps) appear under the
+   discriminator-based figures, and does it survive the honest ones?
+3. How far is each model's own figure from its AIS estimate (a looser bound above it; below it,
+   optimistic: not a bound)?
+4. Is noise injection (VAE+eps against VAE) worth anything?
+
+Every number is a per-seed difference (paired where the runs share their seeds), mean and 95% CI,
+lower is better, with every figure of a row on the same test points (the AIS points). The intervals
+are not corrected for multiple comparisons: the claims section holds the corrected tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from avae.core.models import MODELS, row_label
+from avae.evaluation import stats
+from avae.io import write_csv
+from avae.repro.paper import PAPER_TABLE1, RowKey, dataset_label, rows_of
+from avae.repro.report.figures import format_table
+from avae.repro.results import RunResult, shared_points
+
+Table = dict[RowKey, RunResult]
+Tests = dict[tuple[str, RowKey, RowKey, str], dict[str, Any] | None]  # (question, a, b, figure) -> test
+Figures = tuple[tuple[str, str], ...]  # (eval.json key, column name)
+LATENT = 10
+
+METHOD = (
+    "Latent 10. Each figure is a per-seed difference, lower is better (negative: the first named is "
+    "better), mean and 95% CI over seeds (paired where the runs share their seeds), with every figure of "
+    "a table on the same test points: the AIS points. The intervals are not corrected for multiple "
+    "comparisons (the claims section below holds the corrected tests). An answer says *better* or "
+    "*worse* only where the 95% CI excludes zero."
+)
+
+
+def difference(
+    a: RunResult, a_metric: str, b: RunResult, b_metric: str, points: int
+) -> dict[str, Any] | None:
+    """Figure a_metric of run a minus figure b_metric of run b, per seed, on the first `points`."""
+    x, y = a.metric(a_metric, points), b.metric(b_metric, points)
+    if not x or not y:
+        return None
+    return stats.compare(x, y, paired=a.cfg.seeds == b.cfg.seeds and len(x) == len(y))
+
+
+def diff_cell(test: dict[str, Any] | None) -> str:
+    if test is None:
+        return "-"
+    if test["ci_low"] != test["ci_low"]:  # nan: no interval
+        return f"{test['diff']:+.2f}"
+    return f"{test['diff']:+.2f} [{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]"
+
+
+def answer(test: dict[str, Any] | None, better: str = "better", worse: str = "worse") -> str:
+    if test is None:
+        return "not measured"
+    if test["ci_low"] != test["ci_low"]:  # nan: one seed, or no variation to judge by
+        return f"not tested ({test['test'].removeprefix('none ').strip('()')})"
+    if test["ci_high"] < 0:
+        return better
+    if test["ci_low"] > 0:
+        return worse
+    return "no difference resolved"
+
+
+def one(dataset: str, model: str) -> RowKey:
+    return rows_of(dataset, model, LATENT)[0]
+
+
+def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: str) -> str:
+    """The section, and findings.csv: one row per difference shown."""
+    iwae_name = iwae_key.replace("iwae_k", "IWAE-")
+    figures = (("neg_elbo", "own figure"), (iwae_key, iwae_name), ("ais", "AIS"))
+    lines, csv_rows = ["## What the runs show", "", METHOD], []
+    for dataset in datasets:
+        points = shared_points(table, dataset, "ais", LATENT)
+        if points is None:
+            continue
+        lines += ["", f"### {dataset_label(dataset)}: the first {points} test images"]
+        pairs = [  # (question, first, second, figure of the first, figure of the second)
+            *(
+                ("1. AVAE against VAE+eps", avae, one(dataset, "vae-noise"), metric, metric)
+                for avae in rows_of(dataset, "avae", LATENT)
+                for metric, _ in figures
+            ),
+            *(
+                ("3. own figure against AIS", key, key, "neg_elbo", "ais")
+                for model in MODELS
+                for key in rows_of(dataset, model, LATENT)
+            ),
+            *(
+                ("4. VAE+eps against VAE", one(dataset, "vae-noise"), one(dataset, "vae"), metric, metric)
+                for metric, _ in figures
+            ),
+        ]
+        tests: Tests = {}
+        for question, first, second, fa, fb in pairs:
+            if first in table and second in table:
+                test = difference(table[first], fa, table[second], fb, points)
+                tests[(question, first, second, fa)] = test
+                if test is not None:
+                    csv_rows.append(
+                        [dataset, question, *first[1:3], *second[1:3], fa, fb, points, *csv_numbers(test)]
+                    )
+        lines += question_one(dataset, table, tests, figures)
+        lines += pattern_lines(table, dataset, iwae_key, points)
+        lines += question_three(dataset, table, tests)
+        lines += question_four(dataset, table, tests, figures)
+    write_csv(
+        figdir / "findings.csv",
+        [
+            "dataset",
+            "question",
+            "model",
+            "reading",
+            "against_model",
+            "against_reading",
+            "figure",
+            "against_figure",
+            "points",
+            "difference",
+            "ci_low",
+            "ci_high",
+            "p",
+        ],
+        csv_rows,
+    )
+    return "\n".join([*lines, "", "CSV: [report/findings.csv](report/findings.csv)"])
+
+
+def csv_numbers(test: dict[str, Any]) -> list[float]:
+    return [test["diff"], test["ci_low"], test["ci_high"], test["p"]]
+
+
+def question_one(dataset: str, table: Table, tests: Tests, figures: Figures) -> list[str]:
+    base = one(dataset, "vae-noise")
+    rows = []
+    for avae in (k for k in rows_of(dataset, "avae", LATENT) if k in table and base in table):
+        cells = [tests.get(("1. AVAE against VAE+eps", avae, base, metric)) for metric, _ in figures]
+        verdict = answer(cells[-1], "yes, better", "no, worse")
+        if table[avae].divergence:
+            verdict = table[avae].missing_label
+        rows.append([f"{row_label(avae[1], avae[2])} - VAE+eps", *map(diff_cell, cells), verdict])
+    if not rows:
+        title = "**1. Does AVAE beat VAE+eps on the honest figures?**"
+        return ["", f"{title} Not answered: no AVAE or VAE+eps run."]
+    header = ["difference", *(name for _, name in figures), "beats VAE+eps on AIS?"]
+    return ["", "**1. Does AVAE beat VAE+eps on the honest figures?**", "", format_table(header, rows)]
+
+
+def question_three(dataset: str, table: Table, tests: Tests) -> list[str]:
+    rows = []
+    for model in MODELS:
+        for key in (k for k in rows_of(dataset, model, LATENT) if k in table):
+            test = tests.get(("3. own figure against AIS", key, key, "neg_elbo"))
+            if test is not None:
+                verdict = answer(test, "below AIS: optimistic, not a bound", "above AIS: a looser bound")
+                rows.append([row_label(model, key[2]), diff_cell(test), verdict])
+    if not rows:
+        return []
+    return [
+        "",
+        "**3. How far is each model's own figure from its AIS estimate?** (own figure - AIS)",
+        "",
+        format_table(["model", "own - AIS", "reading"], rows),
+    ]
+
+
+def question_four(dataset: str, table: Table, tests: Tests, figures: Figures) -> list[str]:
+    first, second = one(dataset, "vae-noise"), one(dataset, "vae")
+    if first not in table or second not in table:
+        return []
+    cells = [tests.get(("4. VAE+eps against VAE", first, second, metric)) for metric, _ in figures]
+    verdict = answer(cells[-1], "yes, better", "no, worse")
+    header = ["difference", *(name for _, name in figures), "noise helps on AIS?"]
+    rows = [["VAE+eps - VAE", *map(diff_cell, cells), verdict]]
+    return ["", "**4. Is noise injection worth anything?**", "", format_table(header, rows)]
+
+
+def pattern_lines(table: Table, dataset: str, iwae_key: str, points: int) -> list[str]:
+    """2. Does the paper's Table 1 pattern (AVAE and AVB well ahead of VAE+eps) appear under the
+    discriminator-based figures and disappear under the honest ones? Per-seed gaps with 95% CIs,
+    every figure on the first `points` test images (the AIS points)."""
+    base = table.get(one(dataset, "vae-noise"))
+    if dataset not in PAPER_TABLE1:
+        return []  # the user's own data: the paper has no figure to compare with
+    if base is None:
+        return ["", "**2. Does the paper's pattern appear?** Not answered: no VAE+eps run."]
+    rows = []
+    for model in ("avae", "avb"):
+        paper_gap = PAPER_TABLE1[dataset]["vae-noise"][10] - PAPER_TABLE1[dataset][model][10]
+        for key in (k for k in rows_of(dataset, model, LATENT) if k in table):
+            run, cells = table[key], []
+            for figure, base_figure in (("neg_critic", "neg_elbo"), (iwae_key, iwae_key), ("ais", "ais")):
+                test = difference(base, base_figure, run, figure, points)  # VAE+eps - model: the gap
+                if test is not None:
+                    seen = "appears" if test["diff"] >= paper_gap / 2 else "absent"
+                gap = "diverged" if run.divergence else "-"
+                cells.append(gap if test is None else f"{diff_cell(test)} ({seen})")
+            rows.append([row_label(model, key[2]), f"{paper_gap:+.2f}", *cells])
+    if not rows:
+        return ["", "**2. Does the paper's pattern appear?** Not answered: no AVAE or AVB run."]
+    header = ["model", "paper", "critic figure vs VAE+eps own", iwae_key.replace("iwae_k", "IWAE-"), "AIS"]
+    note = (
+        "Gap to VAE+eps (VAE+eps's figure minus the model's, per seed; positive: better than VAE+eps), "
+        "mean and 95% CI. *appears*: at least half the paper's gap; every figure on the AIS points, as "
+        "in the other tables of this section."
+    )
+    title = "**2. Does the paper's pattern appear under the discriminator-based figures, and survive AIS?**"
+    return ["", title, "", format_table(header, rows), "", note]

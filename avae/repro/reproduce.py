@@ -1,0 +1,255 @@
+"""`avae reproduce`: train, evaluate and analyse whatever a profile's runs still need.
+
+All seeds of one configuration train as one batched model; `jobs` > 1 runs independent
+configurations in parallel processes. Each process records its run in `OUT/index.json` under a
+file lock; the report reads the run directories themselves, so the index is a convenience only.
+
+Two executors run the planned runs (`avae.repro.runner`): "local" (the default: this process, or `jobs`
+worker processes) and "ray" (one Ray task per configuration, on a local Ray cluster or on the one at
+`address`; Ray is the optional extra `avae[ray]`). Both run the same `execute_run`, which writes
+everything a finished run is into its own run directory, so the same reuse and resume rules hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avae.errors import AvaeError, ConfigError
+from avae.io import atomic_write_text, check_writable_dir, read_json, write_json
+from avae.repro.costs import estimate_run_seconds, plan_seconds
+from avae.repro.plan import (
+    PlannedRun,
+    Profile,
+    eval_steps,
+    missing_metrics,
+    pick_runs,
+    runs_for,
+    select,
+    status_of,
+)
+from avae.repro.report.figures import format_table
+from avae.repro.results import MANIFEST
+from avae.repro.runner import (
+    PlanProgress,
+    Task,
+    check_executor,
+    clock,
+    default_jobs,
+    ray_cluster,
+    run_tasks,
+    worker_runtime,
+)
+from avae.training.config import Runtime
+from avae.training.runs import divergence_label, read_divergence
+
+
+def previous_sessions(out: Path) -> list[dict[str, Any]]:
+    path = out / MANIFEST
+    return read_json(path).get("sessions", []) if path.exists() else []
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def provenance(runtime: Runtime, jobs: int) -> dict[str, Any]:
+    """What a reproduction ran on: the commit of this checkout (if it is one), machine, device."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    device = torch.cuda.get_device_name() if runtime.device.startswith("cuda") else cpu_name()
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "commit": commit or "unknown (not a git checkout)",
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "device": f"{runtime.device}: {device or 'unknown'}",
+        "torch": torch.__version__,
+        "jobs": jobs,
+    }
+
+
+def dry_run_table(runs: list[PlannedRun], profile: Profile, out: Path, device: str) -> tuple[str, float]:
+    rows, total = [], 0.0
+    for run in runs:
+        status, epoch = status_of(run, profile, out)
+        train_s, eval_s = estimate_run_seconds(run, profile, out, device)
+        total += train_s + eval_s
+        rows.append(
+            [
+                run.dir_name,
+                ",".join(run.experiments),
+                len(run.cfg.seeds),
+                run.cfg.epochs,
+                status_label(status, epoch, out / run.dir_name),
+                ",".join(k for k, _, _ in eval_steps(run, profile)),
+                f"{train_s:.0f}",
+                f"{eval_s:.0f}",
+            ]
+        )
+    header = ["run", "experiments", "seeds", "epochs", "status", "metrics", "train s (est.)", "eval s (est.)"]
+    return format_table(header, rows), total
+
+
+def status_label(status: str, epoch: int, run_dir: Path) -> str:
+    if status == "resume":
+        return f"resume ({epoch} done)"
+    if status == "diverged":
+        return divergence_label(read_divergence(run_dir) or {"epoch": "?", "seed": "?"})
+    if status == "published":
+        return "published, without weights (figures as they are)"
+    return status
+
+
+def diverged_note(runs: list[PlannedRun], out: Path) -> str:
+    """One line per planned run that diverged earlier and is left alone, with how to go on."""
+    lines = []
+    for run in runs:
+        record = read_divergence(out / run.dir_name)
+        if record is not None:
+            lines.append(
+                f"avae reproduce: {run.dir_name} diverged earlier ({record['term']} non-finite at epoch "
+                f"{record['epoch']}, step {record['step']}, seed {record['seed']}) and is not retried (the "
+                f"same settings diverge again); the report shows it as diverged. To go on with it instead: "
+                f"`avae train --resume --out {out / run.dir_name} --lr LOWER` (and --disc-lr / --adv-lr)."
+            )
+    return "\n".join(lines)
+
+
+def published_note(runs: list[PlannedRun], profile: Profile, out: Path, status: dict[str, str]) -> str:
+    """One line for the runs copied from published results without weights that lack a planned
+    figure: they are reported as they are; only retraining adds the figure."""
+    published = [run for run in runs if status[run.key] == "published"]
+    if not published:
+        return ""
+    missing = set()
+    for run in published:
+        steps = missing_metrics(out / run.dir_name, run.cfg, eval_steps(run, profile))
+        missing |= {key for key, _, _ in steps}
+    return (
+        f"avae reproduce: {len(published)} runs were published without weights and lack "
+        f"{', '.join(sorted(missing)) or 'their analysis'}; they are reported as they are (only "
+        "retraining them, into another --out, could add it)"
+    )
+
+
+def reproduce(
+    profile: str | Profile,
+    out: str | Path,
+    *,
+    runtime: Runtime | None = None,
+    jobs: int | None = None,
+    dry_run: bool = False,
+    tensorboard: bool = False,
+    executor: str = "local",
+    address: str | None = None,
+    experiments: Sequence[str] = (),
+    train_only: bool = False,
+    run_names: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Train, evaluate and analyse every run of the profile that is not finished; only the runs of
+    `experiments` (default all the profile's), and with `train_only` only their training. With
+    `run_names`, only those runs, in that order (whole directory names or a unique start of one).
+
+    `executor` "local" runs them here (`jobs` processes); "ray" runs each as one Ray task, on a
+    local Ray cluster of `jobs` task slots or on the cluster at `address`, and then `out` must be
+    a directory every node of the cluster reaches at the same path."""
+    profile = select(profile, experiments, train_only)
+    runtime = runtime or Runtime()
+    jobs = default_jobs(runtime.device) if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+    check_executor(executor, address, runtime.device, need_ray=False)
+    out = Path(out).resolve() if executor == "ray" else Path(out)  # the same path on every node
+    runs = pick_runs(runs_for(profile), run_names) if run_names else runs_for(profile)
+    status = {run.key: status_of(run, profile, out)[0] for run in runs}  # each reads a checkpoint: once
+    if note := published_note(runs, profile, out, status):
+        print(note, file=sys.stderr, flush=True)
+    if dry_run:
+        table, total = dry_run_table(runs, profile, out, runtime.device)
+        parallel = min(jobs, os.cpu_count() or 1)
+        wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs)
+        print(table)
+        print(
+            f"\n{len(runs)} runs of profile {profile.name!r} on {runtime.device}: about {clock(total)} of "
+            f"compute in all (estimate), about {clock(wall)} with --jobs {jobs}"
+        )
+        if runtime.device.startswith("cuda") and not torch.cuda.is_available():
+            print(
+                f"note: this machine has no CUDA device; the estimate is for {runtime.device} on another "
+                "machine, from the cost model and runs measured on CUDA, not from this machine",
+                file=sys.stderr,
+            )
+        return []
+    check_executor(executor, address, runtime.device)  # before anything is written
+    check_writable_dir(out)  # an --out that is a file, or that this user may not write in
+    estimates = {run.key: sum(estimate_run_seconds(run, profile, out, runtime.device)) for run in runs}
+    parallel = max(1, min(jobs, len(runs)))
+    left = sum(1 for seconds in estimates.values() if seconds)
+    wall = plan_seconds(sum(estimates.values()), parallel, profile, out, runtime.device, executor, jobs)
+    print(
+        f"avae reproduce: profile {profile.name!r}, {len(runs)} runs, {left} with work left; about "
+        f"{clock(wall)} on {runtime.device} with --jobs {jobs} "
+        "(estimate from the cost model; --dry-run lists every run)",
+        flush=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / MANIFEST,
+        {
+            "profile": profile.name,
+            "settings": json.loads(json.dumps(asdict(profile))),
+            "runs": [{"key": r.key, "dir": r.dir_name, "experiments": r.experiments} for r in runs],
+            "sessions": [*previous_sessions(out), provenance(runtime, jobs)],
+        },
+    )
+    worker = worker_runtime(runtime, jobs, executor)
+    if note := diverged_note(runs, out):
+        print(note, file=sys.stderr, flush=True)
+    left_alone = ("diverged", "published")
+    tasks = [
+        Task(run, profile, out, worker, tensorboard) for run in runs if status[run.key] not in left_alone
+    ]
+    with (
+        ray_cluster(executor, address, jobs, worker) as cluster,
+        PlanProgress(
+            estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress
+        ) as progress,
+    ):
+        results, failures = run_tasks(tasks, jobs, progress, cluster)
+    atomic_write_text(out / "reproduce.log", "\n".join(json.dumps(r) for r in results) + "\n")
+    if failures:
+        raise AvaeError(
+            f"{len(failures)} of {len(tasks)} runs failed ({'; '.join(failures)}); the others are "
+            f"finished: fix the cause, rerun the same command (only those run), then `avae report {out}`"
+        )
+    trained = f"\n{len(runs)} runs ({sum(r['trained'] for r in results)} trained); "
+    if profile.evaluate:
+        print(f"{trained}write the report with `avae report {out}`")
+    else:
+        print(f"{trained}training only: the same command without --train-only evaluates them")
+    return results

@@ -1,0 +1,265 @@
+"""`avae sweep`: train every point of a grid of settings, with reproduce's machinery.
+
+A sweep is a list of planned runs without a profile: each point of the grid's Cartesian product is
+one configuration (all its seeds trained together as members), run as one task by the local or the
+Ray executor (`avae.repro.runner.run_tasks`), in OUT/<the run directory name of `avae reproduce`>. So
+the same rules hold: a finished run (checkpoint at the last epoch, every asked-for metric in
+eval.json) is reused, an unfinished one resumes, and OUT/index.json lists every run. OUT/sweep.json
+lists the points of the last sweep, their run directories and their final test figures.
+
+Grid syntax: `KEY=V1,V2,...` per setting, with the names of `avae train --help` (underscores or
+dashes); a list setting such as `hidden` separates its widths by "/" (`hidden=256/64/32,200/200`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from avae.core.models import MODELS, ModelConfig
+from avae.errors import AvaeError, ConfigError
+from avae.evaluation.evaluate import metric_seconds, parse_metrics
+from avae.io import read_json, write_json
+from avae.likelihood.scoring import EvalSettings
+from avae.repro.costs import estimate_train_seconds
+from avae.repro.plan import EvalStep, PlannedRun, missing_metrics
+from avae.repro.report.figures import format_table
+from avae.repro.results import SWEEP
+from avae.repro.runner import (
+    PlanProgress,
+    Task,
+    check_executor,
+    clock,
+    default_jobs,
+    ray_cluster,
+    run_tasks,
+    worker_runtime,
+)
+from avae.training.config import MODEL_KEYS, TRAIN_KEYS, Runtime, TrainConfig
+from avae.training.runs import EVAL, checkpoint_epoch, divergence_label, read_divergence, read_record
+
+LIST_SEPARATOR = "/"
+GRID_KEYS = (MODEL_KEYS | TRAIN_KEYS | {"model"}) - {"seeds"}
+FIELD_TYPES = {f.name: str(f.type) for cls in (ModelConfig, TrainConfig) for f in fields(cls)}
+# The eval.json key that shows a metric family is done, at evaluate's default settings.
+METRIC_KEYS = {
+    "elbo": "neg_elbo",
+    "critic": "neg_critic",
+    "iwae": f"iwae_k{max(EvalSettings().k)}",
+    "sivi": f"sivi_k{EvalSettings().sivi_k}",
+    "ais": "ais",
+    "bdmc": "bdmc_forward",
+}
+
+
+def parse_grid(items: list[str], given: dict[str, Any] | None = None) -> dict[str, list[Any]]:
+    """{setting: values} from `KEY=V1,V2` items, each value typed as its setting; a syntax error,
+    an unknown setting, a repeated key or value, or a setting also in `given` is refused."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--grid item {item!r} is not KEY=V1,V2,...; e.g. adv_weight=0.01,0.1,1")
+        if key == "seeds":
+            raise ConfigError(
+                "--grid cannot vary seeds: they are every point's members; give them with --seeds"
+            )
+        if key not in GRID_KEYS:
+            raise ConfigError(
+                f"--grid: unknown setting {key!r}; use the names of `avae train --help`, e.g. adv_weight"
+            )
+        if key in grid or key in (given or {}):
+            raise ConfigError(f"--grid: {key} is given twice (in --grid or as an option); give it once")
+        values = [parse_value(key, v.strip()) for v in text.split(",") if v.strip()]
+        if not values:
+            raise ConfigError(f"--grid {key}: no values; give them as {key}=V1,V2")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--grid {key}: a value is listed twice in {text!r}")
+        grid[key] = values
+    if not grid:
+        raise ConfigError("--grid needs at least one KEY=V1,V2 item")
+    return grid
+
+
+def parse_value(key: str, text: str) -> Any:
+    """One grid value as its setting's type: int, float, str, or a "/"-separated list of ints."""
+    kind = FIELD_TYPES.get(key, "str")
+    try:
+        if "tuple" in kind:
+            return tuple(int(v) for v in text.split(LIST_SEPARATOR))
+        if kind in ("int", "float"):
+            return int(text) if kind == "int" else float(text)
+    except ValueError:
+        what = f"integers separated by {LIST_SEPARATOR!r}" if "tuple" in kind else f"a number ({kind})"
+        raise ConfigError(f"--grid {key}: {text!r} is not {what}") from None
+    return text
+
+
+def metric_steps(metrics: tuple[str, ...], model: str) -> list[EvalStep]:
+    """The evaluation plan of one sweep run: each asked-for metric the model has, at evaluate's
+    default settings, on the run's test points (--test-subset)."""
+    cls = MODELS[model]
+    skip = {"critic"} if not cls.has_critic else set()
+    skip |= {"sivi"} if not cls.semi_implicit else set()
+    return [(METRIC_KEYS[m], m, {}) for m in metrics if m not in skip]
+
+
+def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[dict[str, Any], PlannedRun]]:
+    """(point, planned run) for every point of the grid in order; a point whose configuration is
+    invalid is refused in one sentence naming it. Points with one configuration share its run."""
+    points = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values, strict=True))
+        try:
+            run = PlannedRun({**base, **point}, ["sweep"], honest=False)
+        except ConfigError as exc:
+            text = ", ".join(f"{k}={shown(v)}" for k, v in point.items())
+            raise ConfigError(f"grid point {text}: {exc}") from None
+        points.append((point, run))
+    return points
+
+
+def estimate_seconds(run: PlannedRun, steps: list[EvalStep], out: Path, device: str) -> float:
+    """The cost model's time for what the run still needs: training epochs left and missing metrics."""
+    cfg, run_dir = run.cfg, out / run.dir_name
+    if read_divergence(run_dir) is not None:
+        return 0.0  # not retried
+    epoch = checkpoint_epoch(run_dir)
+    seconds = 0.0
+    if epoch < cfg.epochs:
+        images = cfg.train_subset or 60000
+        seconds += estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
+    points = cfg.test_subset or 10000
+    for _, family, settings in missing_metrics(run_dir, cfg, steps):
+        seconds += metric_seconds(family, EvalSettings(**settings), points, len(cfg.seeds), device)
+    return seconds
+
+
+def sweep(
+    base: dict[str, Any],
+    grid: dict[str, list[Any]] | list[str],
+    out: str | Path,
+    *,
+    metrics: str | tuple[str, ...] = ("elbo",),
+    runtime: Runtime | None = None,
+    jobs: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every point of `grid` (or of `KEY=V1,V2` items) over the settings `base`,
+    one task per configuration, and write OUT/sweep.json; returns its content. Everything is
+    checked before anything is written."""
+    runtime = runtime or Runtime()
+    jobs = default_jobs(runtime.device) if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+    grid = parse_grid(grid, base) if isinstance(grid, list) else grid
+    chosen = parse_metrics(metrics)
+    points = plan_sweep(base, grid)
+    check_executor(executor, address, runtime.device)
+    out = Path(out).resolve() if executor == "ray" else Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory")
+    runs = {run.key: run for _, run in points}  # one task per distinct configuration
+    steps = {key: metric_steps(chosen, run.cfg.model.name) for key, run in runs.items()}
+    estimates = {key: estimate_seconds(run, steps[key], out, runtime.device) for key, run in runs.items()}
+    parallel = max(1, min(jobs, len(runs)))
+    print(
+        f"avae sweep: {len(points)} points, {len(runs)} runs, "
+        f"{sum(1 for s in estimates.values() if s)} with work left; about "
+        f"{clock(sum(estimates.values()) / parallel)} on {runtime.device} with --jobs {jobs} (estimate)",
+        flush=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    worker = worker_runtime(runtime, jobs, executor)
+    diverged = {key for key, run in runs.items() if read_divergence(out / run.dir_name) is not None}
+    for key in diverged:  # the same settings diverge again at the same step
+        print(f"avae sweep: {runs[key].dir_name} diverged earlier and is not retried", file=sys.stderr)
+    left = {key: run for key, run in runs.items() if key not in diverged}
+    tasks = [Task(run, None, out, worker, steps=steps[key]) for key, run in left.items()]
+    with (
+        ray_cluster(executor, address, jobs, worker) as cluster,
+        PlanProgress(estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress) as bar,
+    ):
+        _, failures = run_tasks(tasks, jobs, bar, cluster)
+    record = sweep_record(points, grid, base, chosen, out)
+    write_json(out / SWEEP, record)
+    print(sweep_table(record))
+    if failures:
+        raise AvaeError(
+            f"{len(failures)} of {len(tasks)} runs failed ({'; '.join(failures)}); the others are "
+            f"finished: fix the cause and rerun the same command (only those run)"
+        )
+    print(f"\n{len(points)} points written to {out / SWEEP}")
+    return record
+
+
+def sweep_record(
+    points: list[tuple[dict[str, Any], PlannedRun]],
+    grid: dict[str, list[Any]],
+    base: dict[str, Any],
+    metrics: tuple[str, ...],
+    out: Path,
+) -> dict[str, Any]:
+    """sweep.json: the grid, the shared settings and, per point, its run directory and the final
+    test figures in its eval.json (mean and sem over members, and each member's value)."""
+    entries = []
+    for point, run in points:
+        have = read_record(out / run.dir_name, EVAL, run.cfg.epochs).get("metrics", {})
+        figures = {
+            key: {
+                "mean": have[key]["mean"],
+                "sem": have[key]["sem"],
+                "per_member": {str(m["seed"]): m["value"] for m in have[key]["per_member"]},
+            }
+            for key, _, _ in metric_steps(metrics, run.cfg.model.name)
+            if key in have
+        }
+        entry = {"point": point, "dir": run.dir_name, "key": run.key, "figures": figures}
+        if (record := read_divergence(out / run.dir_name)) is not None:
+            entry["diverged"] = {k: record[k] for k in ("epoch", "step", "seed", "term")}
+        entries.append(entry)
+    return {"grid": grid, "settings": base, "metrics": list(metrics), "points": entries}
+
+
+def sweep_table(record: dict[str, Any]) -> str:
+    """The points with their figures (mean ± sem over members, nats), one row each."""
+    keys = list(record["grid"])
+    metric_keys = sorted({k for entry in record["points"] for k in entry["figures"]}) or [
+        METRIC_KEYS[m] for m in record["metrics"]
+    ]
+    rows = [
+        [*(shown(entry["point"][k]) for k in keys), entry["dir"]]
+        + [
+            f"{entry['figures'][m]['mean']:.2f} ± {entry['figures'][m]['sem']:.2f}"
+            if m in entry["figures"]
+            else missing_cell(entry)
+            for m in metric_keys
+        ]
+        for entry in record["points"]
+    ]
+    return format_table([*keys, "run", *metric_keys], rows)
+
+
+def missing_cell(entry: dict[str, Any]) -> str:
+    diverged = entry.get("diverged")
+    return divergence_label(diverged) if diverged else "-"
+
+
+def shown(value: Any) -> str:
+    """A grid value as written in --grid (a list setting's items joined by "/")."""
+    if isinstance(value, (list, tuple)):
+        return LIST_SEPARATOR.join(str(v) for v in value)
+    return str(value)
+
+
+def read_sweep(out: str | Path) -> dict[str, Any]:
+    """OUT/sweep.json as written by `sweep`."""
+    path = Path(out) / SWEEP
+    if not path.exists():
+        raise ConfigError(f"no {SWEEP} in {out}; run `avae sweep --out {out}` first")
+    return read_json(path)
