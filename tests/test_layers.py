@@ -159,3 +159,11 @@ def test_every_public_name_is_exported_and_documented():
         if callable(value) and name != "__version__":
             assert (value.__doc__ or "").strip(), f"avae.{name} has no docstring"
 
+
+def test_the_modules_the_readme_promises_keep_their_names():
+    import avae.reproduce
+    import avae.train
+    from avae.repro.reproduce import reproduce
+    from avae.training.train import train
+
+    assert avae.train.train is train and avae.reproduce.reproduce is reproduce
