@@ -28,7 +28,7 @@ from avae.cli.commands import main
 from avae.data import datasets as data
 from avae.data import sources
 from avae.errors import AvaeError, CheckpointError, DataError, DivergenceError
-from avae.training.checkpoint import META_KEY, load_checkpoint, save_checkpoint
+from avae.training.checkpoint import META_KEY, checkpoint_meta, load_checkpoint, save_checkpoint
 from avae.training.config import Runtime, make_config
 from avae.training.runs import CHECKPOINT, DIVERGED, METRICS, read_divergence
 from avae.training.train import train
@@ -258,6 +258,33 @@ def test_tampered_checkpoint_is_refused(tmp_path, tamper, fragment):
     bad.write_bytes(tamper(raw))
     with pytest.raises(CheckpointError, match=fragment) as err:
         load_checkpoint(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_checkpoint_meta_reads_the_header_alone(tmp_path):
+    path = tmp_path / "c.safetensors"
+    small_checkpoint(path)
+    _, meta = load_checkpoint(path)
+    assert checkpoint_meta(path) == meta and meta["epoch"] == 3
+    # the tensors are not read: a damaged data byte goes unnoticed here (load_checkpoint refuses it)
+    path.write_bytes(flip_last_data_byte(path.read_bytes()))
+    assert checkpoint_meta(path)["epoch"] == 3
+
+
+@pytest.mark.parametrize(
+    "tamper,fragment",
+    [
+        (drop_digest, "lacks its tensors_sha256 metadata"),
+        (lambda raw: raw[:5], "truncated"),
+        (lambda raw: b"\x80\x04" + raw, "pickle"),
+        (lambda raw: struct.pack("<Q", 4) + b"null" + raw[8:], "truncated or corrupted"),
+    ],
+)
+def test_checkpoint_meta_refuses_what_is_not_an_avae_checkpoint(tmp_path, tamper, fragment):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(tamper(small_checkpoint(tmp_path / "good.safetensors")))
+    with pytest.raises(CheckpointError, match=fragment) as err:
+        checkpoint_meta(bad)
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -54,6 +54,39 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupted ({exc}); delete it and train again"
         ) from None
+    meta = checked_meta(path, header_meta)
+    if meta.pop(DIGEST_KEY) != content_digest(tensors, meta):
+        raise CheckpointError(
+            f"checkpoint {path} was altered after it was written (its contents do not match the "
+            "sha256 recorded in it); delete it and train again"
+        )
+    return tensors, meta
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (epoch, configuration, versions, ...) read from its safetensors header
+    alone: the tensors are neither read nor checked against the digest (`load_checkpoint` does both,
+    and every use of the weights goes through it)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            refuse_foreign_format(path, handle.read(9))
+        with safe_open(str(path), framework="pt") as handle:
+            header_meta = handle.metadata() or {}
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupted ({exc}); delete it and train again"
+        ) from None
+    meta = checked_meta(path, header_meta)
+    meta.pop(DIGEST_KEY)
+    return meta
+
+
+def checked_meta(path: Path, header_meta: dict[str, str]) -> dict[str, Any]:
+    """The avae document of a safetensors header's metadata, refused unless it is an avae
+    checkpoint's of this format with every required key."""
     try:
         meta = json.loads(header_meta[META_KEY])
     except (KeyError, TypeError, json.JSONDecodeError):
@@ -69,12 +102,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             f"checkpoint {path} lacks its {', '.join(missing)} metadata; it was not written by avae "
             "or was edited: delete it and train again"
         )
-    if meta.pop(DIGEST_KEY) != content_digest(tensors, meta):
-        raise CheckpointError(
-            f"checkpoint {path} was altered after it was written (its contents do not match the "
-            "sha256 recorded in it); delete it and train again"
-        )
-    return tensors, meta
+    return meta
 
 
 def content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:

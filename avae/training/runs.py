@@ -23,7 +23,7 @@ from avae.core.models import LatentModel, build_model
 from avae.data import datasets as data
 from avae.errors import CheckpointError, ConfigError, DivergenceError
 from avae.io import read_csv, read_json, remove_stale_temporaries, write_csv, write_json
-from avae.training.checkpoint import load_checkpoint
+from avae.training.checkpoint import checkpoint_meta, load_checkpoint
 from avae.training.config import (
     RESUMABLE_CHANGES,
     Runtime,
@@ -120,10 +120,11 @@ def read_config(run_dir: str | Path) -> TrainConfig:
 
 
 def checkpoint_epoch(run_dir: Path) -> int:
-    """The epoch of the run's last checkpoint, 0 when there is none."""
+    """The epoch of the run's last checkpoint, 0 when there is none (read from the checkpoint's
+    header: the weights are not loaded)."""
     if not (run_dir / CHECKPOINT).exists():
         return 0
-    return int(load_checkpoint(run_dir / CHECKPOINT)[1]["epoch"])
+    return int(checkpoint_meta(run_dir / CHECKPOINT)["epoch"])
 
 
 def has_weights(run_dir: Path) -> bool:
@@ -231,7 +232,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[TrainConfig, Lat
 
 def load_exported(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A run shared without its checkpoint: the weights alone (model.safetensors, as
-    `avae.card.export_weights` writes them, with their epoch) and the configuration in config.json.
+    `avae.training.card.export_weights` writes them, with their epoch) and the configuration in config.json.
     Enough to evaluate, analyse or sample; not to resume training."""
     try:
         with safe_open(run_dir / WEIGHTS, framework="pt") as f:
