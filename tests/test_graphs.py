@@ -25,11 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
 
 
-class NoBar:
-    def update(self, n=1):
-        pass
-
-
 def eager_epoch(state, cfg, train_x):
     """The loop as it was before the static buffers: gather, then every phase with the pooled noise."""
     steps = len(train_x) // cfg.batch_size
@@ -64,7 +59,7 @@ def test_static_buffer_iteration_equals_the_eager_loop_bitwise(settings):
     assert not static.graphs and not static.iteration.enabled  # CPU: eager, no capture
     for epoch in (1, 2):
         static.epoch = epoch
-        got = run_epoch(static, cfg, x, Runtime(progress=False), NoBar())
+        got = run_epoch(static, cfg, x, Runtime(progress=False))
         want = eager_epoch(eager, cfg, x)
         assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
     a, b = static.model.state_dict(), eager.model.state_dict()
@@ -189,7 +184,7 @@ def test_graphed_iteration_equals_eager_on_cuda():
     for graphs in (False, True):
         state = new_state(cfg, torch.device("cuda"), graphs=graphs)
         state.epoch = 1
-        means = run_epoch(state, cfg, x, Runtime(device="cuda", progress=False), NoBar())
+        means = run_epoch(state, cfg, x, Runtime(device="cuda", progress=False))
         runs.append((means, state.model.state_dict()))
     (m0, w0), (m1, w1) = runs
     assert all(torch.equal(m0[k], m1[k]) for k in m0) and all(torch.equal(w0[k], w1[k]) for k in w0)

@@ -107,11 +107,6 @@ def load_train_images(images: int) -> tuple[torch.Tensor, str]:
         return torch.rand(images, 784, generator=torch.Generator().manual_seed(0)), "uniform noise"
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
 def train_throughput(
     model: str,
     members: int,
@@ -131,7 +126,7 @@ def train_throughput(
     steps = len(x) // BATCH
 
     def epoch() -> int:
-        run_epoch(state, cfg, x, runtime, _NoBar())
+        run_epoch(state, cfg, x, runtime)
         return steps
 
     done, elapsed = timed(epoch, seconds, warmup=2 if compile else 1)

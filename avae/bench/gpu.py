@@ -60,11 +60,6 @@ GPU_JSON, GPU_MD = "gpu_bench.json", "GPU_BENCH.md"
 BATCH = 100
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -110,7 +105,7 @@ def train_step_ms(
     steps = len(x) // BATCH
 
     def epoch() -> int:
-        run_epoch(state, cfg, x, runtime, _NoBar())
+        run_epoch(state, cfg, x, runtime)
         return steps
 
     with state.iteration:  # its graph is released at the end (GraphedCall.release)
@@ -190,7 +185,7 @@ def equivalence(device: torch.device, images: int = 600) -> dict[str, Any]:
         state = new_state(cfg, device, graphs=graphed and device.type == "cuda")
         state.epoch = 1
         with state.iteration:
-            means = run_epoch(state, cfg, x, runtime, _NoBar())
+            means = run_epoch(state, cfg, x, runtime)
         results[graphed] = (means, state.model.state_dict())
     (m0, w0), (m1, w1) = results[False], results[True]
     out["graph_vs_eager_loss_max_abs_diff"] = max(float((m0[k] - m1[k]).abs().max()) for k in m0)
@@ -203,7 +198,7 @@ def equivalence(device: torch.device, images: int = 600) -> dict[str, Any]:
     def epochs(state, count: int) -> None:
         for _ in range(count):
             state.epoch += 1
-            run_epoch(state, cfg, x, runtime, _NoBar())
+            run_epoch(state, cfg, x, runtime)
 
     straight = new_state(cfg, device)
     epochs(straight, 3)

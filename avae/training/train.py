@@ -301,9 +301,10 @@ def subset(x: torch.Tensor, n: int, split: str, where: str = "") -> torch.Tensor
 
 
 def run_epoch(
-    state: TrainingState, cfg: TrainConfig, train_x: torch.Tensor, runtime: Runtime, bar
+    state: TrainingState, cfg: TrainConfig, train_x: torch.Tensor, runtime: Runtime, bar=None
 ) -> dict[str, torch.Tensor]:
-    """One pass over the training set; returns each logged term's epoch mean, [S] per term.
+    """One pass over the training set; returns each logged term's epoch mean, [S] per term. `bar`
+    (a tqdm progress bar, or None for none) advances by the steps taken.
 
     No host synchronisation per step: batches are gathered by index from the device-resident
     `train_x` straight into the static batch, noise comes from a per-member pool (cleared here, so
@@ -321,7 +322,8 @@ def run_epoch(
         totals = stacked if totals is None else totals + stacked
         if len(pending) == runtime.check_every or step == steps - 1:
             check_finite(pending, state.term_names, state.epoch, step, cfg.seeds)
-            bar.update(len(pending))
+            if bar is not None:
+                bar.update(len(pending))
             pending.clear()
     return {name: total / steps for name, total in zip(state.term_names, totals, strict=True)}
 
