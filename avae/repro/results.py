@@ -69,6 +69,13 @@ class RunResult:
         values = [row.get(key) for row in self.analysis.get("per_member", [])]
         return values if values and None not in values else None
 
+    def by_epoch(self, column: str = "test_neg_elbo") -> dict[int, list[float]]:
+        """The seeds' values of a metrics.csv column after each epoch, in epoch order."""
+        by_epoch: dict[int, list[float]] = {}
+        for row in self.rows:
+            by_epoch.setdefault(int(row["epoch"]), []).append(float(row[column]))
+        return dict(sorted(by_epoch.items()))
+
     def values(self, metric: str, points: int | None = None) -> list[float] | None:
         """A figure of eval.json or of analysis.json by name."""
         return self.analysed(metric) if metric == "frechet_distance" else self.metric(metric, points)
@@ -133,13 +140,10 @@ SHORT_OF_CONVERGENCE = 1.0  # nats per epoch: still improving faster than this a
 
 def last_epoch_gain(run: RunResult, column: str = "test_neg_elbo") -> float | None:
     """How much the seeds' mean test figure fell over the last epoch (None with one epoch)."""
-    by_epoch: dict[int, list[float]] = {}
-    for row in run.rows:
-        by_epoch.setdefault(int(row["epoch"]), []).append(float(row[column]))
-    epochs = sorted(by_epoch)
-    if len(epochs) < 2:
+    by_epoch = list(run.by_epoch(column).values())
+    if len(by_epoch) < 2:
         return None
-    last, before = by_epoch[epochs[-1]], by_epoch[epochs[-2]]
+    last, before = by_epoch[-1], by_epoch[-2]
     return sum(before) / len(before) - sum(last) / len(last)
 
 

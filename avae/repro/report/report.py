@@ -43,7 +43,7 @@ from avae.training.runs import CONFIG, divergence_label
 Table = dict[RowKey, RunResult]
 
 
-def table_rows(table: Table, dataset: str, latent: int) -> list[RowKey]:
+def table_rows(dataset: str, latent: int) -> list[RowKey]:
     """Every registered model and reading at one latent size, in registry order."""
     return [key for model in MODELS for key in rows_of(dataset, model, latent)]
 
@@ -126,7 +126,7 @@ def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
         latents = [z for z in PAPER_LATENTS if any(k[0] == dataset and k[3] == z for k in table)]
         header = ["model"] + [f"z={z} {part}" for z in latents for part in ("own", "critic", "paper")]
         rows = []
-        for key in table_rows(table, dataset, 10):
+        for key in table_rows(dataset, 10):
             row = [row_label(key[1], key[2])]
             for latent in latents:
                 run = table.get((*key[:3], latent, key[4]))
@@ -191,7 +191,7 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
                 [("ais", "AIS")] if key_name == "ais" else []
             )
             rows = []
-            for key in (k for k in table_rows(table, dataset, 10) if k in table):
+            for key in (k for k in table_rows(dataset, 10) if k in table):
                 run = table[key]
                 values = [run.metric(name, points) for name, _ in figures]
                 gap = "diverged" if run.divergence else "-"
@@ -205,7 +205,7 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
             lines += ["", title, "", format_table(["model", *(f for _, f in figures)], rows)]
         missing += [
             table[k].dir.name
-            for k in table_rows(table, dataset, 10)
+            for k in table_rows(dataset, 10)
             if k in table and not table[k].entry("ais") and not table[k].divergence
         ]
     if any(
@@ -318,11 +318,8 @@ def curve_note(run: RunResult | None, divergence: dict[str, Any] | None = None) 
 
 def curve_stats(run: RunResult, column: str = "test_neg_elbo") -> list[dict[str, float]]:
     """Per epoch: mean and 95% CI band over the run's seeds of `column` in metrics.csv."""
-    by_epoch: dict[int, list[float]] = {}
-    for row in run.rows:
-        by_epoch.setdefault(int(row["epoch"]), []).append(float(row[column]))
     points = []
-    for epoch, values in sorted(by_epoch.items()):
+    for epoch, values in run.by_epoch(column).items():
         mean, half = stats.mean_ci(values)
         half = 0.0 if half != half else half
         points.append(
