@@ -1,10 +1,11 @@
-"""The four models of the paper behind one small interface, chosen from a registry by name.
+"""The five models (the paper's four and AVB-AC) behind one small interface, chosen from a registry
+by name.
 
 Every model is an ensemble of S independent members (see `avae.core.nets`). A model exposes:
 
 - `phases()`: the optimisation steps of one training iteration, in order. Each phase names the
   parameters it updates and a loss `(x, noise) -> (per-member loss [S], metrics)`. The training
-  loop (`avae.train`) runs them top to bottom with one Adam optimiser per phase.
+  loop (`avae.training.train`) runs them top to bottom with one Adam optimiser per phase.
 - `neg_elbo(x, noise)`: the test metric as the model's own objective defines it, [S, B].
 - `sample(n, noise)`: decoder means for z ~ p(z), [S, n, D].
 - `neg_critic_figure(x, noise)`: for models with a critic, the discriminator-based figure

@@ -37,9 +37,9 @@ from avae.repro.plan import (
     missing_metrics,
 )
 from avae.repro.results import INDEX
-from avae.training.config import Runtime, TrainConfig, config_hash
+from avae.training.config import Runtime, TrainConfig
 from avae.training.images import image_grid
-from avae.training.runs import EVAL, read_config, trained_epoch
+from avae.training.runs import EVAL, trained_epoch
 from avae.training.train import train
 from avae.watchdog import reap_on_death
 
@@ -87,17 +87,6 @@ def locked_update_index(
         }
         index["runs"][key] = {**entry, "seconds": dict(sorted(spent.items()))}
         write_json(path, index)
-
-
-def rebuild_index(out: str | Path) -> dict[str, Any]:
-    """index.json from the run directories alone (if the index was lost or is stale)."""
-    out = Path(out)
-    index: dict[str, Any] = {"runs": {}}
-    for config in sorted(out.glob("*/config.json")):
-        cfg = read_config(config.parent)
-        index["runs"][config_hash(cfg)] = summary_entry(config.parent, cfg)
-    write_json(out / INDEX, index)
-    return index
 
 
 def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 from avae.core.models import MODELS, ModelConfig
 from avae.errors import AvaeError, ConfigError
 from avae.evaluation.evaluate import metric_seconds, parse_metrics
-from avae.io import read_json, write_json
+from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.costs import estimate_train_seconds
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics
@@ -255,11 +255,3 @@ def shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return LIST_SEPARATOR.join(str(v) for v in value)
     return str(value)
-
-
-def read_sweep(out: str | Path) -> dict[str, Any]:
-    """OUT/sweep.json as written by `sweep`."""
-    path = Path(out) / SWEEP
-    if not path.exists():
-        raise ConfigError(f"no {SWEEP} in {out}; run `avae sweep --out {out}` first")
-    return read_json(path)
