@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import fcntl
 import io
 import json
 import os
@@ -20,6 +19,8 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from avae.errors import AvaeError, ConfigError
 
@@ -216,20 +217,22 @@ def parse_number(text: str) -> int | float | str:
 
 @contextlib.contextmanager
 def file_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive advisory lock on `path` (created if needed) for the `with` block.
+    """Hold an exclusive lock on `path` (created if needed, and left in place) for the `with` block:
+    filelock's, an advisory flock on POSIX and a locked byte on Windows, held by this open of the
+    file, so another process, or another file_lock in this one, waits for it.
 
     Yields True when the lock is held. With `blocking=False` it yields False at once when
     another process holds it, so the caller can refuse instead of waiting.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(path, thread_local=False)
+    try:
+        lock.acquire(blocking=blocking)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from avae.errors import AvaeError, ConfigError
-from avae.io import read_json
+from avae.io import file_lock, read_json
 from avae.training.config import make_config
 
 
@@ -46,3 +46,14 @@ def test_unreadable_json_names_the_file_and_a_good_file_is_parsed(tmp_path):
     path.write_text(json.dumps({"config": {"model": "avae", "epochs": 3}}))
     cfg = read_config_json(path)
     assert cfg.model.name == "avae" and cfg.epochs == 3
+
+
+def test_file_lock_refuses_a_second_holder_without_waiting(tmp_path):
+    path = tmp_path / "sub" / ".lock"
+    with file_lock(path) as held:
+        assert held and path.exists()
+        with file_lock(path, blocking=False) as second:  # another open of the file
+            assert second is False
+    with file_lock(path, blocking=False) as again:
+        assert again is True
+    assert path.exists()  # left in place for the next holder
