@@ -25,7 +25,7 @@ from avae.cli.commands import main
 from avae.errors import ConfigError, DivergenceError
 from avae.io import read_json
 from avae.repro import runner
-from avae.repro.plan import PlannedRun, runs_for
+from avae.repro.plan import EvalStep, PlannedRun, runs_for
 from avae.repro.runner import FAILURES, Outcomes, PlanProgress, Task, run_in_pool, run_tasks
 from avae.repro.sweep import SWEEP
 from avae.training.config import Runtime
@@ -46,7 +46,7 @@ def test_a_divergence_error_keeps_its_fields_across_a_process_boundary():
 
 
 def tasks_of(tmp_path: Path, learning_rates: list[float]) -> list[Task]:
-    steps = [("neg_elbo", "elbo", {})]
+    steps = [EvalStep("neg_elbo", "elbo")]
     runs = [PlannedRun({**TINY, "lr": lr}, ["test"], honest=False) for lr in learning_rates]
     return [Task(run, None, tmp_path, QUIET, steps=steps) for run in runs]
 

@@ -24,7 +24,7 @@ from avae.evaluation.analysis import classifier_path
 from avae.evaluation.evaluate import decoder_rate, device_kind, metric_seconds, test_points
 from avae.io import read_json
 from avae.likelihood.scoring import EvalSettings
-from avae.repro.plan import EvalStep, PlannedRun, Profile, eval_steps, missing_metrics, status_of
+from avae.repro.plan import EvalStep, PlannedRun, Profile, RunStatus, eval_steps, missing_metrics, status_of
 from avae.repro.results import INDEX
 from avae.training.config import TrainConfig, make_config
 from avae.training.runs import CONFIG, METRICS, read_metrics
@@ -207,14 +207,18 @@ def estimate_eval_seconds(
     test, members = test_points(run.cfg), len(run.cfg.seeds)
     took = measured.part_seconds if measured else {}
     seconds = sum(
-        took.get(key)
+        took.get(step.key)
         or (
             EVAL_CALL_SECONDS
             + metric_seconds(
-                family, EvalSettings(**{**settings, "k": (1, profile.iwae_k)}), test, members, device
+                step.family,
+                EvalSettings(**{**step.settings, "k": (1, profile.iwae_k)}),
+                test,
+                members,
+                device,
             )
         )
-        for key, family, settings in steps
+        for step in steps
     )
     analysis = took.get("analysis") or (
         ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
@@ -228,7 +232,7 @@ def estimate_run_seconds(
     """(training, evaluation) seconds the run still needs; with `measured`, timed by the run's own
     latest epochs, else by alike runs in `out` (`Measured`), else by the cost model."""
     status, epoch = status_of(run, profile, out)
-    if status in ("finished", "diverged", "published"):
+    if status in (RunStatus.FINISHED, RunStatus.DIVERGED, RunStatus.PUBLISHED):
         return 0.0, 0.0
     cfg = run.cfg
     alike = Measured.alike(run, out, device) if measured else None

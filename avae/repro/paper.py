@@ -9,11 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from avae.core.models import MODELS, default_noise_dim
 from avae.data import datasets as data
 
-RowKey = tuple[str, str, str, int, int]  # dataset, model, reading, latent_dim, noise_dim
+
+class RowKey(NamedTuple):
+    """A row of a table: which runs it holds (a plain tuple of the same values is the same key)."""
+
+    dataset: str
+    model: str
+    reading: str
+    latent: int  # latent_dim
+    noise: int  # noise_dim
+
+
 DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
@@ -85,7 +96,9 @@ def noise_of(model: str, noise: int = PAPER_NOISE) -> int:
 
 def rows_of(dataset: str, model: str, latent: int, noise: int = PAPER_NOISE) -> list[RowKey]:
     """One row per registered reading of the model."""
-    return [(dataset, model, reading, latent, noise_of(model, noise)) for reading in MODELS[model].readings]
+    return [
+        RowKey(dataset, model, reading, latent, noise_of(model, noise)) for reading in MODELS[model].readings
+    ]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +281,15 @@ def run_order(run: PlannedRun) -> int:
 
 # --- evaluation plan -----------------------------------------------------------------------------
 
-EvalStep = tuple[str, str, dict[str, Any]]  # (eval.json key, metric family, evaluate settings)
+
+@dataclass(frozen=True)
+class EvalStep:
+    """One figure a planned run needs: the eval.json key it fills, the metric family that computes
+    it (as `avae evaluate --metrics` names it) and evaluate's settings for it."""
+
+    key: str
+    family: str
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def eval_steps(run: PlannedRun, profile: Profile) -> list[EvalStep]:
@@ -288,48 +297,62 @@ def eval_steps(run: PlannedRun, profile: Profile) -> list[EvalStep]:
     if not profile.evaluate:
         return []
     prefixes = {"prefixes": profile.point_prefixes()}
-    steps: list[EvalStep] = [("neg_elbo", "elbo", prefixes)]
+    steps = [EvalStep("neg_elbo", "elbo", prefixes)]
     if MODELS[run.cfg.model.name].has_critic:
-        steps.append(("neg_critic", "critic", prefixes))
+        steps.append(EvalStep("neg_critic", "critic", prefixes))
     if profile.recon:
-        steps.append(("neg_recon", "recon", prefixes))
+        steps.append(EvalStep("neg_recon", "recon", prefixes))
     if run.honest:
         steps.append(
-            (
+            EvalStep(
                 f"iwae_k{profile.iwae_k}",
                 "iwae",
                 {"k": (1, profile.iwae_k), "subset": profile.iwae_points, **prefixes},
             )
         )
         ais = {"ais_steps": profile.ais_steps, "ais_chains": profile.ais_chains}
-        steps.append(("ais", "ais", {"subset": profile.ais_points, **ais, **prefixes}))
+        steps.append(EvalStep("ais", "ais", {"subset": profile.ais_points, **ais, **prefixes}))
         if profile.bdmc_points:
-            steps.append(("bdmc_forward", "bdmc", {"bdmc_points": profile.bdmc_points, **ais}))
+            steps.append(EvalStep("bdmc_forward", "bdmc", {"bdmc_points": profile.bdmc_points, **ais}))
     return steps
 
 
 def missing_metrics(run_dir: Path, cfg: TrainConfig, steps: list[EvalStep]) -> list[EvalStep]:
     have = read_record(run_dir, EVAL, cfg.epochs).get("metrics", {})
-    return [step for step in steps if step[0] not in have]
+    return [step for step in steps if step.key not in have]
 
 
 def analysis_done(run_dir: Path, cfg: TrainConfig) -> bool:
     return bool(read_record(run_dir, ANALYSIS, cfg.epochs))
 
 
-def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[str, int]:
-    """("finished" | "evaluate" | "resume" | "new" | "diverged" | "published", epochs already
-    trained). A diverged run (runs.DIVERGED) is not retried: the same settings diverge again at the
-    same step. A "published" run was copied from published results without its weights and lacks
-    some planned figure, which only retraining it can add."""
+class RunStatus(str, Enum):
+    """What a planned run still needs, as `status_of` finds it. Each is the string it reads as (in
+    output, JSON and comparisons alike)."""
+
+    FINISHED = "finished"
+    EVALUATE = "evaluate"  # trained; some planned figure or the analysis is missing
+    RESUME = "resume"  # trained some epochs, not all
+    NEW = "new"
+    DIVERGED = "diverged"
+    PUBLISHED = "published"
+
+    __str__ = str.__str__  # "finished", not "RunStatus.FINISHED", on every Python
+    __format__ = str.__format__
+
+
+def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[RunStatus, int]:
+    """(the run's status, epochs already trained). A diverged run (runs.DIVERGED) is not retried:
+    the same settings diverge again at the same step. A "published" run was copied from published
+    results without its weights and lacks some planned figure, which only retraining it can add."""
     run_dir = out / run.dir_name
     epoch = trained_epoch(run_dir)
     if read_divergence(run_dir) is not None:
-        return "diverged", epoch
+        return RunStatus.DIVERGED, epoch
     if epoch >= run.cfg.epochs:
         todo = missing_metrics(run_dir, run.cfg, eval_steps(run, profile))
         unfinished = todo or (profile.evaluate and not analysis_done(run_dir, run.cfg))
         if unfinished and not has_weights(run_dir):
-            return "published", epoch
-        return ("evaluate" if unfinished else "finished"), epoch
-    return ("resume" if epoch else "new"), epoch
+            return RunStatus.PUBLISHED, epoch
+        return (RunStatus.EVALUATE if unfinished else RunStatus.FINISHED), epoch
+    return (RunStatus.RESUME if epoch else RunStatus.NEW), epoch

@@ -11,7 +11,15 @@ from typing import Any
 
 from avae.errors import ConfigError
 from avae.io import atomic_write_text, read_json
-from avae.repro.plan import analysis_done, eval_steps, manifest_profile, missing_metrics, runs_for, status_of
+from avae.repro.plan import (
+    RunStatus,
+    analysis_done,
+    eval_steps,
+    manifest_profile,
+    missing_metrics,
+    runs_for,
+    status_of,
+)
 from avae.repro.report.figures import format_table
 from avae.repro.report.report import write_report
 from avae.repro.results import INDEX, MANIFEST, RunResult, collect_runs
@@ -61,7 +69,7 @@ def finished_runs(out: Path) -> tuple[list[RunResult], list[str]]:
             done.append(run)
         elif run.trained_epochs < run.cfg.epochs:
             pending.append(f"{run.dir.name}: trained {run.trained_epochs} of {run.cfg.epochs} epochs")
-        elif plan and status_of(plan, profile, out)[0] == "published":
+        elif plan and status_of(plan, profile, out)[0] == RunStatus.PUBLISHED:
             done.append(run)  # copied from published results without weights: its figures as they are
         elif plan and (
             missing_metrics(run.dir, run.cfg, eval_steps(plan, profile))

@@ -31,6 +31,7 @@ from avae.repro.costs import estimate_run_seconds, plan_seconds
 from avae.repro.plan import (
     PlannedRun,
     Profile,
+    RunStatus,
     eval_steps,
     missing_metrics,
     pick_runs,
@@ -106,7 +107,7 @@ def dry_run_table(runs: list[PlannedRun], profile: Profile, out: Path, device: s
                 len(run.cfg.seeds),
                 run.cfg.epochs,
                 status_label(status, epoch, out / run.dir_name),
-                ",".join(k for k, _, _ in eval_steps(run, profile)),
+                ",".join(step.key for step in eval_steps(run, profile)),
                 f"{train_s:.0f}",
                 f"{eval_s:.0f}",
             ]
@@ -115,12 +116,12 @@ def dry_run_table(runs: list[PlannedRun], profile: Profile, out: Path, device: s
     return format_table(header, rows), total
 
 
-def status_label(status: str, epoch: int, run_dir: Path) -> str:
-    if status == "resume":
+def status_label(status: RunStatus, epoch: int, run_dir: Path) -> str:
+    if status == RunStatus.RESUME:
         return f"resume ({epoch} done)"
-    if status == "diverged":
+    if status == RunStatus.DIVERGED:
         return divergence_label(read_divergence(run_dir) or {"epoch": "?", "seed": "?"})
-    if status == "published":
+    if status == RunStatus.PUBLISHED:
         return "published, without weights (figures as they are)"
     return status
 
@@ -140,16 +141,16 @@ def diverged_note(runs: list[PlannedRun], out: Path) -> str:
     return "\n".join(lines)
 
 
-def published_note(runs: list[PlannedRun], profile: Profile, out: Path, status: dict[str, str]) -> str:
+def published_note(runs: list[PlannedRun], profile: Profile, out: Path, status: dict[str, RunStatus]) -> str:
     """One line for the runs copied from published results without weights that lack a planned
     figure: they are reported as they are; only retraining adds the figure."""
-    published = [run for run in runs if status[run.key] == "published"]
+    published = [run for run in runs if status[run.key] == RunStatus.PUBLISHED]
     if not published:
         return ""
     missing = set()
     for run in published:
         steps = missing_metrics(out / run.dir_name, run.cfg, eval_steps(run, profile))
-        missing |= {key for key, _, _ in steps}
+        missing |= {step.key for step in steps}
     return (
         f"avae reproduce: {len(published)} runs were published without weights and lack "
         f"{', '.join(sorted(missing)) or 'their analysis'}; they are reported as they are (only "
@@ -230,7 +231,7 @@ def reproduce(
     worker = worker_runtime(runtime, jobs, executor)
     if note := diverged_note(runs, out):
         print(note, file=sys.stderr, flush=True)
-    left_alone = ("diverged", "published")
+    left_alone = (RunStatus.DIVERGED, RunStatus.PUBLISHED)
     tasks = [
         Task(run, profile, out, worker, tensorboard) for run in runs if status[run.key] not in left_alone
     ]

@@ -50,7 +50,7 @@ class RunResult:
     @property
     def key(self) -> RowKey:
         m = self.cfg.model
-        return (self.cfg.dataset, m.name, reading_of(m), m.latent_dim, m.noise_dim)
+        return RowKey(self.cfg.dataset, m.name, reading_of(m), m.latent_dim, m.noise_dim)
 
     def entry(self, key: str) -> dict[str, Any] | None:
         return self.eval.get("metrics", {}).get(key)

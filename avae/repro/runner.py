@@ -64,7 +64,7 @@ class Task:
     steps: list[EvalStep] | None = None  # the evaluation plan; None: the profile's
 
     def eval_plan(self) -> list[EvalStep]:
-        """The metrics this run must have in eval.json, as (key, family, settings)."""
+        """The metrics this run must have in eval.json."""
         if self.steps is not None:
             return self.steps
         if self.profile is None:
@@ -117,11 +117,11 @@ def execute_run(task: Task) -> dict[str, Any]:
         train(cfg, run_dir, resume=True, runtime=runtime, on_epoch=callback)
         seconds["train"] = time.perf_counter() - started
     evaluated = []
-    for key, family, settings in missing_metrics(run_dir, cfg, task.eval_plan()):
+    for step in missing_metrics(run_dir, cfg, task.eval_plan()):
         part = time.perf_counter()
-        evaluate_run(run_dir, metrics=(family,), settings=settings, runtime=runtime)
-        evaluated.append(key)
-        seconds[key] = time.perf_counter() - part
+        evaluate_run(run_dir, metrics=(step.family,), settings=step.settings, runtime=runtime)
+        evaluated.append(step.key)
+        seconds[step.key] = time.perf_counter() - part
     if task.profile is not None and task.profile.evaluate and not analysis_done(run_dir, cfg):
         part = time.perf_counter()
         classifier = prepare_classifier(task.profile, task.out, cfg.dataset, runtime)

@@ -105,7 +105,7 @@ def metric_steps(metrics: tuple[str, ...], model: str) -> list[EvalStep]:
     cls = MODELS[model]
     skip = {"critic"} if not cls.has_critic else set()
     skip |= {"sivi"} if not cls.semi_implicit else set()
-    return [(METRIC_KEYS[m], m, {}) for m in metrics if m not in skip]
+    return [EvalStep(METRIC_KEYS[m], m) for m in metrics if m not in skip]
 
 
 def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[dict[str, Any], PlannedRun]]:
@@ -134,8 +134,8 @@ def estimate_seconds(run: PlannedRun, steps: list[EvalStep], out: Path, device: 
         images = cfg.train_subset or 60000
         seconds += estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
     points = cfg.test_subset or 10000
-    for _, family, settings in missing_metrics(run_dir, cfg, steps):
-        seconds += metric_seconds(family, EvalSettings(**settings), points, len(cfg.seeds), device)
+    for step in missing_metrics(run_dir, cfg, steps):
+        seconds += metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
     return seconds
 
 
@@ -216,7 +216,7 @@ def sweep_record(
                 "sem": have[key]["sem"],
                 "per_member": {str(m["seed"]): m["value"] for m in have[key]["per_member"]},
             }
-            for key, _, _ in metric_steps(metrics, run.cfg.model.name)
+            for key in (step.key for step in metric_steps(metrics, run.cfg.model.name))
             if key in have
         }
         entry = {"point": point, "dir": run.dir_name, "key": run.key, "figures": figures}

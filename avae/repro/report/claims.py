@@ -33,14 +33,13 @@ METHOD = (
 
 
 def key_label(key: RowKey) -> str:
-    _, model, reading, latent, noise = key
-    return f"{row_label(model, reading)} z{latent}" + (f" n{noise}" if noise else "")
+    return f"{row_label(key.model, key.reading)} z{key.latent}" + (f" n{key.noise}" if key.noise else "")
 
 
 def test_pair(better: RunResult, worse: RunResult, metric: str) -> dict[str, Any] | None:
     """The per-seed test of `metric`, on the test points both runs have it on (None: no figure on
     common points)."""
-    points = shared_points({better.key: better, worse.key: worse}, better.key[0], metric)
+    points = shared_points({better.key: better, worse.key: worse}, better.key.dataset, metric)
     a, b = better.values(metric, points), worse.values(metric, points)
     if not a or not b:
         return None

@@ -161,7 +161,7 @@ def question_three(dataset: str, table: Table, tests: Tests) -> list[str]:
             test = tests.get(("3. own figure against AIS", key, key, "neg_elbo"))
             if test is not None:
                 verdict = answer(test, "below AIS: optimistic, not a bound", "above AIS: a looser bound")
-                rows.append([row_label(model, key[2]), diff_cell(test), verdict])
+                rows.append([row_label(model, key.reading), diff_cell(test), verdict])
     if not rows:
         return []
     return [
@@ -203,7 +203,7 @@ def pattern_lines(table: Table, dataset: str, iwae_key: str, points: int) -> lis
                     seen = "appears" if test["diff"] >= paper_gap / 2 else "absent"
                 gap = "diverged" if run.divergence else "-"
                 cells.append(gap if test is None else f"{diff_cell(test)} ({seen})")
-            rows.append([row_label(model, key[2]), f"{paper_gap:+.2f}", *cells])
+            rows.append([row_label(model, key.reading), f"{paper_gap:+.2f}", *cells])
     if not rows:
         return ["", "**2. Does the paper's pattern appear?** Not answered: no AVAE or AVB run."]
     header = ["model", "paper", "critic figure vs VAE+eps own", iwae_key.replace("iwae_k", "IWAE-"), "AIS"]

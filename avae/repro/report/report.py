@@ -123,22 +123,22 @@ def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
     ]
     csv_rows = []
     for dataset in datasets:
-        latents = [z for z in PAPER_LATENTS if any(k[0] == dataset and k[3] == z for k in table)]
+        latents = [z for z in PAPER_LATENTS if any(k.dataset == dataset and k.latent == z for k in table)]
         header = ["model"] + [f"z={z} {part}" for z in latents for part in ("own", "critic", "paper")]
         rows = []
         for key in table_rows(dataset, 10):
-            row = [row_label(key[1], key[2])]
+            row = [row_label(key.model, key.reading)]
             for latent in latents:
-                run = table.get((*key[:3], latent, key[4]))
+                run = table.get(key._replace(latent=latent))
                 own = run.metric("neg_elbo") if run else None
                 critic = run.metric("neg_critic") if run else None
-                paper = PAPER_TABLE1.get(dataset, {}).get(key[1], {}).get(latent)
+                paper = PAPER_TABLE1.get(dataset, {}).get(key.model, {}).get(latent)
                 own_cell = cell(own, run.missing_label if run else "not run")
                 row += [own_cell, cell(critic), "-" if paper is None else f"{paper:g}"]
                 for name, values in (("own", own), ("critic", critic)):
                     mean, half = stats.mean_ci(values) if values else (float("nan"), float("nan"))
                     csv_rows.append(
-                        [dataset, key[1], key[2], latent, name, len(values or []), mean, half, paper]
+                        [dataset, key.model, key.reading, latent, name, len(values or []), mean, half, paper]
                     )
             rows.append(row)
         lines += [
@@ -195,10 +195,10 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
                 run = table[key]
                 values = [run.metric(name, points) for name, _ in figures]
                 gap = "diverged" if run.divergence else "-"
-                rows.append([row_label(key[1], key[2]), *(cell(v, gap) for v in values)])
+                rows.append([row_label(key.model, key.reading), *(cell(v, gap) for v in values)])
                 for (name, _), v in zip(figures, values, strict=True):
                     mean, half = stats.mean_ci(v) if v else (float("nan"), float("nan"))
-                    csv_rows.append([dataset, key[1], key[2], points, name, len(v or []), mean, half])
+                    csv_rows.append([dataset, key.model, key.reading, points, name, len(v or []), mean, half])
             title = (
                 f"### {dataset_label(dataset)}, latent 10: the first {points} test images ({label} points)"
             )
@@ -278,7 +278,7 @@ def curves_section(table: Table, datasets: list[str], figdir: Path, which: str) 
         ],
         csv_rows,
     )
-    missing = [f"{key_label(k)} ({k[0]})" for _, keys in panels for k in keys if k not in table]
+    missing = [f"{key_label(k)} ({k.dataset})" for _, keys in panels for k in keys if k not in table]
     note = f" Missing runs: {', '.join(missing)}." if missing else ""
     return "\n".join(
         [
@@ -300,8 +300,8 @@ def key_curves(table: Table, keys: list[RowKey]) -> list[Curve]:
     keeps its style whether or not the others ran."""
     curves = []
     for i, key in enumerate(keys):
-        colour = MODELS[key[1]].colour
-        style = sum(MODELS[k[1]].colour == colour for k in keys[:i])
+        colour = MODELS[key.model].colour
+        style = sum(MODELS[k.model].colour == colour for k in keys[:i])
         run = table.get(key)
         curves.append(Curve(key_label(key), curve_stats(run) if run else [], colour, style, curve_note(run)))
     return curves
@@ -371,24 +371,25 @@ ANALYSES = ("active_units", "kl_fitted_gaussian", "mmd", "frechet_distance")
 def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str) -> str:
     rows, csv_rows, references, missing = [], [], {}, []
     for key in sorted(
-        table, key=lambda k: (datasets.index(k[0]), k[3], list(MODELS).index(k[1]), k[2], k[4])
+        table,
+        key=lambda k: (datasets.index(k.dataset), k.latent, list(MODELS).index(k.model), k.reading, k.noise),
     ):
         run = table[key]
         if run.divergence:  # nothing to analyse, and nothing a command could fill
-            rows.append([dataset_label(key[0]), key_label(key), run.missing_label, "-", "-", "-"])
+            rows.append([dataset_label(key.dataset), key_label(key), run.missing_label, "-", "-", "-"])
             continue
         if not run.analysis:
             missing.append(run.dir.name)
             continue
         if "reference_frechet_distance" in run.analysis:
-            references[key[0]] = (run.analysis["reference_frechet_distance"], run.analysis["classifier"])
+            references[key.dataset] = (run.analysis["reference_frechet_distance"], run.analysis["classifier"])
         cells = []
         for metric in ANALYSES:
             values = run.analysed(metric)
             cells.append(stats.fmt_ci(values, 1 if metric == "active_units" else 3))
             if values:
                 csv_rows.append([*key, metric, len(values), *stats.mean_ci(values)])
-        rows.append([dataset_label(key[0]), key_label(key), f"{cells[0]} of {key[3]}", *cells[1:]])
+        rows.append([dataset_label(key.dataset), key_label(key), f"{cells[0]} of {key.latent}", *cells[1:]])
     lines = [
         "### Aggregate posterior against the prior, active units, sample quality",
         "",
@@ -487,7 +488,7 @@ def write_report(out: str | Path) -> Path:
     if not runs:
         raise ConfigError(f"no trained runs in {out}; run `avae reproduce --out {out}` first")
     table = index_runs(runs)
-    present = {k[0] for k in table}
+    present = {k.dataset for k in table}
     datasets = [d for d in DATASET_LABELS if d in present] + sorted(present - set(DATASET_LABELS))
     figdir = out / "report"
     figdir.mkdir(parents=True, exist_ok=True)
