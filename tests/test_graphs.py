@@ -34,8 +34,8 @@ def eager_epoch(state, cfg, train_x):
     for step in range(steps):
         x = train_x[order[:, step * cfg.batch_size : (step + 1) * cfg.batch_size]]
         terms = {}
-        for phase, optimizer, count in zip(state.phases, state.optimizers, state.repeats, strict=True):
-            for _ in range(count):
+        for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
+            for _ in range(phase.repeats):
                 with autocast(cfg, x.device):
                     terms.update(take_step(phase, optimizer, x, state.noise_rng))
         stacked = torch.stack(list(terms.values())).float()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avae.core.models import MODELS, ModelConfig, build_model, default_noise_dim
+from avae.core.models import MODELS, ModelConfig, StepSettings, build_model, default_noise_dim
 from avae.core.nets import MemberRandom
 from avae.errors import ConfigError
 from avae.training.config import make_config
 from avae.training.train import new_state, take_step
 
 SMALL = {"hidden": (16, 8), "latent_dim": 3}
+STEPS = StepSettings(lr=1e-3, disc_lr=1e-3, adv_lr=1e-3, disc_steps=1)
 
 
 def small_model(name: str, seeds=(0, 1)):
@@ -29,7 +30,7 @@ def test_losses_finite_and_shapes(name):
     model = small_model(name)
     x = torch.rand(2, 5, 784)
     rng = MemberRandom((0, 1), "noise")
-    for phase in model.phases():
+    for phase in model.phases(STEPS):
         loss, terms = phase.loss(x, rng)
         assert loss.shape == (2,) and torch.isfinite(loss).all(), phase.name
         assert all(torch.isfinite(v).all() for v in terms.values())
@@ -72,8 +73,9 @@ def test_phase_moves_only_its_own_parameters(name, reading, phase_name):
 
 def test_avae_runs_algorithm_1_in_order():
     separate = ModelConfig(name="avae", noise_dim=4, adv_update="separate", **SMALL)
-    assert [p.name for p in build_model(separate, (0,)).phases()] == ["elbo", "discriminator", "adversarial"]
-    assert [p.name for p in small_model("avae").phases()] == ["elbo", "discriminator"]  # joint
+    phases = build_model(separate, (0,)).phases(STEPS)
+    assert [p.name for p in phases] == ["elbo", "discriminator", "adversarial"]
+    assert [p.name for p in small_model("avae").phases(STEPS)] == ["elbo", "discriminator"]  # joint
 
 
 def test_joint_update_adds_the_weighted_adversarial_term_to_the_encoder_only():

@@ -120,6 +120,49 @@ def test_toy_model_runs_through_reproduce_and_report(toy_model, tmp_path):
     )[1]
 
 
+def test_a_model_class_that_breaks_the_rules_is_refused_when_defined():
+    with pytest.raises(TypeError, match="has_critic must be True exactly for a WithCritic model"):
+
+        class Claims(GaussianEncoderModel):  # says it has a critic without being a WithCritic
+            has_critic = True
+
+    with pytest.raises(TypeError, match="reading 'odd' sets"):
+
+        class OddReading(GaussianEncoderModel):
+            readings = {"odd": {"likelihood": "bernoulli"}}  # not a reading key
+
+    with pytest.raises(TypeError, match="critic_inputs"):
+
+        class OddCritic(models.WithCritic, models.LatentModel):
+            critic_inputs = ("x",)
+
+    with pytest.raises(TypeError, match="cpu_step_ms"):
+
+        class OddCost(GaussianEncoderModel):
+            cpu_step_ms = (1.0,)
+
+
+def test_a_model_that_lacks_what_every_model_defines_is_not_registered():
+    class Unfinished(models.WithCritic, models.LatentModel):
+        label = "unfinished"
+
+    with pytest.raises(TypeError, match=r"must define phases\(\), encode\(\), neg_elbo\(\), proposal\(\)"):
+        register("unfinished")(Unfinished)
+
+    class Nameless(GaussianEncoderModel):
+        pass
+
+    with pytest.raises(TypeError, match="must define label"):
+        register("nameless")(Nameless)
+    assert "unfinished" not in MODELS and "nameless" not in MODELS
+
+
+def test_every_model_has_a_step_cost_and_the_critic_models_are_critics():
+    for name, cls in MODELS.items():
+        assert cls.cpu_step_ms is not None, name
+        assert cls.has_critic == issubclass(cls, models.WithCritic), name
+
+
 def test_registry_is_restored_after_the_toy_tests():
     # last in this file: the fixture removed the toy model and kept the registry's order
     assert TOY not in MODELS

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from avae.core.models import MODELS, ModelConfig, build_model
+from avae.core.models import MODELS, ModelConfig, StepSettings, build_model
 from avae.errors import AvaeError, CheckpointError, ConfigError, DivergenceError
 from avae.repro.plan import PROFILES, runs_for
 from avae.repro.sweep import plan_sweep
@@ -269,11 +269,16 @@ def test_settings_a_model_reads_and_defaults_are_accepted(settings):
 
 
 def test_the_registry_lists_every_setting_a_model_reads():
-    """Each phase's learning rate and repeat count are among the settings its model declares."""
+    """Each phase's learning rate and repeat count are among the settings its model declares: the
+    phases are made of settings with a value each, and the values a phase holds name them."""
+    steps = StepSettings(lr=10.0, disc_lr=20.0, adv_lr=30.0, disc_steps=4)  # one value per setting
+    rate_of = {10.0: "lr", 20.0: "disc_lr", 30.0: "adv_lr"}  # (adv_weight is 1 by default)
+    repeats_of = {4: "disc_steps", 1: None}
     for name, model in MODELS.items():
         for reading, values in model.readings.items():
             cfg = make_config({"model": name, **SMALL, **values})
-            keys = {key for p in build_model(cfg.model, (0,)).phases() for key in (p.lr_key, p.repeats_key)}
+            phases = build_model(cfg.model, (0,)).phases(steps)
+            keys = {rate_of[p.lr] for p in phases} | {repeats_of[p.repeats] for p in phases}
             assert keys - {None, "lr"} <= settings_used(name, reading), (name, reading)
 
 

@@ -3,9 +3,12 @@ by name.
 
 Every model is an ensemble of S independent members (see `avae.core.nets`). A model exposes:
 
-- `phases()`: the optimisation steps of one training iteration, in order. Each phase names the
-  parameters it updates and a loss `(x, noise) -> (per-member loss [S], metrics)`. The training
-  loop (`avae.training.train`) runs them top to bottom with one Adam optimiser per phase.
+- `phases(steps)`: the optimisation steps of one training iteration, in order. Each phase names
+  the parameters it updates, a loss `(x, noise) -> (per-member loss [S], metrics)`, its learning
+  rate and how often it repeats, taken from `steps` (the run's `StepSettings`). The training loop
+  (`avae.training.train.iteration`) does no more than this, for each phase top to bottom and
+  `repeats` times: loss, terms = phase.loss(x, noise); grads = autograd.grad(loss.sum(),
+  phase.params); one Adam step (the phase's own Adam, lr = phase.lr) on phase.params alone.
 - `neg_elbo(x, noise)`: the test metric as the model's own objective defines it, [S, B].
 - `sample(n, noise)`: decoder means for z ~ p(z), [S, n, D].
 - `neg_critic_figure(x, noise)`: for models with a critic, the discriminator-based figure
@@ -13,7 +16,8 @@ Every model is an ensemble of S independent members (see `avae.core.nets`). A mo
 
 The registry (`MODELS`, filled by `@register`) is the one home of every fact about a model: its
 name, label, colour in plots, default noise dimension, whether it has a critic, what its figure
-means, its optimiser defaults. Adding a model means adding one class here.
+means, its optimiser defaults, what a training step costs. Adding a model means adding one class
+here; `LatentModel`'s docstring states the rules it must follow.
 
 | name      | encoder                         | extra network | phases                                  |
 |-----------|---------------------------------|---------------|-----------------------------------------|
@@ -127,28 +131,47 @@ class ModelConfig:
 
 
 ADV_UPDATES = ("joint", "separate")
+CRITIC_INPUTS = ("xz", "z")  # the critic sees [x, z], or z alone
 AC_MOMENTS = ("others", "all")  # AVB-AC: moments from the other draws, or from all of them (z included)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What `phases` makes steps of: the run's learning rates and discriminator steps per iteration
+    (the TrainConfig fields of the same names, where their defaults are stated)."""
+
+    lr: float  # the autoencoder's (encoder and decoder) steps
+    disc_lr: float  # the critic's step
+    adv_lr: float  # AVAE's separate adversarial step
+    disc_steps: int  # critic steps per iteration
 
 
 @dataclass
 class Phase:
-    """One optimisation step of a training iteration: `loss` minimised over `params`."""
+    """One optimisation step of a training iteration: `loss` minimised over `params` by one Adam
+    step at learning rate `lr`, `repeats` times per iteration."""
 
     name: str
     params: list[nn.Parameter]
     loss: Callable[[torch.Tensor, MemberRandom], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-    lr_key: str = "lr"  # the TrainConfig field holding this phase's learning rate
-    repeats_key: str | None = None  # the TrainConfig field saying how often to repeat it, if any
-    lr_scale: float = 1.0  # multiplies that learning rate (AVAE's separate adversarial step)
+    lr: float
+    repeats: int = 1
 
 
 MODELS: dict[str, type[LatentModel]] = {}
+ABSTRACT = ("phases", "encode", "neg_elbo", "proposal")  # what every registered model defines
 
 
 def register(name: str) -> Callable[[type[LatentModel]], type[LatentModel]]:
     """Add a model class to the registry under `name` (its order is the order of tables)."""
 
     def add(cls: type[LatentModel]) -> type[LatentModel]:
+        missing = [what for what in ("label",) if not hasattr(cls, what)]
+        missing += [
+            f"{method}()" for method in ABSTRACT if getattr(cls, method) is getattr(LatentModel, method)
+        ]
+        if missing:
+            raise TypeError(f"model {name!r} ({cls.__name__}) must define {', '.join(missing)}")
         cls.name = name
         MODELS[name] = cls
         return cls
@@ -192,6 +215,22 @@ class LatentModel(nn.Module):
 
     The class attributes are the registry's facts about the model; nothing outside this module
     lists model names or repeats these facts.
+
+    The rules a model follows (the first three are what make CUDA-graph replay and the members'
+    independence hold; `__init_subclass__` and `register` check what can be checked on the class):
+    - Randomness comes only from the `noise` argument (a `MemberRandom`, or the static noise the
+      training loop replays), never from torch's global generator: member s draws from its own
+      stream alone, so a member of a 3-seed run equals the 1-seed run with its seed.
+    - The number and shapes of the draws of a call do not depend on the data's values (the training
+      loop counts one iteration's draws once, `graphs.count_draws`, and replays that many).
+    - Distributions are built with `validate_args=False` (a validation check synchronises with the
+      host, which graph capture forbids).
+    - Every loss is per member, [S], never reduced across members (the loop sums them only to take
+      one gradient, which leaves each member's own).
+    - Parameters are registered in a fixed order (it decides the initialisation from each seed and
+      the order of the optimiser state in checkpoints): a model that adds a network adds it last.
+    - A model with a critic (a discriminator) is a `WithCritic` and has `has_critic`; its readings
+      name only `ModelConfig.reading_keys`; `critic_inputs` are among CRITIC_INPUTS.
     """
 
     name: ClassVar[str]
@@ -216,6 +255,28 @@ class LatentModel(nn.Module):
     # any other of them does nothing for it and is refused at a value other than its default.
     own_settings: ClassVar[tuple[str, ...]] = ()
     reading_settings: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # The cost model's built-in CPU training step (batch 100, fp32, one thread) as (a, b) ms for
+    # a + b * S with S members, used by `avae reproduce --dry-run` when benchmarks/bench.json has
+    # no figure for the model; None: costs as the dearest registered model.
+    cpu_step_ms: ClassVar[tuple[float, float] | None] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Check the class's registry facts against the rules above, as far as a class can be."""
+        super().__init_subclass__(**kwargs)
+        problems = []
+        if cls.has_critic != issubclass(cls, WithCritic):
+            problems.append("has_critic must be True exactly for a WithCritic model")
+        for reading, settings in cls.readings.items():
+            if set(settings) - set(ModelConfig.reading_keys):
+                problems.append(
+                    f"reading {reading!r} sets {sorted(settings)}, not only {ModelConfig.reading_keys}"
+                )
+        if set(cls.critic_inputs) - set(CRITIC_INPUTS):
+            problems.append(f"critic_inputs {cls.critic_inputs} are not among {CRITIC_INPUTS}")
+        if cls.cpu_step_ms is not None and (len(cls.cpu_step_ms) != 2 or min(cls.cpu_step_ms) < 0):
+            problems.append(f"cpu_step_ms must be (a, b) milliseconds >= 0, got {cls.cpu_step_ms}")
+        if problems:
+            raise TypeError(f"model class {cls.__name__}: {'; '.join(problems)}")
 
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__()
@@ -251,14 +312,9 @@ class LatentModel(nn.Module):
         """E[x|z] under the decoder: [S, B, D]."""
         return obj.decoder_distribution(self.cfg.likelihood, self.decoder(z)).mean
 
-    def phases(self) -> list[Phase]:
+    def phases(self, steps: StepSettings) -> list[Phase]:
+        """The optimisation steps of one training iteration, in order (see the module docstring)."""
         raise NotImplementedError
-
-    def critic_phase(self) -> Phase:
-        """The discriminator step shared by AVB (T, eq. 6) and AVAE (D, eq. 13), `disc_steps` times."""
-        return Phase(
-            "discriminator", list(self.critic.parameters()), self.discriminator_loss, "disc_lr", "disc_steps"
-        )
 
     def encode(self, x: torch.Tensor, noise: MemberRandom) -> torch.Tensor:
         """One draw z ~ q(z|x) per point: [S, B, Z]."""
@@ -278,6 +334,29 @@ class LatentModel(nn.Module):
     def proposal(self, x: torch.Tensor, noise: MemberRandom, **options) -> Normal:
         """A distribution over z with a density, [S, B, Z], for importance sampling log p(x) (IWAE-k)."""
         raise NotImplementedError
+
+
+class WithCritic:
+    """A model that trains a critic beside its autoencoder (AVB's T, AVAE's D). The mixin holds the
+    critic's registry facts and its step; the model builds `self.critic` (`critic_of`, after its
+    encoder: see the rules) and defines `discriminator_loss`."""
+
+    has_critic: ClassVar[bool] = True
+    critic_settings: ClassVar[tuple[str, ...]] = ("disc_lr", "disc_steps")  # what the critic's step reads
+    critic: Critic
+
+    def discriminator_loss(self, x: torch.Tensor, noise: MemberRandom):
+        raise NotImplementedError
+
+    def critic_phase(self, steps: StepSettings) -> Phase:
+        """The critic's step at `disc_lr`, `disc_steps` times per iteration."""
+        return Phase(
+            "discriminator",
+            list(self.critic.parameters()),
+            self.discriminator_loss,
+            steps.disc_lr,
+            steps.disc_steps,
+        )
 
 
 class GaussianEncoderModel(LatentModel):
@@ -334,38 +413,58 @@ class GaussianEncoderModel(LatentModel):
         recon, kl = -log_px.mean(-1), kl.mean(-1)
         return recon + kl, {"recon": recon, "kl": kl}
 
-    def phases(self) -> list[Phase]:
+    def phases(self, steps: StepSettings) -> list[Phase]:
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
-        return [Phase("elbo", params, self.elbo_loss)]
+        return [Phase("elbo", params, self.elbo_loss, steps.lr)]
 
 
 @register("vae")
 class VAE(GaussianEncoderModel):
-    """Kingma & Welling's VAE: maximise the ELBO of eq. 1."""
+    """Kingma & Welling's VAE: maximise the ELBO of eq. 1.
+
+    One iteration, one phase:
+    1. elbo (lr): q = N(mu(x), sigma(x)^2); z = mu + sigma * eps2; minimise
+       -log p(x|z) + KL(q(z|x) || N(0, I)) (eq. 1) over encoder and decoder.
+    """
 
     label = "VAE"
     colour = "tab:blue"
+    cpu_step_ms = (15.0, 12.0)
 
 
 @register("vae-noise")
 class NoiseVAE(GaussianEncoderModel):
-    """VAE+eps: eps1 ~ N(0, I) concatenated to x at the encoder input; maximise eq. 9."""
+    """VAE+eps: eps1 ~ N(0, I) concatenated to x at the encoder input; maximise eq. 9.
+
+    One iteration, one phase:
+    1. elbo (lr): eps1 ~ N(0, I); q = N(mu(x, eps1), sigma(x, eps1)^2); z = mu + sigma * eps2;
+       minimise -log p(x|z) + KL(q(z|x, eps1) || N(0, I)) (eq. 9) over encoder and decoder.
+    """
 
     label = "VAE+eps"
     colour = "tab:orange"
+    cpu_step_ms = (15.0, 12.0)
     default_noise_dim = 10  # the paper's best (Fig. 6)
     semi_implicit = True
     proposal_label = "the encoder's Gaussian q(z|x, eps1) given one eps1 draw per test point"
 
 
 @register("avb")
-class AVB(LatentModel):
-    """Adversarial Variational Bayes (Mescheder et al. 2017) with an implicit encoder."""
+class AVB(WithCritic, LatentModel):
+    """Adversarial Variational Bayes (Mescheder et al. 2017) with an implicit encoder.
+
+    One iteration, two phases:
+    1. elbo (lr): eps ~ N(0, I); z = f(x, eps); minimise -log p(x|z) + T(x, z) (eq. 5) over encoder
+       and decoder, the gradient flowing through T into z (T itself is not stepped).
+    2. discriminator (disc_lr, disc_steps times): z ~ q(z|x) and z' ~ p(z), both without gradient
+       into the encoder; minimise the logistic loss of T calling (x, z) 1 and (x, z') 0 (eq. 6),
+       so that T* = log q(z|x) - log p(z).
+    """
 
     label = "AVB"
     colour = "tab:green"
     default_noise_dim = 10
-    has_critic = True
+    cpu_step_ms = (40.0, 35.0)
     metric_label = "negative ELBO (AVB: discriminator-based estimate, not a bound)"
     elbo_kind = "objective"
     proposal_label = "a diagonal Gaussian fitted per test point to samples of the implicit encoder"
@@ -376,7 +475,7 @@ class AVB(LatentModel):
     # 216.6 nats after 400 steps, worse than independent pixels (198.9), against 168.5 after 200
     # steps at 1e-3.
     train_defaults = {"beta1": 0.5}
-    own_settings = ("disc_lr", "disc_steps")
+    own_settings = WithCritic.critic_settings
 
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__(cfg, members)
@@ -421,9 +520,9 @@ class AVB(LatentModel):
             positive, negative = self.critic_samples(x, noise)
         return critic_loss(self.critic, x, positive, negative)
 
-    def phases(self) -> list[Phase]:
+    def phases(self, steps: StepSettings) -> list[Phase]:
         params = [*self.encoder.parameters(), *self.decoder.parameters()]
-        return [Phase("elbo", params, self.elbo_loss), self.critic_phase()]
+        return [Phase("elbo", params, self.elbo_loss, steps.lr), self.critic_phase(steps)]
 
 
 def critic_loss(critic: Critic, x: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor):
@@ -443,10 +542,20 @@ class AVBAC(AVB):
         ELBO = E_q[log p(x|z)] - KL(r(z|x) || p(z)) - KL(q(z|x) || r(z|x)),
     the first KL analytic and the second estimated by T on the standardised z~ = (z - mu) / sigma,
     which T tells apart from N(0, I): T* = log q~(z~|x) - log N(z~; 0, I).
+
+    One iteration, two phases (AVB's, with the contrast):
+    1. elbo (lr): ac_samples draws z_j = f(x, eps_j); z = z_1; r = N(mu, sigma^2) fitted to the
+       others (or to all); z~ = (z - mu) / sigma; minimise -log p(x|z) + KL(r || N(0, I)) + T(x, z~)
+       over encoder and decoder, gradients through mu, sigma and T into the draws.
+    2. discriminator (disc_lr, disc_steps times): T calls (x, z~) 1 and (x, e), e ~ N(0, I), 0
+       (logistic loss, eq. 6 on the standardised codes), without gradient into the encoder.
     """
 
     label = "AVB-AC"
     colour = "tab:olive"
+    # Not benchmarked yet: the dearest registered model's figure (what it cost before it had one);
+    # its ac_samples encoder passes per point make it dearer than AVB.
+    cpu_step_ms = (45.0, 40.0)
     own_settings = (*AVB.own_settings, "ac_samples", "ac_moments")
     metric_label = "negative ELBO (AVB-AC: discriminator-based estimate, not a bound)"
 
@@ -475,18 +584,29 @@ class AVBAC(AVB):
 
 
 @register("avae")
-class AVAE(GaussianEncoderModel):
-    """The paper's model: VAE+eps plus an adversary D(x, z) on the aggregate posterior (Alg. 1)."""
+class AVAE(WithCritic, GaussianEncoderModel):
+    """The paper's model: VAE+eps plus an adversary D(x, z) on the aggregate posterior (Alg. 1).
+
+    One iteration, the joint reading (default), two phases:
+    1. elbo (lr): eps1, eps2 ~ N(0, I); q = N(mu(x, eps1), sigma(x, eps1)^2); z = mu + sigma * eps2;
+       minimise -log p(x|z) + KL(q || N(0, I)) (eq. 9) + adv_weight * A(D(x, z)) over encoder and
+       decoder, A the encoder's side of eq. 14 (non-saturating: -log D(x, z)); D is not stepped.
+    2. discriminator (disc_lr, disc_steps times): z' ~ p(z) and z ~ q(z|x, eps1) without gradient
+       into the encoder; minimise the logistic loss of D calling (x, z') real and (x, z) fake (eq. 13).
+    The separate reading: 1. the ELBO of eq. 9 alone (lr); 2. the discriminator as above; 3.
+    adversarial (adv_lr * adv_weight): a fresh z ~ q(z|x, eps1), minimise A(D(x, z)) over the
+    encoder alone, with an Adam of its own.
+    """
 
     label = "AVAE"
     colour = "tab:red"
     default_noise_dim = 10
-    has_critic = True
+    cpu_step_ms = (45.0, 40.0)
     semi_implicit = True
     proposal_label = "the encoder's Gaussian q(z|x, eps1) given one eps1 draw per test point"
-    critic_inputs = ("xz", "z")
+    critic_inputs = CRITIC_INPUTS
     readings = {"joint": {"adv_update": "joint"}, "separate": {"adv_update": "separate"}}
-    own_settings = ("disc_lr", "disc_steps", "adv_loss", "adv_weight", "adv_update", "critic_input")
+    own_settings = (*WithCritic.critic_settings, "adv_loss", "adv_weight", "adv_update", "critic_input")
     reading_settings = {"separate": ("adv_lr",)}
 
     def __init__(self, cfg: ModelConfig, members: int):
@@ -523,20 +643,19 @@ class AVAE(GaussianEncoderModel):
         z = self.encode(x, noise)
         return -(self.log_px_given_z(x, z) + self.critic(x, z))
 
-    def phases(self) -> list[Phase]:
+    def phases(self, steps: StepSettings) -> list[Phase]:
         autoencoder = [*self.encoder.parameters(), *self.decoder.parameters()]
         if self.cfg.adv_update == "joint":
-            return [Phase("elbo", autoencoder, self.joint_loss), self.critic_phase()]
+            return [Phase("elbo", autoencoder, self.joint_loss, steps.lr), self.critic_phase(steps)]
         return [
-            *super().phases(),
-            self.critic_phase(),
+            *super().phases(steps),
+            self.critic_phase(steps),
             # The separate step has its own Adam, which is invariant to the scale of its loss, so
             # the adversarial weight scales this step's learning rate instead.
             Phase(
                 "adversarial",
                 list(self.encoder.parameters()),
                 self.adversarial_loss,
-                "adv_lr",
-                lr_scale=self.cfg.adv_weight,
+                steps.adv_lr * self.cfg.adv_weight,
             ),
         ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avae.core.models import MODELS
 from avae.data.datasets import SPLIT_SIZES
 from avae.evaluation.analysis import classifier_path
 from avae.evaluation.evaluate import decoder_rate, device_kind, metric_seconds, test_points
@@ -30,14 +31,13 @@ from avae.training.config import TrainConfig, make_config
 from avae.training.runs import CONFIG, METRICS, read_metrics
 
 # Seconds per training step (batch 100, fp32, one CPU thread) as a + b * S for S members, fitted
-# to `avae bench`'s figures in benchmarks/bench.json when this checkout has them; otherwise these
-# conservative built-in figures (about twice the slowest measured on the 2-core development
-# machine). A model the bench does not know costs as the dearest known one. GPU: fitted to the
+# to `avae bench`'s figures in benchmarks/bench.json when this checkout has them; otherwise the
+# model's conservative built-in figure in the registry (`cpu_step_ms`: about twice the slowest
+# measured on the 2-core development machine), or the dearest registered one's. GPU: fitted to the
 # committed H200 benchmark's graphed steps (`gpu_step_seconds`), else GPU_STEP_MS per step.
 BENCH_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.json"
 GPU_BENCH_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu-h200" / "gpu_bench.json"
 BATCH = 100
-BUILTIN_STEP_MS = {"vae": (15.0, 12.0), "vae-noise": (15.0, 12.0), "avb": (40.0, 35.0), "avae": (45.0, 40.0)}
 GPU_STEP_MS = 10.0  # without a GPU benchmark: an eager CUDA step, a pessimistic figure
 
 # Fixed costs, measured for issue 20 on the shared 2-core development machine as process time with
@@ -60,6 +60,13 @@ CLASSIFIER_TEST_SECONDS = {"cpu": 6.5, "cuda": 1.0}
 # stop. It waits on its own processes more than it computes, so an idle machine is hardly faster.
 WORKER_START_SECONDS = 5.0
 RAY_START_SECONDS = 10.0
+
+
+def builtin_step_ms(model: str) -> tuple[float, float]:
+    """The registry's built-in CPU step cost of `model`, (a, b) ms for a + b * S members; a model
+    without one costs as the dearest registered model."""
+    known = [cls.cpu_step_ms for cls in MODELS.values() if cls.cpu_step_ms is not None]
+    return MODELS[model].cpu_step_ms or max(known)
 
 
 def fit_step_cost(entries: list[dict[str, Any]]) -> tuple[float, float] | None:
@@ -126,7 +133,7 @@ def estimate_train_seconds(
     entries = bench_entries(model, bench)
     fitted = fit_step_cost(entries)
     if fitted is None:
-        a_ms, b_ms = BUILTIN_STEP_MS.get(model, max(BUILTIN_STEP_MS.values()))
+        a_ms, b_ms = builtin_step_ms(model)
         a, b = a_ms / 1e3, b_ms / 1e3
         eval_s = 0.1 * steps * (a + b * members) * 10000 / train_images
     else:
