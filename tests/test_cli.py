@@ -16,6 +16,7 @@ import avae
 from avae import io as avae_io
 from avae.cli import commands as cli
 from avae.cli.commands import check_threads, main
+from avae.cli.parser import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, shown
 from avae.errors import ConfigError
 from avae.repro import costs
 from avae.training.runs import CHECKPOINT
@@ -368,3 +369,14 @@ def test_threads_apply_to_the_whole_command_and_are_restored_after_it(
     torch.set_num_threads(2)
     assert main(["analyse", str(run), "--threads", "1"]) == 0
     assert seen == [1] and torch.get_num_threads() == 2
+
+
+def test_the_help_states_each_default_as_the_library_defines_it():
+    """Every "(default ...)" in train's and evaluate's options is filled from the dataclass field of
+    the option's name (TrainConfig, ModelConfig, EvalSettings), so a default is written once."""
+    helps = {flag: kwargs.get("help", "") for flag, kwargs in TRAIN_OPTIONS + EVALUATE_OPTIONS}
+    assert not [flag for flag, text in helps.items() if "{" in text]
+    assert "(default 1e-3)" in helps["--lr"] and "(default 0.9; avb 0.5)" in helps["--beta1"]
+    assert "(default 256,64,32;" in helps["--hidden"] and "(default 1,100,1000)" in helps["--k"]
+    assert [shown(v) for v in (1e-3, 1e-4, 0.05, 1.0, (0,), 10)] == ["1e-3", "1e-4", "0.05", "1", "0", "10"]
+    assert "metrics" not in EVAL_SETTINGS and {"k", "ais_steps", "avb_inflate"} <= EVAL_SETTINGS

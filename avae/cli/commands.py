@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from avae.bench.cpu import cmd_bench
-from avae.cli.parser import EVALUATE_OPTIONS, TRAIN_OPTIONS, build_parser, read_config_file
+from avae.cli.parser import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, build_parser, read_config_file
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError
@@ -101,9 +101,9 @@ WRITABLE_RUN = "make it writable, or copy the run to a writable folder and give 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics) + (("bdmc",) if args.bdmc else ())
     given = {}
-    for flag, _ in EVALUATE_OPTIONS[1:]:
+    for flag, _ in EVALUATE_OPTIONS:
         key = flag[2:].replace("-", "_")
-        if getattr(args, key) is not None:
+        if key in EVAL_SETTINGS and getattr(args, key) is not None:
             given[key] = getattr(args, key)
     settings, runtime = EvalSettings(**given), runtime_of(args)
     if Path(args.run_dir).is_dir():  # else evaluate_run says it is not a run directory

@@ -6,15 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from avae.core.models import ADV_UPDATES, MODELS
+from avae.core.models import ADV_UPDATES, MODELS, ModelConfig, default_noise_dim
 from avae.errors import ConfigError
+from avae.likelihood.scoring import EvalSettings
 from avae.repro.paper import EXPERIMENTS
 from avae.repro.plan import PROFILES
 from avae.repro.runner import EXECUTORS
-from avae.training.config import MODEL_KEYS, TRAIN_KEYS, flatten
+from avae.training.config import MODEL_KEYS, TRAIN_KEYS, TrainConfig, flatten
 from avae.version import __version__
 
 try:
@@ -69,12 +72,12 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--model", {"help": f"{' | '.join(MODELS)} (default vae)"}),
+    ("--model", {"help": f"{' | '.join(MODELS)} (default {{default}})"}),
     (
         "--dataset",
         {
-            "help": "mnist | fashion-mnist (default mnist), or your own data: a .npy/.npz file of values in "
-            "[0, 1] or a folder of PNG/JPEG images (see the README)"
+            "help": "mnist | fashion-mnist (default {default}), or your own data: a .npy/.npz file of "
+            "values in [0, 1] or a folder of PNG/JPEG images (see the README)"
         },
     ),
     ("--test-data", {"help": "your own data: a file of test examples (default: its 'test' array)"}),
@@ -82,24 +85,24 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "--test-fraction",
         {
             "type": float,
-            "help": "your own data without test examples: the last fraction held out (default 0.1)",
+            "help": "your own data without test examples: the last fraction held out (default {default})",
         },
     ),
     ("--pixels", {"help": "continuous (pixel/255, the paper's; default) | binarized (dynamic)"}),
     ("--likelihood", {"help": "decoder: bernoulli (the paper's; default) | continuous-bernoulli"}),
-    ("--latent-dim", {"type": int, "help": "latent dimension (paper: 10, 15, 20; default 10)"}),
+    ("--latent-dim", {"type": int, "help": "latent dimension (paper: 10, 15, 20; default {default})"}),
     (
         "--noise-dim",
         {
             "type": int,
-            "help": "injected-noise dimension (paper: 5, 10, 15; default 10; not for vae)",
+            "help": "injected-noise dimension (paper: 5, 10, 15; default {default}; not for vae)",
         },
     ),
     (
         "--hidden",
         {
             "type": int_list,
-            "help": "encoder widths, comma-separated (default 256,64,32; decoder mirrors)",
+            "help": "encoder widths, comma-separated (default {default}; decoder mirrors)",
         },
     ),
     ("--activation", {"help": "leaky-relu (slope 0.2; default) | relu | elu | softplus | tanh"}),
@@ -120,12 +123,12 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "type": float,
             "help": "weight of AVAE's adversarial term (joint) or of its step's learning rate "
-            "(separate); default 1",
+            "(separate); default {default}",
         },
     ),
     (
         "--ac-samples",
-        {"type": int, "help": "AVB-AC: encoder draws per point for q(z|x)'s moments (default 8)"},
+        {"type": int, "help": "AVB-AC: encoder draws per point for q(z|x)'s moments (default {default})"},
     ),
     (
         "--ac-moments",
@@ -135,34 +138,34 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "all draws, z included (all: how AVB-AC was trained before; it bounds the standardised z)",
         },
     ),
-    ("--batch-size", {"type": int, "help": "minibatch size (default 100)"}),
-    ("--epochs", {"type": int, "help": "number of epochs (default 10)"}),
+    ("--batch-size", {"type": int, "help": "minibatch size (default {default})"}),
+    ("--epochs", {"type": int, "help": "number of epochs (default {default})"}),
     (
         "--lr",
-        {"type": float, "help": "Adam learning rate of the ELBO step (default 1e-3)"},
+        {"type": float, "help": "Adam learning rate of the ELBO step (default {default})"},
     ),
-    ("--disc-lr", {"type": float, "help": "discriminator learning rate (default 1e-3)"}),
+    ("--disc-lr", {"type": float, "help": "discriminator learning rate (default {default})"}),
     (
         "--adv-lr",
-        {"type": float, "help": "AVAE adversarial encoder-step learning rate (default 1e-3)"},
+        {"type": float, "help": "AVAE adversarial encoder-step learning rate (default {default})"},
     ),
-    ("--beta1", {"type": float, "help": "Adam beta1 (default 0.9; avb 0.5)"}),
-    ("--beta2", {"type": float, "help": "Adam beta2 (default 0.999)"}),
-    ("--disc-steps", {"type": int, "help": "discriminator steps per ELBO step (default 1)"}),
+    ("--beta1", {"type": float, "help": "Adam beta1 (default {default}; avb {avb})"}),
+    ("--beta2", {"type": float, "help": "Adam beta2 (default {default})"}),
+    ("--disc-steps", {"type": int, "help": "discriminator steps per ELBO step (default {default})"}),
     (
         "--seeds",
         {
             "type": int_list,
-            "help": "comma-separated seeds, one member each, trained together (default 0)",
+            "help": "comma-separated seeds, one member each, trained together (default {default})",
         },
     ),
-    ("--train-subset", {"type": int, "help": "train on the first N images only (default 0: all)"}),
+    ("--train-subset", {"type": int, "help": "train on the first N images only (default {default}: all)"}),
     (
         "--holdout",
         {
             "type": int,
             "help": "hold out the last N training images as a validation split for choosing settings; "
-            "metrics.csv then reports valid_neg_elbo on them (default 0: none)",
+            "metrics.csv then reports valid_neg_elbo on them (default {default}: none)",
         },
     ),
     (
@@ -171,7 +174,7 @@ TRAIN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "--test-subset",
-        {"type": int, "help": "evaluate on the first N test images (default 0: all)"},
+        {"type": int, "help": "evaluate on the first N test images (default {default}: all)"},
     ),
 ]
 
@@ -181,24 +184,71 @@ EVALUATE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "--metrics",
         {
             "default": "elbo",
-            "help": "comma-separated: elbo, critic, recon, iwae, sivi, ais, bdmc (default elbo)",
+            "help": "comma-separated: elbo, critic, recon, iwae, sivi, ais, bdmc (default {default})",
         },
     ),
-    ("--k", {"type": int_list, "help": "IWAE sample sizes (default 1,100,1000)"}),
-    ("--sivi-k", {"type": int, "help": "extra eps1 draws K of SIVI's L_K (default 100)"}),
-    ("--sivi-samples", {"type": int, "help": "z draws per point for SIVI (default 10)"}),
-    ("--ais-chains", {"type": int, "help": "independent AIS chains per point (default 4)"}),
-    ("--ais-steps", {"type": int, "help": "AIS intermediate distributions (default 500)"}),
-    ("--leapfrog", {"type": int, "help": "leapfrog steps per HMC transition (default 10)"}),
-    ("--step-size", {"type": float, "help": "initial HMC step size (default 0.05; adapted)"}),
-    ("--target-accept", {"type": float, "help": "HMC acceptance the step size adapts to (default 0.65)"}),
-    ("--subset", {"type": int, "help": "evaluate on the first N test points (default 0: all)"}),
-    ("--bdmc-points", {"type": int, "help": "points simulated from the model for BDMC (default 100)"}),
-    ("--batch-size", {"type": int, "help": "test points per batch (default 100)"}),
-    ("--seed", {"type": int, "help": "seed of the evaluation's random draws (default 0)"}),
-    ("--avb-samples", {"type": int, "help": "AVB: encoder draws per point for its proposal (default 500)"}),
-    ("--avb-inflate", {"type": float, "help": "AVB: proposal scale multiplier (default 1)"}),
+    ("--k", {"type": int_list, "help": "IWAE sample sizes (default {default})"}),
+    ("--sivi-k", {"type": int, "help": "extra eps1 draws K of SIVI's L_K (default {default})"}),
+    ("--sivi-samples", {"type": int, "help": "z draws per point for SIVI (default {default})"}),
+    ("--ais-chains", {"type": int, "help": "independent AIS chains per point (default {default})"}),
+    ("--ais-steps", {"type": int, "help": "AIS intermediate distributions (default {default})"}),
+    ("--leapfrog", {"type": int, "help": "leapfrog steps per HMC transition (default {default})"}),
+    ("--step-size", {"type": float, "help": "initial HMC step size (default {default}; adapted)"}),
+    (
+        "--target-accept",
+        {"type": float, "help": "HMC acceptance the step size adapts to (default {default})"},
+    ),
+    ("--subset", {"type": int, "help": "evaluate on the first N test points (default {default}: all)"}),
+    ("--bdmc-points", {"type": int, "help": "points simulated from the model for BDMC (default {default})"}),
+    ("--batch-size", {"type": int, "help": "test points per batch (default {default})"}),
+    ("--seed", {"type": int, "help": "seed of the evaluation's random draws (default {default})"}),
+    (
+        "--avb-samples",
+        {"type": int, "help": "AVB: encoder draws per point for its proposal (default {default})"},
+    ),
+    ("--avb-inflate", {"type": float, "help": "AVB: proposal scale multiplier (default {default})"}),
 ]
+
+
+def shown(value: Any) -> str:
+    """A default as the help writes it: 1e-3, 0.9, 256,64,32."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(shown(v) for v in value)
+    if isinstance(value, float) and 0 < abs(value) < 0.01:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def with_defaults(options: list[tuple[str, dict[str, Any]]], *sources: object, **extra: object) -> None:
+    """Fill each help's {default} with the option's default as the library states it: the option's
+    own `default`, else the field of its name on the first of `sources` that has one (so each
+    default is written once, where the setting is defined). `extra` fills other placeholders."""
+    for flag, kwargs in options:
+        if "{default}" not in kwargs.get("help", ""):
+            continue
+        key = flag[2:].replace("-", "_")
+        if "default" in kwargs:
+            value = kwargs["default"]
+        else:
+            value = next(getattr(s, key) for s in sources if hasattr(s, key))
+        kwargs["help"] = kwargs["help"].format(
+            default=shown(value), **{k: shown(v) for k, v in extra.items()}
+        )
+
+
+with_defaults(
+    TRAIN_OPTIONS,
+    # the model's name (TrainConfig.model is a ModelConfig) and the noise-injected models' noise
+    SimpleNamespace(model=ModelConfig().name, noise_dim=default_noise_dim("vae-noise")),
+    TrainConfig(),
+    ModelConfig(),
+    avb=MODELS["avb"].train_defaults["beta1"],
+)
+with_defaults(EVALUATE_OPTIONS, EvalSettings())
+EVAL_SETTINGS = {f.name for f in fields(EvalSettings)}  # the options of `avae evaluate` that are settings
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
