@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,12 @@ from avae.repro.runner import (
     run_tasks,
     worker_runtime,
 )
-from avae.training.config import MODEL_KEYS, TRAIN_KEYS, Runtime, TrainConfig
+from avae.training.config import MODEL_KEYS, TRAIN_KEYS, Runtime, TrainConfig, field_types
 from avae.training.runs import EVAL, checkpoint_epoch, divergence_label, read_divergence, read_record
 
 LIST_SEPARATOR = "/"
 GRID_KEYS = (MODEL_KEYS | TRAIN_KEYS | {"model"}) - {"seeds"}
-FIELD_TYPES = {f.name: str(f.type) for cls in (ModelConfig, TrainConfig) for f in fields(cls)}
+FIELD_TYPES = {**field_types(ModelConfig), **field_types(TrainConfig)}
 # The eval.json key that shows a metric family is done, at evaluate's default settings.
 METRIC_KEYS = {
     "elbo": "neg_elbo",
@@ -87,14 +86,14 @@ def parse_grid(items: list[str], given: dict[str, Any] | None = None) -> dict[st
 
 def parse_value(key: str, text: str) -> Any:
     """One grid value as its setting's type: int, float, str, or a "/"-separated list of ints."""
-    kind = FIELD_TYPES.get(key, "str")
+    kind = FIELD_TYPES.get(key, str)
     try:
-        if "tuple" in kind:
+        if kind is tuple:
             return tuple(int(v) for v in text.split(LIST_SEPARATOR))
-        if kind in ("int", "float"):
-            return int(text) if kind == "int" else float(text)
+        if kind in (int, float):
+            return kind(text)
     except ValueError:
-        what = f"integers separated by {LIST_SEPARATOR!r}" if "tuple" in kind else f"a number ({kind})"
+        what = f"integers separated by {LIST_SEPARATOR!r}" if kind is tuple else f"a number ({kind.__name__})"
         raise ConfigError(f"--grid {key}: {text!r} is not {what}") from None
     return text
 

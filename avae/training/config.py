@@ -14,7 +14,7 @@ import platform
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 import numpy
 import torch
@@ -223,23 +223,30 @@ def flatten(settings: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def field_types(cls: type) -> dict[str, type]:
+    """Each field of a config dataclass and its type as a class: int, float, str, tuple (of ints)
+    or a dataclass; read from the annotations themselves, which are the one statement of it."""
+    hints = get_type_hints(cls)
+    return {f.name: get_origin(hints[f.name]) or hints[f.name] for f in fields(cls)}
+
+
 def coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """Turn lists into tuples and check scalar types, so a config file fails early and clearly."""
-    types = {f.name: f.type for f in fields(cls)}
+    types = field_types(cls)
     out = {}
     for key, value in values.items():
-        kind = str(types[key])
-        if "tuple" in kind:
+        kind = types[key]
+        if kind is tuple:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
                 raise ConfigError(f"{key} must be a list of integers, got {value!r}")
             value = tuple(value)
-        elif kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+        elif kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
-        elif kind == "float":
+        elif kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{key} must be a number, got {value!r}")
             value = float(value)
-        elif kind == "str" and not isinstance(value, str):
+        elif kind is str and not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         out[key] = value
     return out
