@@ -148,14 +148,14 @@ def claim_families(claim: int, datasets: Sequence[str]) -> dict[str, list[Compar
                 for reading in MODELS[model].readings:
                     family = families.setdefault("", [])
                     for z in (15, 20):
-                        better = (dataset, model, reading, 10, noise_of(model))
-                        family.append((better, (dataset, model, reading, z, noise_of(model))))
+                        better = RowKey(dataset, model, reading, 10, noise_of(model))
+                        family.append((better, better._replace(latent=z)))
         else:
             for avae in rows_of(dataset, "avae", 10):
-                family = families.setdefault(f"AVAE {avae[2]}" if avae[2] else "", [])
+                family = families.setdefault(f"AVAE {avae.reading}" if avae.reading else "", [])
                 if claim == 3:
                     for z in (10, 15):
-                        mine = (*avae[:3], z, avae[4])
+                        mine = avae._replace(latent=z)
                         family += [(mine, one("vae-noise", z)), (mine, one("avb", z))]
                 else:
                     family += [(avae, one("vae-noise", 10)), (one("avb", 10), one("vae-noise", 10))]

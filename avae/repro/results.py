@@ -120,7 +120,7 @@ def shared_points(
     counts = {
         run.entry(key)["points"]
         for row, run in table.items()
-        if row[0] == dataset and latent in (None, row[3]) and run.entry(key)
+        if row.dataset == dataset and latent in (None, row.latent) and run.entry(key)
     }
     return min(counts) if counts else None
 

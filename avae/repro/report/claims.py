@@ -68,7 +68,7 @@ def family_rows(
     for (better, worse), test, p_adj, h, h_adj in zip(
         comparisons, tests, adjusted, honest, honest_adjusted, strict=True
     ):
-        label = [dataset_label(better[0]), f"{key_label(better)} < {key_label(worse)}"]
+        label = [dataset_label(better.dataset), f"{key_label(better)} < {key_label(worse)}"]
         if test is None:
             pair = (table.get(better), table.get(worse))
             diverged = all(r is not None for r in pair) and any(r.divergence for r in pair)

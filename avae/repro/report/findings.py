@@ -106,7 +106,18 @@ def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: 
                 tests[(question, first, second, fa)] = test
                 if test is not None:
                     csv_rows.append(
-                        [dataset, question, *first[1:3], *second[1:3], fa, fb, points, *csv_numbers(test)]
+                        [
+                            dataset,
+                            question,
+                            first.model,
+                            first.reading,
+                            second.model,
+                            second.reading,
+                            fa,
+                            fb,
+                            points,
+                            *csv_numbers(test),
+                        ]
                     )
         lines += question_one(dataset, table, tests, figures)
         lines += pattern_lines(table, dataset, iwae_key, points)
@@ -146,7 +157,7 @@ def question_one(dataset: str, table: Table, tests: Tests, figures: Figures) -> 
         verdict = answer(cells[-1], "yes, better", "no, worse")
         if table[avae].divergence:
             verdict = table[avae].missing_label
-        rows.append([f"{row_label(avae[1], avae[2])} - VAE+eps", *map(diff_cell, cells), verdict])
+        rows.append([f"{row_label(avae.model, avae.reading)} - VAE+eps", *map(diff_cell, cells), verdict])
     if not rows:
         title = "**1. Does AVAE beat VAE+eps on the honest figures?**"
         return ["", f"{title} Not answered: no AVAE or VAE+eps run."]
