@@ -25,7 +25,7 @@ import torch
 
 from avae.core.models import LatentModel
 from avae.core.nets import MemberRandom
-from avae.errors import ConfigError
+from avae.errors import ConfigError, check_choice
 from avae.likelihood.scoring import EvalSettings, ais_points, iwae_points, per_point
 from avae.training.config import TrainConfig
 from avae.training.runs import load_run
@@ -100,8 +100,7 @@ class TrainedModel:
         """Negative log p(x)-type figures per member and point, [S, N] (lower is better): the
         model's own objective ("elbo"), the IWAE-k bound ("iwae") or AIS ("ais"); `.mean(0)`
         averages the members."""
-        if metric not in SCORES:
-            raise ConfigError(f"unknown score {metric!r}; choose one of {', '.join(SCORES)}")
+        check_choice("score", metric, SCORES)
         points, k, ais_steps = self.points_of(x), positive_int("k", k), positive_int("ais_steps", ais_steps)
         self.model.requires_grad_(False)
         settings = EvalSettings(k=(k,), ais_steps=ais_steps, seed=self.seed)

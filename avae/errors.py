@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -41,3 +42,9 @@ class DivergenceError(AvaeError):
     def __init__(self, message: str, *, epoch: int, step: int, member: int, seed: int, term: str):
         super().__init__(message)
         self.epoch, self.step, self.member, self.seed, self.term = epoch, step, member, seed, term
+
+
+def check_choice(kind: str, name: object, choices: Iterable[str]) -> None:
+    """Refuse `name` unless it is one of `choices`: "unknown {kind} 'x'; choose one of a, b"."""
+    if name not in choices:
+        raise ConfigError(f"unknown {kind} {name!r}; choose one of {', '.join(choices)}")

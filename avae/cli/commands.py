@@ -16,7 +16,7 @@ from avae.bench.cpu import cmd_bench
 from avae.cli.parser import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, build_parser, read_config_file
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
-from avae.errors import AvaeError, ConfigError
+from avae.errors import AvaeError, ConfigError, check_choice
 from avae.evaluation.analysis import analyse_run, classifier_path, ensure_classifier
 from avae.evaluation.evaluate import EvalSettings, evaluate_run, metric_seconds, parse_metrics, test_points
 from avae.io import check_writable_dir, os_error_sentence
@@ -73,8 +73,7 @@ def runtime_of(args: argparse.Namespace, *, check_device: bool = True) -> Runtim
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if args.preset:
-        if args.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        check_choice("preset", args.preset, PRESETS)
         settings.update(PRESETS[args.preset])
     settings.update(read_config_file(args.config) if args.config else {})
     for flag, _ in TRAIN_OPTIONS:

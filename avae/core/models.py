@@ -51,7 +51,7 @@ from avae.core.nets import (
     repeat_points,
     split_draws,
 )
-from avae.errors import ConfigError
+from avae.errors import ConfigError, check_choice
 
 
 @dataclass(frozen=True)
@@ -103,17 +103,17 @@ class ModelConfig:
     reading_keys: ClassVar[tuple[str, ...]] = ("adv_update",)
 
     def __post_init__(self) -> None:
-        obj.check_choice("model", self.name, MODELS)
-        obj.check_choice("activation", self.activation, ACTIVATIONS)
-        obj.check_choice("likelihood", self.likelihood, obj.LIKELIHOODS)
-        obj.check_choice("adversarial loss", self.adv_loss, obj.ADVERSARIAL_LOSSES)
-        obj.check_choice("adversarial update", self.adv_update, ADV_UPDATES)
+        check_choice("model", self.name, MODELS)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("likelihood", self.likelihood, obj.LIKELIHOODS)
+        check_choice("adversarial loss", self.adv_loss, obj.ADVERSARIAL_LOSSES)
+        check_choice("adversarial update", self.adv_update, ADV_UPDATES)
         for key in ("latent_dim", "data_dim"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if not self.hidden or any(int(h) <= 0 for h in self.hidden):
             raise ConfigError(f"hidden widths must be positive integers, got {self.hidden}")
-        obj.check_choice("ac_moments", self.ac_moments, AC_MOMENTS)
+        check_choice("ac_moments", self.ac_moments, AC_MOMENTS)
         fewest = 3 if self.ac_moments == "others" else 2  # a standard deviation needs two draws
         if self.ac_samples < fewest:
             raise ConfigError(
@@ -181,7 +181,7 @@ def register(name: str) -> Callable[[type[LatentModel]], type[LatentModel]]:
 
 def default_noise_dim(name: str) -> int:
     """The model's injected-noise dimension unless the user sets one (registry fact)."""
-    obj.check_choice("model", name, MODELS)
+    check_choice("model", name, MODELS)
     return MODELS[name].default_noise_dim
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from avae.errors import ConfigError
+from avae.errors import check_choice
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -105,10 +105,8 @@ class MemberLinear(nn.Module):
 
 
 def activation(name: str) -> nn.Module:
-    try:
-        return ACTIVATIONS[name]()
-    except KeyError:
-        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+    check_choice("activation", name, ACTIVATIONS)
+    return ACTIVATIONS[name]()
 
 
 def mlp(members: int, sizes: Sequence[int], act: str) -> nn.Sequential:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Normal, kl_divergence
 
-from avae.errors import ConfigError
+from avae.errors import check_choice
 
 LIKELIHOODS: dict[str, Callable[[torch.Tensor], Distribution]] = {
     # Bernoulli on grey levels is the paper's choice; it is a proper likelihood only for binary x.
@@ -21,11 +21,6 @@ LIKELIHOODS: dict[str, Callable[[torch.Tensor], Distribution]] = {
     # The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019) is normalised on [0, 1].
     "continuous-bernoulli": lambda logits: ContinuousBernoulli(logits=logits, validate_args=False),
 }
-
-
-def check_choice(kind: str, name: str, choices: dict | tuple) -> None:
-    if name not in choices:
-        raise ConfigError(f"unknown {kind} {name!r}; choose one of {', '.join(choices)}")
 
 
 def decoder_distribution(likelihood: str, logits: torch.Tensor) -> Distribution:

@@ -16,7 +16,7 @@ from typing import Any
 
 from avae.core.models import MODELS
 from avae.data.datasets import DATASETS
-from avae.errors import ConfigError
+from avae.errors import ConfigError, check_choice
 from avae.repro.paper import EXPERIMENTS, PAPER_LATENTS, PAPER_TABLE1, noise_of
 from avae.training.config import TrainConfig, config_hash, make_config
 from avae.training.runs import (
@@ -163,8 +163,7 @@ PROFILES: dict[str, Profile] = {
 def get_profile(profile: str | Profile) -> Profile:
     if isinstance(profile, Profile):
         return profile
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    check_choice("profile", profile, PROFILES)
     return PROFILES[profile]
 
 

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from avae.core.nets import MemberRandom
-from avae.errors import AvaeError, ConfigError
+from avae.errors import AvaeError, ConfigError, check_choice
 from avae.evaluation.analysis import analyse_run, classifier_path, ensure_classifier
 from avae.evaluation.evaluate import evaluate_run
 from avae.io import file_lock, read_json, write_json
@@ -332,8 +332,7 @@ def import_ray():
 def check_executor(executor: str, address: str | None, device: str, *, need_ray: bool = True) -> None:
     """Refuse an unknown executor, an --address without Ray, a device Ray cannot place and, when
     `need_ray`, a missing Ray, in one sentence each, before anything is written."""
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    check_choice("executor", executor, EXECUTORS)
     if address and executor != "ray":
         raise ConfigError("--address names a Ray cluster; give it with --executor ray")
     if executor == "ray" and device != "cpu" and not device.startswith("cuda"):

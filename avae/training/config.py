@@ -22,7 +22,7 @@ import torch
 from avae.core.models import MODELS, ModelConfig, default_noise_dim, reading_of
 from avae.data import datasets as data
 from avae.data import userdata
-from avae.errors import ConfigError
+from avae.errors import ConfigError, check_choice
 from avae.version import __version__
 
 # Settings that may change when a run is resumed (e.g. a lower learning rate after divergence).
@@ -73,12 +73,8 @@ class TrainConfig:
             )
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.pixels not in data.PIXEL_MODES:
-            raise ConfigError(
-                f"unknown pixel mode {self.pixels!r}; choose one of {', '.join(data.PIXEL_MODES)}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check_choice("pixel mode", self.pixels, data.PIXEL_MODES)
+        check_choice("precision", self.precision, PRECISIONS)
         for key in ("batch_size", "epochs", "disc_steps"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
@@ -150,8 +146,7 @@ def make_config(overrides: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see `avae train --help`")
     name = flat.get("model", "vae")
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    check_choice("model", name, MODELS)
     model_args = {"name": name, "noise_dim": default_noise_dim(name)}
     dataset = flat.get("dataset", "mnist")
     if isinstance(dataset, str) and userdata.is_user_data(dataset) and "data_dim" not in flat:
