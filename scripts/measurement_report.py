@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avae.paper import PAPER_TABLE1
-from avae.stats import mean_ci
+from avae.evaluation.stats import mean_ci
+from avae.repro.paper import PAPER_TABLE1
 
 NAMES = {"vae": "VAE", "vae-noise": "VAE+ε", "avb": "AVB", "avae": "AVAE", "avb-ac": "AVB-AC"}
 READINGS = {  # eval.json key of each candidate reading of the paper's Table 1 figure
