@@ -154,9 +154,13 @@ def test_the_reconstruction_term_is_exact_when_the_decoder_ignores_z(name):
     x = torch.rand(5, 12)
     entries, _ = ev.compute_metrics(model, x, (0, 1), ["recon"], scoring.EvalSettings(), False)
     logits = model.decoder(torch.zeros(2, 1, 3))  # [S, 1, D], whatever z
-    exact = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits.expand(2, 5, 12), x.expand(2, 5, 12), reduction="none"
-    ).sum(-1).double()
+    exact = (
+        torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.expand(2, 5, 12), x.expand(2, 5, 12), reduction="none"
+        )
+        .sum(-1)
+        .double()
+    )
     got = [m["value"] for m in entries["neg_recon"]["per_member"]]
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), exact.mean(1), rtol=1e-5, atol=1e-5)
 

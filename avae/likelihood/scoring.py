@@ -308,4 +308,3 @@ def bdmc_points(model: LatentModel, seeds, settings: EvalSettings, device, progr
 
 def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(sum(s[key] for s in stats) / len(stats), 4) for key in stats[0]} if stats else {}
-
