@@ -268,6 +268,18 @@ def test_a_run_trained_elsewhere_and_copied_back_with_its_weights_alone_is_evalu
     assert plan.status_of(run, profile, tmp_path) == ("published", 1)
 
 
+def test_runs_chosen_by_name_run_alone_and_the_manifest_keeps_the_whole_plan(tmp_path, monkeypatch):
+    """`--runs` chooses what runs now: the others stay planned, so publish and report see them."""
+    profile = replace(tiny_profile(monkeypatch, models=("vae", "vae-noise")), epochs=1)
+    first, second = runs_for(profile)
+    (result,) = reproduce(
+        profile, tmp_path, runtime=Runtime(progress=False), train_only=True, run_names=[second.dir_name]
+    )
+    assert result["dir"] == second.dir_name and not (tmp_path / first.dir_name).exists()
+    manifest = read_json(tmp_path / "reproduce.json")
+    assert [r["dir"] for r in manifest["runs"]] == [first.dir_name, second.dir_name]
+
+
 def test_a_diverged_run_is_recorded_left_alone_reported_and_published(tmp_path, monkeypatch, capsys):
     """A planned run whose loss went non-finite keeps its record (diverged.json); the next reproduce
     does not retry it (the same settings diverge again) and finishes the others, the report shows it

@@ -186,7 +186,8 @@ def reproduce(
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
     check_executor(executor, address, runtime.device, need_ray=False)
     out = Path(out).resolve() if executor == "ray" else Path(out)  # the same path on every node
-    runs = pick_runs(runs_for(profile), run_names) if run_names else runs_for(profile)
+    planned = runs_for(profile)  # the manifest lists them all: --runs chooses what runs now, not the plan
+    runs = pick_runs(planned, run_names) if run_names else planned
     status = {run.key: status_of(run, profile, out)[0] for run in runs}  # each reads a checkpoint: once
     if note := published_note(runs, profile, out, status):
         print(note, file=sys.stderr, flush=True)
@@ -224,7 +225,7 @@ def reproduce(
         {
             "profile": profile.name,
             "settings": json.loads(json.dumps(asdict(profile))),
-            "runs": [{"key": r.key, "dir": r.dir_name, "experiments": r.experiments} for r in runs],
+            "runs": [{"key": r.key, "dir": r.dir_name, "experiments": r.experiments} for r in planned],
             "sessions": [*previous_sessions(out), provenance(runtime, jobs)],
         },
     )
