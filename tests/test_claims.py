@@ -1,0 +1,53 @@
+"""The claims section's words for an unclear comparison: which gains its 95% CI rules out, beside the
+paper's own gain, against a hand-worked paired t interval."""
+
+from __future__ import annotations
+
+import math
+
+from avae.repro.paper import rows_of
+from avae.repro.report.claims import excluded_gain, family_rows, paper_gain
+from avae.repro.results import RunResult
+from avae.training.config import make_config
+
+T_975_DOF2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom
+
+
+def run_with(neg_elbo: list[float], ais: list[float], tmp_path) -> RunResult:
+    metrics = {
+        name: {"points": 50, "per_member": [{"value": v} for v in values]}
+        for name, values in (("neg_elbo", neg_elbo), ("ais", ais))
+    }
+    cfg = make_config({"seeds": (0, 1, 2)})
+    return RunResult(tmp_path, cfg, [], {"metrics": metrics}, {}, cfg.epochs)
+
+
+def test_an_unclear_comparison_says_which_gains_its_interval_excludes_beside_the_papers(tmp_path):
+    vae, noise = rows_of("mnist", "vae", 10)[0], rows_of("mnist", "vae-noise", 10)[0]
+    # per-seed differences (VAE+eps - VAE): -1, 0, +2 on the own figure; -20, -21, -22 on AIS
+    table = {
+        vae: run_with([100.0, 100.0, 100.0], [120.0, 121.0, 122.0], tmp_path),
+        noise: run_with([99.0, 100.0, 102.0], [100.0, 100.0, 100.0], tmp_path),
+    }
+    rows, outcomes, _ = family_rows([(noise, vae)], table, "neg_elbo", "ais")
+    diffs = [-1.0, 0.0, 2.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    low = mean - T_975_DOF2 * sd / math.sqrt(3)  # -3.46
+    assert outcomes == ["unclear"]
+    assert rows[0][8] == f"a gain above {-low:.2f} (paper: 2.50)"  # Table 1: 109.8 - 107.3
+    assert rows[0][9].startswith("agrees (diff -21.00")  # a resolved AIS test says nothing excluded
+    assert "excludes" not in rows[0][9]
+
+
+def test_a_resolved_comparison_and_one_without_an_interval_exclude_nothing():
+    assert excluded_gain({"ci_low": float("nan")}) == "-"
+    assert excluded_gain({"ci_low": 0.4}) == "any gain"
+    assert excluded_gain({"ci_low": -1.234}, 14.22) == "a gain above 1.23 (paper: 14.22)"
+
+
+def test_the_papers_gain_exists_only_where_table_1_gives_both_figures():
+    avae, noise = rows_of("fashion-mnist", "avae", 10)[0], rows_of("fashion-mnist", "vae-noise", 10)[0]
+    assert paper_gain(avae, noise) == 4.0  # 220.1 - 216.1
+    assert paper_gain(noise, noise._replace(noise=5)) is None  # Table 1 has noise 10 only
+    assert paper_gain(rows_of("mnist", "avb-ac", 10)[0], noise._replace(dataset="mnist")) is None
