@@ -16,7 +16,7 @@ from avae.errors import ConfigError
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.paper import EXPERIMENTS
 from avae.repro.plan import PROFILES
-from avae.repro.runner import EXECUTORS
+from avae.repro.ray_cluster import EXECUTORS
 from avae.training.config import MODEL_KEYS, TRAIN_KEYS, TrainConfig, flatten
 from avae.version import __version__
 

@@ -24,19 +24,13 @@ from avae.evaluation.evaluate import metric_seconds, parse_metrics
 from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.costs import estimate_train_seconds
+from avae.repro.execute import Task
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics
+from avae.repro.progress import PlanProgress, clock
+from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import SWEEP
-from avae.repro.runner import (
-    PlanProgress,
-    Task,
-    check_executor,
-    clock,
-    default_jobs,
-    ray_cluster,
-    run_tasks,
-    worker_runtime,
-)
+from avae.repro.runner import default_jobs, run_tasks, worker_runtime
 from avae.training.config import MODEL_KEYS, TRAIN_KEYS, Runtime, TrainConfig, field_types
 from avae.training.runs import EVAL, checkpoint_epoch, divergence_label, read_divergence, read_record
 
