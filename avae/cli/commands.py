@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from avae.bench.cpu import cmd_bench
-from avae.cli.parser import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, build_parser, read_config_file
+from avae.cli.options import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, read_config_file
+from avae.cli.parser import build_parser
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError, check_choice
