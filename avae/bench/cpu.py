@@ -44,7 +44,8 @@ from avae.likelihood import scoring
 from avae.repro.costs import BATCH, estimate_train_seconds
 from avae.training.config import PRECISIONS, Runtime, make_config
 from avae.training.runs import METRICS, read_metrics
-from avae.training.train import new_state, run_epoch, take_step, train
+from avae.training.steps import new_state, run_epoch, take_step
+from avae.training.train import train
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 MEMBER_COUNTS = (1, 5, 15)

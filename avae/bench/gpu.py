@@ -47,14 +47,8 @@ from avae.core.models import MODELS, build_model
 from avae.io import atomic_write_text, write_json
 from avae.likelihood import scoring
 from avae.training.config import Runtime, make_config
-from avae.training.train import (
-    checkpoint_payload,
-    epoch_batches,
-    new_state,
-    restore_state,
-    run_epoch,
-    train_step,
-)
+from avae.training.resume import checkpoint_payload, restore_state
+from avae.training.steps import epoch_batches, new_state, run_epoch, train_step
 
 GPU_JSON, GPU_MD = "gpu_bench.json", "GPU_BENCH.md"
 BATCH = 100
