@@ -19,7 +19,8 @@ from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError, check_choice
 from avae.evaluation.analysis import analyse_run, classifier_path, ensure_classifier
-from avae.evaluation.evaluate import EvalSettings, evaluate_run, metric_seconds, parse_metrics, test_points
+from avae.evaluation.cost_model import metric_seconds, test_points
+from avae.evaluation.evaluate import EvalSettings, evaluate_run, parse_metrics
 from avae.io import check_writable_dir, os_error_sentence
 from avae.repro.costs import classifier_seconds
 from avae.repro.publish import publish

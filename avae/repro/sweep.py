@@ -20,7 +20,8 @@ from typing import Any
 
 from avae.core.models import MODELS, ModelConfig
 from avae.errors import AvaeError, ConfigError
-from avae.evaluation.evaluate import metric_seconds, parse_metrics
+from avae.evaluation.cost_model import metric_seconds
+from avae.evaluation.evaluate import parse_metrics
 from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.costs import estimate_train_seconds
