@@ -162,7 +162,7 @@ def test_the_reconstruction_term_is_exact_when_the_decoder_ignores_z(name):
         .sum(-1)
         .double()
     )
-    got = [m["value"] for m in entries["neg_recon"]["per_member"]]
+    got = entries["neg_recon"].values()
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), exact.mean(1), rtol=1e-5, atol=1e-5)
 
 
@@ -195,3 +195,22 @@ def test_ais_costs_its_sequential_steps_even_on_a_few_points():
         "ais", scoring.EvalSettings(ais_steps=20, ais_chains=2, batch_size=5), 10, 2, "cpu"
     )
     assert more > ais  # two batches: each runs its steps
+
+
+def test_every_committed_eval_json_entry_reads_and_writes_back_unchanged():
+    """MetricEntry is eval.json's entry format: reading a committed entry and writing it again gives
+    the same JSON, so readers that go through it see every field and writers change no byte."""
+    from pathlib import Path
+
+    from avae.training.runs import MetricEntry
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    entries = [
+        entry
+        for path in sorted(root.glob("**/eval.json"))
+        for entry in json.loads(path.read_text()).get("metrics", {}).values()
+    ]
+    assert entries, f"no eval.json under {root}"
+    for entry in entries:
+        again = MetricEntry.from_json(entry).to_json()
+        assert json.dumps(again, sort_keys=True) == json.dumps(entry, sort_keys=True)

@@ -30,7 +30,7 @@ from avae.repro.reproduce import reproduce
 from avae.repro.sweep import sweep
 from avae.training.config import PRESETS, Runtime, make_config
 from avae.training.images import save_image_grid
-from avae.training.runs import load_run, read_config, resume_config
+from avae.training.runs import load_run, metric_entries, read_config, resume_config
 from avae.training.train import train
 
 
@@ -115,26 +115,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{result['model']} on {result['dataset']} ({result['pixels']} pixels, {result['likelihood']} "
         f"decoder), epoch {result['epoch']}; negative log p(x)-type figures in nats, lower is better"
     )
+    entries = metric_entries(result)
     rows = []
     for key in result["evaluated"]:
-        m = result["metrics"][key]
+        m = entries[key]
         rows.append(
             [
                 key,
-                f"{m['kind']} ({'log-likelihood' if m['is_log_likelihood'] else 'NOT a log-likelihood'})",
-                f"{m['mean']:.2f} ± {m['sem_points']:.2f}",
-                f"{m['sem']:.2f}" if m["members"] > 1 else "-",
-                m["points"],
-                f"{m['seconds']:.1f}",
+                f"{m.kind} ({'log-likelihood' if m.is_log_likelihood else 'NOT a log-likelihood'})",
+                f"{m.mean:.2f} ± {m.sem_points:.2f}",
+                f"{m.sem:.2f}" if m.members > 1 else "-",
+                m.points,
+                f"{m.seconds:.1f}",
             ]
         )
     header = ["metric", "what it bounds or estimates", "mean ± sem (points)", "sem (members)", "points", "s"]
     print(format_table(header, rows))
     if "bdmc_reverse" in result["evaluated"]:
-        print(
-            "BDMC gap (reverse - forward, simulated data): "
-            f"{result['metrics']['bdmc_reverse']['gap']:.3f} nats"
-        )
+        print(f"BDMC gap (reverse - forward, simulated data): {entries['bdmc_reverse'].gap:.3f} nats")
     for note in result["notes"]:
         print(note)
     print(f"written to {Path(args.run_dir) / 'eval.json'}")

@@ -21,7 +21,7 @@ from avae.repro.plan import EvalStep, PlannedRun, Profile, analysis_done, eval_s
 from avae.repro.results import INDEX
 from avae.training.config import Runtime, TrainConfig
 from avae.training.images import image_grid
-from avae.training.runs import EVAL, trained_epoch
+from avae.training.runs import EVAL, metric_entries, trained_epoch
 from avae.training.train import train
 
 
@@ -76,7 +76,7 @@ def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
         "seeds": list(cfg.seeds),
         "epochs": cfg.epochs,
         "trained_epochs": trained_epoch(run_dir),
-        "metrics": {k: {"mean": v["mean"], "sem": v["sem"]} for k, v in record.get("metrics", {}).items()},
+        "metrics": {k: {"mean": v.mean, "sem": v.sem} for k, v in metric_entries(record).items()},
     }
 
 

@@ -77,7 +77,8 @@ def budget_note(table: Table, dataset: str) -> str:
     run = next((r for r in runs if r.entry("neg_elbo")), runs[0] if runs else None)  # not a diverged one
     if run is None:
         return ""
-    points = (run.entry("neg_elbo") or {}).get("points", "?")
+    entry = run.entry("neg_elbo")
+    points = entry.points if entry else "?"
     return (
         f" ({len(run.cfg.seeds)} seeds, {run.cfg.epochs} epochs, {run.cfg.train_subset or 60000} "
         f"training images, {points} test images)"
@@ -126,8 +127,8 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
             if k in table and not table[k].entry("ais") and not table[k].divergence
         ]
     if any(
-        not r.eval.get("metrics", {}).get("neg_elbo", {}).get("is_log_likelihood", True)
-        for r in table.values()
+        entry is not None and not entry.is_log_likelihood
+        for entry in (r.entry("neg_elbo") for r in table.values())
     ):
         lines += [
             "",
