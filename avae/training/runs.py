@@ -3,7 +3,7 @@
 config.json              what the run is (configuration, versions, data checksums, command)
 metrics.csv              one row per epoch and member
 checkpoint.safetensors   weights, optimiser moments, RNG streams (`avae.training.checkpoint`)
-eval.json                figures of `avae evaluate` (`avae.evaluation.evaluate`)
+eval.json                figures of `avae evaluate` (`avae.evaluation.evaluate`), each a `MetricEntry`
 analysis.json            analyses beyond the paper (`avae.evaluation.analysis`)
 diverged.json            where training last diverged, until an epoch past it is written
 samples_seed*.png        8x8 sample grids, recon_seed*.png reconstructions
