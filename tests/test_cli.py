@@ -16,7 +16,7 @@ import avae
 from avae import io as avae_io
 from avae.cli import commands as cli
 from avae.cli.commands import check_threads, main
-from avae.cli.parser import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, shown
+from avae.cli.options import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, shown
 from avae.errors import ConfigError
 from avae.repro import costs
 from avae.training.runs import CHECKPOINT

@@ -13,6 +13,7 @@ from avae.cli.commands import main
 from avae.core import objectives as obj
 from avae.core.models import ModelConfig, build_model
 from avae.core.nets import MemberRandom
+from avae.evaluation import cost_model
 from avae.evaluation import evaluate as ev
 from avae.likelihood import scoring
 from avae.training.config import Runtime, make_config
@@ -161,7 +162,7 @@ def test_the_reconstruction_term_is_exact_when_the_decoder_ignores_z(name):
         .sum(-1)
         .double()
     )
-    got = [m["value"] for m in entries["neg_recon"]["per_member"]]
+    got = entries["neg_recon"].values()
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), exact.mean(1), rtol=1e-5, atol=1e-5)
 
 
@@ -171,26 +172,45 @@ def test_the_estimate_before_an_evaluation_counts_the_runs_own_test_points(tmp_p
     path = tmp_path / "vectors.npy"
     np.save(path, np.random.default_rng(0).random((200, 30)).astype("float32"))
     run = small_run(tmp_path, model="vae", epochs=1, dataset=str(path), seeds=(0,), pixels="continuous")
-    assert ev.test_points(read_config(run)) == 20
+    assert cost_model.test_points(read_config(run)) == 20
     assert main(["evaluate", str(run), "--metrics", "elbo,iwae", "--k", "1,5"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("avae evaluate: elbo, iwae on 20 test points x 1 members: about 0.0 min")
 
 
 def test_test_points_of_a_registered_data_set_are_its_test_split_cut_to_the_subset():
-    assert ev.test_points(make_config({"test_subset": 0})) == 10000
-    assert ev.test_points(make_config({"test_subset": 300})) == 300
-    assert ev.test_points(make_config({"test_subset": 50000})) == 10000  # no more than there are
+    assert cost_model.test_points(make_config({"test_subset": 0})) == 10000
+    assert cost_model.test_points(make_config({"test_subset": 300})) == 300
+    assert cost_model.test_points(make_config({"test_subset": 50000})) == 10000  # no more than there are
 
 
 def test_ais_costs_its_sequential_steps_even_on_a_few_points():
     """AIS on a few points is bound by its sequential HMC steps, not by its decoder passes: the
     smoke profile's AIS on 10 points (20 steps, 2 chains) took about 0.9-1.3 s of process time."""
     settings = scoring.EvalSettings(ais_steps=20, ais_chains=2, bdmc_points=5)
-    ais = ev.metric_seconds("ais", settings, 10, 2, "cpu")
+    ais = cost_model.metric_seconds("ais", settings, 10, 2, "cpu")
     assert 0.7 < ais < 1.6
-    assert ev.metric_seconds("bdmc", settings, 10, 2, "cpu") > ais  # forward and reverse
-    more = ev.metric_seconds(
+    assert cost_model.metric_seconds("bdmc", settings, 10, 2, "cpu") > ais  # forward and reverse
+    more = cost_model.metric_seconds(
         "ais", scoring.EvalSettings(ais_steps=20, ais_chains=2, batch_size=5), 10, 2, "cpu"
     )
     assert more > ais  # two batches: each runs its steps
+
+
+def test_every_committed_eval_json_entry_reads_and_writes_back_unchanged():
+    """MetricEntry is eval.json's entry format: reading a committed entry and writing it again gives
+    the same JSON, so readers that go through it see every field and writers change no byte."""
+    from pathlib import Path
+
+    from avae.training.runs import MetricEntry
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    entries = [
+        entry
+        for path in sorted(root.glob("**/eval.json"))
+        for entry in json.loads(path.read_text()).get("metrics", {}).values()
+    ]
+    assert entries, f"no eval.json under {root}"
+    for entry in entries:
+        again = MetricEntry.from_json(entry).to_json()
+        assert json.dumps(again, sort_keys=True) == json.dumps(entry, sort_keys=True)

@@ -10,15 +10,36 @@ from avae.repro.report.claims import test_pair as claim_test
 from avae.repro.report.findings import answer, findings_section
 from avae.repro.results import RunResult
 from avae.training.config import make_config
+from avae.training.runs import MemberFigure, MetricEntry
 
 T_975_DOF2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom
 
 
+def entry_of(values: list[float], points: int, prefix_means: dict[str, list[float]] | None = None):
+    """An eval.json entry with these per-seed values (seeds 0, 1, ...) on `points` test points."""
+    members = tuple(MemberFigure(seed, value, 0.0) for seed, value in enumerate(values))
+    mean = sum(values) / len(values)
+    return MetricEntry(
+        label="figure",
+        estimator="test",
+        settings={},
+        is_log_likelihood=True,
+        kind="lower bound",
+        per_member=members,
+        mean=mean,
+        std=0.0,
+        sem=0.0,
+        members=len(values),
+        sem_points=0.0,
+        points=points,
+        prefix_means=prefix_means or {},
+        seconds=0.0,
+    ).to_json()
+
+
 def run_with(figures: dict[str, list[float]], tmp_path) -> RunResult:
     """A run of 3 seeds whose eval.json holds `figures` per seed on 50 test points."""
-    metrics = {
-        name: {"points": 50, "per_member": [{"value": v} for v in values]} for name, values in figures.items()
-    }
+    metrics = {name: entry_of(values, 50) for name, values in figures.items()}
     cfg = make_config({"seeds": (0, 1, 2)})
     return RunResult(tmp_path, cfg, [], {"metrics": metrics}, {}, cfg.epochs)
 
@@ -61,13 +82,8 @@ def test_an_answer_needs_the_interval_to_exclude_zero(low, high, word):
 def with_more_points(run: RunResult, name: str, full: list[float], points: int = 500) -> RunResult:
     """`run`, but figure `name` computed on `points` test points with values `full`, its mean over
     the first 50 (the AIS points) kept as the prefix mean."""
-    entry = run.eval["metrics"][name]
-    first = [row["value"] for row in entry["per_member"]]
-    run.eval["metrics"][name] = {
-        "points": points,
-        "per_member": [{"value": v} for v in full],
-        "prefix_means": {"50": first},
-    }
+    first = run.entry(name).values()
+    run.eval["metrics"][name] = entry_of(full, points, {"50": first})
     return run
 
 

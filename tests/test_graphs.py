@@ -19,7 +19,7 @@ from avae.core.graphs import GraphedCall, StaticNoise, count_draws, graphs_wante
 from avae.core.nets import MemberRandom
 from avae.likelihood import scoring
 from avae.training.config import Runtime, make_config
-from avae.training.train import autocast, new_state, run_epoch, take_step
+from avae.training.steps import autocast, new_state, run_epoch, take_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMALL = {"hidden": (32, 16), "latent_dim": 4, "batch_size": 50}

@@ -9,7 +9,7 @@ from avae.core.models import MODELS, ModelConfig, StepSettings, build_model, def
 from avae.core.nets import MemberRandom
 from avae.errors import ConfigError
 from avae.training.config import make_config
-from avae.training.train import new_state, take_step
+from avae.training.steps import new_state, take_step
 
 SMALL = {"hidden": (16, 8), "latent_dim": 3}
 STEPS = StepSettings(lr=1e-3, disc_lr=1e-3, adv_lr=1e-3, disc_steps=1)

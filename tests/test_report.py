@@ -98,7 +98,7 @@ def test_report_on_a_sweep_draws_and_lists_each_point_apart(tmp_path, synthetic_
     for each point, labelled by its setting (they were drawn as one model, one row of Table 1); a
     point that diverged in its first epoch (no run to read) says so."""
     from avae.io import read_json, write_json
-    from avae.repro.report import report
+    from avae.repro.report import sweep_report
     from avae.repro.sweep import SWEEP, sweep
 
     base = {"model": "vae", "epochs": 2, "seeds": (0,), "hidden": (32, 16), "latent_dim": 4, "batch_size": 50}
@@ -110,8 +110,8 @@ def test_report_on_a_sweep_draws_and_lists_each_point_apart(tmp_path, synthetic_
     )
     write_json(tmp_path / SWEEP, record)
     figures = []
-    draw = report.plot_curves
-    monkeypatch.setattr(report, "plot_curves", lambda *args: figures.append(draw(*args)) or figures[-1])
+    draw = sweep_report.plot_curves
+    monkeypatch.setattr(sweep_report, "plot_curves", lambda *args: figures.append(draw(*args)) or figures[-1])
     text = write_report(tmp_path).read_text()
     assert text.startswith("# Sweep report") and "Table 1" not in text
     points = text.split("## Points")[1].split("##")[0]

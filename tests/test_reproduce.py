@@ -18,7 +18,7 @@ import pytest
 from avae.cli.commands import main
 from avae.errors import AvaeError, ConfigError, DivergenceError
 from avae.io import read_json, write_csv
-from avae.repro import costs, plan, runner
+from avae.repro import costs, execute, plan, runner
 from avae.repro.paper import Experiment
 from avae.repro.plan import PROFILES, Profile, runs_for
 from avae.repro.publish import finished_runs, publish
@@ -107,9 +107,9 @@ def test_second_call_trains_and_evaluates_nothing(smoke, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained or evaluated again")
 
-    monkeypatch.setattr(runner, "train", refuse)
-    monkeypatch.setattr(runner, "evaluate_run", refuse)
-    monkeypatch.setattr(runner, "analyse_run", refuse)
+    monkeypatch.setattr(execute, "train", refuse)
+    monkeypatch.setattr(execute, "evaluate_run", refuse)
+    monkeypatch.setattr(execute, "analyse_run", refuse)
     results = reproduce("smoke", out, runtime=Runtime(progress=False))
     assert not any(r["trained"] or r["evaluated"] for r in results)
 

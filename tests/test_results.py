@@ -38,8 +38,8 @@ def test_committed_tables_match_the_report(folder):
 def published_figure(folder: Path, which: str, path: Path):
     """Fig. 6 or 7 of a published folder as `avae report` draws it (the matplotlib Figure)."""
     from avae.repro.paper import DATASET_LABELS
+    from avae.repro.report.curves import curve_panels, key_curves
     from avae.repro.report.figures import Panel, plot_curves
-    from avae.repro.report.report import curve_panels, key_curves
     from avae.repro.results import collect_runs, index_runs
 
     table = index_runs(collect_runs(folder))

@@ -25,8 +25,10 @@ from avae.cli.commands import main
 from avae.errors import ConfigError, DivergenceError
 from avae.io import read_json
 from avae.repro import runner
+from avae.repro.execute import Task
 from avae.repro.plan import EvalStep, PlannedRun, runs_for
-from avae.repro.runner import FAILURES, Outcomes, PlanProgress, Task, run_in_pool, run_tasks
+from avae.repro.progress import FAILURES, Outcomes, PlanProgress
+from avae.repro.runner import run_in_pool, run_tasks
 from avae.repro.sweep import SWEEP
 from avae.training.config import Runtime
 from avae.training.runs import DIVERGED

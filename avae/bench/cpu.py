@@ -22,19 +22,17 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from avae.bench.measure import matmul_peak, step_flops, timed
+from avae.bench.peers import plain_loop, pythae_peer
 from avae.bench.report import BENCH_JSON, BENCH_MD, markdown, targets
 from avae.core.models import MODELS, build_model
 from avae.data import datasets as data
@@ -44,52 +42,14 @@ from avae.likelihood import scoring
 from avae.repro.costs import BATCH, estimate_train_seconds
 from avae.training.config import PRECISIONS, Runtime, make_config
 from avae.training.runs import METRICS, read_metrics
-from avae.training.train import new_state, run_epoch, take_step, train
+from avae.training.steps import new_state, run_epoch
+from avae.training.train import train
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 MEMBER_COUNTS = (1, 5, 15)
-PYTHAE_SCRIPT = DEFAULT_DIR / "pythae_peer.py"
-
-
-# --- FLOP counting -------------------------------------------------------------------------------
-
-
-def step_flops(model: str, batch: int = BATCH) -> float:
-    """FLOPs of one training iteration (every phase, forward and backward) of one member of
-    `model` at its default settings, counted by torch's FlopCounterMode on a real iteration."""
-    cfg = make_config({"model": model, "batch_size": batch})
-    state = new_state(cfg, torch.device("cpu"))
-    x = torch.rand(1, batch, cfg.model.data_dim, generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
-        for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
-            take_step(phase, optimizer, x, state.noise_rng)
-    return float(counter.get_total_flops())
 
 
 # --- measurements ----------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], int], seconds: float, warmup: int = 1) -> tuple[int, float]:
-    """Call `fn` (returning units of work done) `warmup` times untimed, then until `seconds` pass."""
-    for _ in range(warmup):
-        fn()
-    done, start = 0, time.perf_counter()
-    while True:
-        done += fn()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return done, elapsed
-
-
-def matmul_peak(dtype: torch.dtype, n: int, seconds: float) -> dict[str, Any]:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-
-    def work() -> int:
-        torch.mm(a, b)
-        return 1
-
-    count, elapsed = timed(work, seconds)
-    return {"n": n, "gflops": 2 * n**3 * count / elapsed / 1e9, "seconds": elapsed}
 
 
 def load_train_images(images: int) -> tuple[torch.Tensor, str]:
@@ -148,89 +108,6 @@ def train_throughput(
         "gflop_per_step": flops / 1e9,
         "gflops": flops / step_s / 1e9,
         "test_pass_s_per_10k": eval_s,
-    }
-
-
-def plain_loop(seconds: float, images: torch.Tensor) -> dict[str, Any]:
-    """The baseline: one standard VAE with nn.Linear MLPs (784-256-64-32-10 and back), Adam,
-    batch 100, a typical loop (zero_grad, backward, step, loss.item() for logging each step)."""
-    torch.manual_seed(0)
-
-    def net(sizes: Sequence[int]) -> nn.Sequential:
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
-            layers.append(nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(nn.LeakyReLU(0.2))
-        return nn.Sequential(*layers)
-
-    encoder, decoder = net([784, 256, 64, 32, 20]), net([10, 32, 64, 256, 784])
-    params = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=1e-3)
-    x_all = images
-    steps = len(x_all) // BATCH
-
-    def epoch() -> int:
-        order = torch.randperm(len(x_all))
-        total = 0.0
-        for i in range(steps):
-            x = x_all[order[i * BATCH : (i + 1) * BATCH]]
-            mu, logvar = encoder(x).chunk(2, dim=-1)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            recon = nn.functional.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
-            loss = (recon + kl).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-        return steps
-
-    done, elapsed = timed(epoch, seconds)
-    flops = step_flops("vae", BATCH)
-    step_s = elapsed / done
-    return {
-        "steps": done,
-        "ms_per_step": 1e3 * step_s,
-        "images_per_s_per_member": BATCH / step_s,
-        "gflops": flops / step_s / 1e9,
-    }
-
-
-def pythae_peer(seconds: float, images: torch.Tensor, python: str | None) -> dict[str, Any]:
-    """Pythae's BaseTrainer on its VAE with the same MLPs, batch 100 and data, run by `python`
-    (an environment with Pythae installed; see BENCH.md)."""
-    if not python or not Path(python).exists():
-        return {"skipped": f"no Python with Pythae given (--pythae-python {python or 'PATH'}); see BENCH.md"}
-    if not PYTHAE_SCRIPT.exists():
-        return {"skipped": f"{PYTHAE_SCRIPT} is missing (it ships in the repository, not the package)"}
-    with tempfile.TemporaryDirectory() as tmp:
-        script, array = PYTHAE_SCRIPT, Path(tmp) / "x.npy"
-        numpy.save(array, images.numpy())
-        threads = str(torch.get_num_threads())
-        env = {**os.environ, "OMP_NUM_THREADS": threads}
-        try:
-            done = subprocess.run(
-                [python, str(script), str(array), str(seconds), threads],
-                capture_output=True,
-                text=True,
-                timeout=300 + 3 * seconds,
-                env=env,
-                cwd=tmp,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"skipped": f"Pythae run failed ({exc})"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"skipped": f"Pythae run failed: {last}"}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    step_s = result["seconds"] / max(1, result["steps"])
-    return {
-        "version": result["version"],
-        "steps": result["steps"],
-        "ms_per_step": 1e3 * step_s,
-        "images_per_s_per_member": BATCH / step_s,
-        "gflops": step_flops("vae", BATCH) / step_s / 1e9,
     }
 
 

@@ -27,66 +27,26 @@ CUDA); `--quick` shrinks everything for a test.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from avae.bench.cpu import bf16_accuracy
+from avae.bench.gpu_checks import equivalence
+from avae.bench.gpu_concurrency import concurrency
+from avae.bench.gpu_timing import BATCH, cuda_graphs, images_for, sync, timed_steps, train_config
 from avae.bench.report import gpu_markdown
-from avae.core.graphs import ENV_SWITCH
 from avae.core.models import MODELS, build_model
 from avae.io import atomic_write_text, write_json
 from avae.likelihood import scoring
 from avae.training.config import Runtime, make_config
-from avae.training.train import (
-    checkpoint_payload,
-    epoch_batches,
-    new_state,
-    restore_state,
-    run_epoch,
-    train_step,
-)
+from avae.training.steps import new_state, run_epoch
 
 GPU_JSON, GPU_MD = "gpu_bench.json", "GPU_BENCH.md"
-BATCH = 100
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_steps(step: Callable[[], int], device: torch.device, seconds: float) -> float:
-    """Seconds per unit of work of `step()` (returning the units done), after one untimed call."""
-    step()
-    sync(device)
-    done, start = 0, time.perf_counter()
-    while True:
-        done += step()
-        sync(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return elapsed / done
-
-
-def images_for(count: int, device: torch.device) -> torch.Tensor:
-    """Uniform grey images: a step's cost does not depend on the pixel values."""
-    return torch.rand(count, 784, generator=torch.Generator().manual_seed(0)).to(device)
-
-
-def train_config(model: str, members: int, precision: str = "fp32"):
-    return make_config(
-        {"model": model, "seeds": tuple(range(members)), "batch_size": BATCH, "precision": precision}
-    )
 
 
 def train_step_ms(
@@ -173,66 +133,6 @@ def ceiling_step_ms(members: int, device: torch.device, seconds: float, steps: i
     return 1e3 * timed_steps(many, device, seconds)
 
 
-def equivalence(device: torch.device, images: int = 600) -> dict[str, Any]:
-    """Graphed against eager iteration (AVAE, 2 members, one epoch on the same batches), and resume
-    through the checkpoint payload against a straight run (VAE+eps, graphed where CUDA is)."""
-    x = images_for(images, device)
-    runtime = Runtime(device=str(device), progress=False)
-    out: dict[str, Any] = {"cuda_graphs": device.type == "cuda"}
-    cfg = make_config({"model": "avae", "seeds": (0, 1), "batch_size": BATCH})
-    results = {}
-    for graphed in (False, True):
-        state = new_state(cfg, device, graphs=graphed and device.type == "cuda")
-        state.epoch = 1
-        with state.iteration:
-            means = run_epoch(state, cfg, x, runtime)
-        results[graphed] = (means, state.model.state_dict())
-    (m0, w0), (m1, w1) = results[False], results[True]
-    out["graph_vs_eager_loss_max_abs_diff"] = max(float((m0[k] - m1[k]).abs().max()) for k in m0)
-    out["graph_vs_eager_weight_max_abs_diff"] = max(float((w0[k] - w1[k]).abs().max()) for k in w0)
-    out["graph_vs_eager_bitwise"] = all(torch.equal(w0[k], w1[k]) for k in w0) and all(
-        torch.equal(m0[k], m1[k]) for k in m0
-    )
-    cfg = make_config({"model": "vae-noise", "seeds": (0, 1), "batch_size": BATCH, "epochs": 3})
-
-    def epochs(state, count: int) -> None:
-        for _ in range(count):
-            state.epoch += 1
-            run_epoch(state, cfg, x, runtime)
-
-    straight = new_state(cfg, device)
-    epochs(straight, 3)
-    first = new_state(cfg, device)
-    epochs(first, 1)
-    tensors, meta = checkpoint_payload(first, cfg)
-    resumed = new_state(cfg, device)
-    restore_state(resumed, cfg, {k: v.cpu() for k, v in tensors.items()}, meta)
-    epochs(resumed, 2)
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    for state in (straight, first, resumed):
-        state.iteration.release()
-    out["resume_bitwise"] = all(torch.equal(a[k], b[k]) for k in a)
-    out["resume_tensors_equal"] = f"{sum(torch.equal(a[k], b[k]) for k in a)} of {len(a)}"
-    out.update(estimator_equivalence(resumed.model, cfg.seeds, x[:6]))
-    return out
-
-
-def estimator_equivalence(model, seeds, x: torch.Tensor) -> dict[str, Any]:
-    """AIS (2 chains, 30 steps) and IWAE-50 (chunks of 8) of `model` on `x`, graphed against eager:
-    the largest |difference| of the per-point figures (0 where they agree bitwise)."""
-    settings = scoring.EvalSettings(k=(50,), ais_chains=2, ais_steps=30, batch_size=len(x))
-    figures = {}
-    for graphed in (False, True):
-        with cuda_graphs(graphed):
-            ais, _ = scoring.ais_points(model, x, seeds, settings, "bench-check")
-            iwae = scoring.iwae_points(model, x, seeds, settings, draws_per_chunk=8)[50]
-        figures[graphed] = (ais, iwae)
-    return {
-        "ais_graph_vs_eager_max_abs_diff": float((figures[True][0] - figures[False][0]).abs().max()),
-        "iwae_graph_vs_eager_max_abs_diff": float((figures[True][1] - figures[False][1]).abs().max()),
-    }
-
-
 def eval_points_per_s(
     device: torch.device, members: int, points: int, ais_steps: int, graphed: bool = True
 ) -> dict[str, Any]:
@@ -268,109 +168,6 @@ def _eval_points_per_s(device: torch.device, members: int, points: int, ais_step
         "ais_chains": 8,
         "ais_points_per_s_at_1000_steps": points / ais_s * ais_steps / 1000,
     }
-
-
-@contextlib.contextmanager
-def cuda_graphs(enabled: bool):
-    """AVAE_CUDA_GRAPHS set for the block: the estimators' drivers read it (`graphs_wanted`)."""
-    before = os.environ.get(ENV_SWITCH)
-    os.environ[ENV_SWITCH] = "1" if enabled else "0"
-    try:
-        yield
-    finally:
-        os.environ.pop(ENV_SWITCH) if before is None else os.environ.__setitem__(ENV_SWITCH, before)
-
-
-def one_config_steps(model: str, members: int, device: torch.device, x: torch.Tensor, stream=None):
-    """A fresh graphed (on CUDA) training state, captured on `stream` if given, and `step(i)`,
-    training step i of one fixed epoch order."""
-    cfg = train_config(model, members)
-    state = new_state(cfg, device, graphs=device.type == "cuda")
-    state.iteration.capture_stream = stream
-    steps = len(x) // BATCH
-    batches = epoch_batches(state.data_rng.permutations(len(x)), steps, BATCH)
-    return state, steps, lambda i: train_step(state, cfg, x, batches[i % steps])
-
-
-def streams_steps_per_s(
-    count: int, model: str, members: int, device: torch.device, x: torch.Tensor, seconds: float
-) -> float:
-    """Training steps per second, all configurations together, of `count` configurations in one
-    process, each on its own CUDA stream, their steps interleaved (the host queues step i of every
-    configuration, then step i + 1: nothing waits for the device). Each configuration's graph is
-    captured on its own stream, so that concurrent replays do not share a cuBLAS workspace."""
-    streams = [torch.cuda.Stream(device) if device.type == "cuda" else None for _ in range(count)]
-    configs = [one_config_steps(model, members, device, x, stream) for stream in streams]
-    steps = configs[0][1]
-
-    def rounds() -> int:
-        for i in range(steps):
-            for (_, _, step), stream in zip(configs, streams, strict=True):
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                    step(i)
-        return steps * count
-
-    try:
-        return 1.0 / timed_steps(rounds, device, seconds)
-    finally:
-        for state, _, _ in configs:
-            state.iteration.release()
-
-
-def _process_worker(job: tuple[str, int, str, float, int, Any]) -> float:
-    """One configuration in its own process: warm up, wait for the others, train for `seconds`;
-    returns its steps per second."""
-    model, members, device_name, seconds, images, barrier = job
-    device = torch.device(device_name)
-    if device.type == "cpu":  # share the cores, as `reproduce --jobs` does
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // barrier.parties))
-    _, steps, step = one_config_steps(model, members, device, images_for(images, device))
-    for i in range(3):
-        step(i)
-    sync(device)
-    barrier.wait()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for i in range(steps):
-            step(i)
-        done += steps
-        sync(device)
-    return done / (time.perf_counter() - start)
-
-
-def processes_steps_per_s(
-    count: int, model: str, members: int, device: torch.device, images: int, seconds: float
-) -> float:
-    """Training steps per second, all processes together, of `count` worker processes (spawned, as
-    `reproduce --jobs` does), each training one configuration; they start timing together."""
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager:
-        barrier = manager.Barrier(count)
-        jobs = [(model, members, str(device), seconds, images, barrier)] * count
-        with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
-            return sum(pool.map(_process_worker, jobs))
-
-
-def concurrency(device: torch.device, quick: bool, seconds: float, log=print) -> list[dict[str, Any]]:
-    """Several configurations on one device: processes against streams (VAE and AVAE, S = 5)."""
-    rows = []
-    counts, members, images = ((1, 2), 2, 400) if quick else ((1, 4, 8, 16), 5, 5000)
-    x = images_for(images, device)
-    for model in ("vae", "avae"):
-        for count in counts:
-            row: dict[str, Any] = {"model": model, "members": members, "configurations": count}
-            for kind in ("processes", "streams"):
-                try:
-                    if kind == "processes":
-                        rate = processes_steps_per_s(count, model, members, device, images, seconds)
-                    else:
-                        rate = streams_steps_per_s(count, model, members, device, x, seconds)
-                    row[f"{kind}_steps_per_s"] = rate
-                except Exception as error:  # a benchmark records a failure and goes on
-                    row[f"{kind}_error"] = f"{type(error).__name__}: {error}"
-            rows.append(row)
-            log(f"concurrency: {row}")
-    return rows
 
 
 def protocol_seconds(out: Path, device: torch.device, profile: str, log=print) -> dict[str, Any]:

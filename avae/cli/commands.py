@@ -13,12 +13,14 @@ from typing import Any
 import torch
 
 from avae.bench.cpu import cmd_bench
-from avae.cli.parser import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, build_parser, read_config_file
+from avae.cli.options import EVAL_SETTINGS, EVALUATE_OPTIONS, TRAIN_OPTIONS, read_config_file
+from avae.cli.parser import build_parser
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError, check_choice
 from avae.evaluation.analysis import analyse_run, classifier_path, ensure_classifier
-from avae.evaluation.evaluate import EvalSettings, evaluate_run, metric_seconds, parse_metrics, test_points
+from avae.evaluation.cost_model import metric_seconds, test_points
+from avae.evaluation.evaluate import EvalSettings, evaluate_run, parse_metrics
 from avae.io import check_writable_dir, os_error_sentence
 from avae.repro.costs import classifier_seconds
 from avae.repro.publish import publish
@@ -28,7 +30,7 @@ from avae.repro.reproduce import reproduce
 from avae.repro.sweep import sweep
 from avae.training.config import PRESETS, Runtime, make_config
 from avae.training.images import save_image_grid
-from avae.training.runs import load_run, read_config, resume_config
+from avae.training.runs import load_run, metric_entries, read_config, resume_config
 from avae.training.train import train
 
 
@@ -113,26 +115,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{result['model']} on {result['dataset']} ({result['pixels']} pixels, {result['likelihood']} "
         f"decoder), epoch {result['epoch']}; negative log p(x)-type figures in nats, lower is better"
     )
+    entries = metric_entries(result)
     rows = []
     for key in result["evaluated"]:
-        m = result["metrics"][key]
+        m = entries[key]
         rows.append(
             [
                 key,
-                f"{m['kind']} ({'log-likelihood' if m['is_log_likelihood'] else 'NOT a log-likelihood'})",
-                f"{m['mean']:.2f} ± {m['sem_points']:.2f}",
-                f"{m['sem']:.2f}" if m["members"] > 1 else "-",
-                m["points"],
-                f"{m['seconds']:.1f}",
+                f"{m.kind} ({'log-likelihood' if m.is_log_likelihood else 'NOT a log-likelihood'})",
+                f"{m.mean:.2f} ± {m.sem_points:.2f}",
+                f"{m.sem:.2f}" if m.members > 1 else "-",
+                m.points,
+                f"{m.seconds:.1f}",
             ]
         )
     header = ["metric", "what it bounds or estimates", "mean ± sem (points)", "sem (members)", "points", "s"]
     print(format_table(header, rows))
     if "bdmc_reverse" in result["evaluated"]:
-        print(
-            "BDMC gap (reverse - forward, simulated data): "
-            f"{result['metrics']['bdmc_reverse']['gap']:.3f} nats"
-        )
+        print(f"BDMC gap (reverse - forward, simulated data): {entries['bdmc_reverse'].gap:.3f} nats")
     for note in result["notes"]:
         print(note)
     print(f"written to {Path(args.run_dir) / 'eval.json'}")

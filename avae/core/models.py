@@ -6,7 +6,7 @@ Every model is an ensemble of S independent members (see `avae.core.nets`). A mo
 - `phases(steps)`: the optimisation steps of one training iteration, in order. Each phase names
   the parameters it updates, a loss `(x, noise) -> (per-member loss [S], metrics)`, its learning
   rate and how often it repeats, taken from `steps` (the run's `StepSettings`). The training loop
-  (`avae.training.train.iteration`) does no more than this, for each phase top to bottom and
+  (`avae.training.steps.iteration`) does no more than this, for each phase top to bottom and
   `repeats` times: loss, terms = phase.loss(x, noise); grads = autograd.grad(loss.sum(),
   phase.params); one Adam step (the phase's own Adam, lr = phase.lr) on phase.params alone.
 - `neg_elbo(x, noise)`: the test metric as the model's own objective defines it, [S, B].

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from avae.core import objectives as obj
 from avae.core.graphs import use_device
 from avae.core.models import LatentModel
 from avae.data import datasets as data
-from avae.data import userdata
 from avae.errors import ConfigError
 from avae.io import read_json, write_json
 from avae.likelihood.scoring import (
@@ -46,8 +45,8 @@ from avae.likelihood.scoring import (
     sivi_points,
 )
 from avae.training.card import write_card
-from avae.training.config import Runtime, TrainConfig
-from avae.training.runs import EVAL, load_run
+from avae.training.config import Runtime
+from avae.training.runs import EVAL, MemberFigure, MetricEntry, load_run
 
 # names accepted by --metrics / `metrics=`
 METRICS = ("elbo", "critic", "recon", "iwae", "sivi", "ais", "bdmc")
@@ -71,7 +70,7 @@ def parse_metrics(names: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def summarise(values: Sequence[float]) -> dict[str, float]:
+def summarise(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample standard deviation and the standard error of the mean across members."""
     n = len(values)
     mean = sum(values) / n
@@ -89,7 +88,7 @@ def metric_entry(
     seeds: Sequence[int],
     seconds: float,
     prefixes: Sequence[int] = (),
-) -> dict[str, Any]:
+) -> MetricEntry:
     """An eval.json entry from per-point negative log-likelihood-type values [S, N].
 
     `sem` is across members; `sem_points` is the standard error of the mean over test points (the
@@ -102,21 +101,19 @@ def metric_entry(
     sem_points = (
         (values.std(1) / math.sqrt(points)).nan_to_num(0.0).tolist() if points > 1 else [0.0] * len(seeds)
     )
-    return {
-        "label": label,
-        "estimator": estimator,
-        "settings": settings,
-        "is_log_likelihood": is_log_likelihood,
-        "kind": kind,
-        "per_member": [
-            {"seed": s, "value": v, "sem_points": e} for s, v, e in zip(seeds, means, sem_points, strict=True)
-        ],
+    return MetricEntry(
+        label=label,
+        estimator=estimator,
+        settings=settings,
+        is_log_likelihood=is_log_likelihood,
+        kind=kind,
+        per_member=tuple(MemberFigure(s, v, e) for s, v, e in zip(seeds, means, sem_points, strict=True)),
         **summarise(means),
-        "sem_points": math.sqrt(sum(e * e for e in sem_points)) / len(seeds),
-        "points": points,
-        "prefix_means": {str(n): values[:, :n].mean(1).tolist() for n in prefixes if n < points},
-        "seconds": round(seconds, 3),
-    }
+        sem_points=math.sqrt(sum(e * e for e in sem_points)) / len(seeds),
+        points=points,
+        prefix_means={str(n): values[:, :n].mean(1).tolist() for n in prefixes if n < points},
+        seconds=round(seconds, 3),
+    )
 
 
 HMC_DESCRIPTION = {
@@ -139,7 +136,7 @@ class Evaluation:
 
     def entry(
         self, label: str, estimator: str, settings: dict[str, Any], kind: str, neg_values, started: float
-    ):
+    ) -> MetricEntry:
         common = {"seed": self.settings.seed, "batch_size": self.settings.batch_size}
         return metric_entry(
             label,
@@ -166,7 +163,7 @@ class Evaluation:
         }
 
 
-def elbo_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+def elbo_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     started = time.perf_counter()
     stream = "eval" if ev.settings.seed == 0 else f"eval-{ev.settings.seed}"
     # batches of 1000 as in training, so that seed 0 repeats metrics.csv's test_neg_elbo
@@ -183,7 +180,7 @@ def elbo_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     }
 
 
-def critic_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+def critic_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     """The discriminator-based figure -(log p(x|z) + log p(z)/q estimated by the critic): AVB's own
     objective, and AVAE's counterpart E[log p(x|z) + logit D(x, z)] (a plausible source of the
     paper's figures for AVAE; an estimate, not a bound)."""
@@ -204,7 +201,7 @@ def critic_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     }
 
 
-def recon_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+def recon_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     """The reconstruction term alone, E_q[-log p(x|z)] with one z ~ q(z|x) per test point, for every
     encoder, implicit ones included: the ELBO without its KL term. One candidate reading of the
     figures of the paper's Table 1; not a bound on log p(x)."""
@@ -227,7 +224,7 @@ def recon_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     }
 
 
-def iwae_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+def iwae_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     started, s = time.perf_counter(), ev.settings
     bounds = iwae_points(ev.model, ev.x, ev.seeds, s, ev.progress)
     extra = {}
@@ -247,7 +244,7 @@ def iwae_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     }
 
 
-def sivi_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+def sivi_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     if not ev.model.semi_implicit:
         return {}
     started, s = time.perf_counter(), ev.settings
@@ -264,7 +261,7 @@ def sivi_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     }
 
 
-def ais_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+def ais_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     started = time.perf_counter()
     values, stats = ais_points(ev.model, ev.x, ev.seeds, ev.settings, "eval-ais", ev.progress)
     return {
@@ -279,12 +276,12 @@ def ais_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
     }
 
 
-def bdmc_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
+def bdmc_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     started, s = time.perf_counter(), ev.settings
     lower, upper, stats = bdmc_points(ev.model, ev.seeds, s, ev.x.device, ev.progress)
     gap = float((upper - lower).mean())
     data_note = {"data": f"{s.bdmc_points} points simulated from each member (z ~ p(z), x ~ p(x|z))"}
-    entries = {}
+    entries: dict[str, MetricEntry] = {}
     for key, values, kind, what in (
         ("bdmc_forward", lower, "lower bound", "forward AIS from the prior"),
         ("bdmc_reverse", upper, "upper bound", "reverse AIS from the true z"),
@@ -299,7 +296,7 @@ def bdmc_metric(ev: Evaluation) -> dict[str, dict[str, Any]]:
             ev.seeds,
             time.perf_counter() - started,
         )
-        entries[key] = {**entry, "gap": gap}
+        entries[key] = replace(entry, gap=gap)
     return entries
 
 
@@ -322,10 +319,10 @@ def compute_metrics(
     settings: EvalSettings,
     is_log_likelihood: bool,
     progress: bool = False,
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
+) -> tuple[dict[str, MetricEntry], list[str]]:
     """Every requested metric of `model` on test points `x` [N, D]: (entries by key, notes). With
     `progress`, a bar per metric over its test points (on a terminal), else one line per metric."""
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, MetricEntry] = {}
     notes: list[str] = []
     for name in metrics:
         points = settings.bdmc_points if name == "bdmc" else len(x)
@@ -345,64 +342,6 @@ def compute_metrics(
             )
         entries.update(new)
     return entries, notes
-
-
-# Decoder passes per second and member (one z and one image: an IWAE sample, a leapfrog step of one
-# chain). CPU: measured on one thread of the shared 2-core machine (IWAE-1000 on 500 points, 3
-# members: 42 s; AIS 200 steps x 4 chains on 100 points: 65 s), noisy. GPU: a guess.
-DECODER_EVALS_PER_SECOND = {"cpu": 3.6e4, "cuda": 1.0e7}
-# AIS on CUDA is bound by kernel launches, not by the decoder: one H200 ran 1.3e6 decoder
-# evaluations per second in AIS (eager; 2.35 points/s, 5 members, 8 chains, 1,000 steps) against
-# 1.0e7 in IWAE-1000 (benchmarks/gpu-h200). The graphed AIS transition is not measured yet.
-SEQUENTIAL_EVALS_PER_SECOND = {"cpu": 3.6e4, "cuda": 1.3e6}
-
-
-# Seconds of one sequential HMC leapfrog step of AIS beyond its decoder passes (Python, autograd and
-# dispatch; a batch of points shares it), which dominates AIS on a few points. CPU: measured with
-# one torch thread on the shared 2-core development machine as process time (what it takes on an
-# idle core): AIS and BDMC on 10-50 points, 2-8 chains, 20-40 steps, 1.2-1.9 ms. CUDA: not measured
-# (the sequential rate above carries the launches at the benchmark's batch size).
-SEQUENTIAL_STEP_SECONDS = {"cpu": 1.5e-3, "cuda": 0.0}
-SEQUENTIAL_RUNS = {"ais": 2, "bdmc": 3}  # AIS runs one after another per batch: pilot, counted (+ reverse)
-
-
-def decoder_rate(device: str, sequential: bool = False) -> float:
-    rates = SEQUENTIAL_EVALS_PER_SECOND if sequential else DECODER_EVALS_PER_SECOND
-    return rates[device_kind(device)]
-
-
-def device_kind(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
-
-
-def metric_seconds(family: str, settings: EvalSettings, points: int, members: int, device: str) -> float:
-    """The cost model's time for one metric family on `points` test points (before --subset): its
-    decoder passes and, for AIS and BDMC, the fixed cost of their sequential steps."""
-    n = min(points, settings.subset) if settings.subset else points
-    transitions = settings.ais_chains * settings.ais_steps * (settings.leapfrog + 1) * 1.25  # + the pilot
-    passes = {
-        "elbo": n,
-        "critic": n,
-        "recon": n,
-        "iwae": n * max(settings.k),
-        "sivi": n * settings.sivi_samples * (settings.sivi_k + 1),
-        "ais": n * transitions,
-        "bdmc": 2 * settings.bdmc_points * transitions,
-    }[family]
-    batches = math.ceil((settings.bdmc_points if family == "bdmc" else n) / settings.batch_size)
-    steps = SEQUENTIAL_RUNS.get(family, 0) * batches * settings.ais_steps * (settings.leapfrog + 1)
-    sequential = steps * SEQUENTIAL_STEP_SECONDS[device_kind(device)]
-    return passes * members / decoder_rate(device, sequential=family in SEQUENTIAL_RUNS) + sequential
-
-
-def test_points(cfg: TrainConfig) -> int:
-    """How many test points a run is evaluated on: its data set's test split (the user's own data
-    is read to count them), cut to the run's test_subset."""
-    if userdata.is_user_data(cfg.dataset):
-        points = len(userdata.splits(cfg.dataset, cfg.test_data, cfg.test_fraction)[1])
-    else:
-        points = data.SPLIT_SIZES["test"]
-    return min(points, cfg.test_subset) if cfg.test_subset else points
 
 
 def evaluate_run(
@@ -445,7 +384,7 @@ def evaluate_run(
         "pixels": cfg.pixels,
         "likelihood": cfg.model.likelihood,
         "epoch": meta["epoch"],
-        "metrics": {**kept, **entries},
+        "metrics": {**kept, **{key: entry.to_json() for key, entry in entries.items()}},
     }
     write_json(path, result)
     write_card(run_dir)

@@ -4,9 +4,9 @@ bar's time remaining and a report's "fill" estimate.
 Training is timed, in this order of preference, by the run's own latest epochs (a resumed run), by
 finished runs in the same --out that cost the same (`Measured`), and by the fitted per-step cost of
 `avae bench`. Evaluation is timed by what alike runs' parts took (index.json), else by the
-estimators' own cost model (`avae.evaluation.evaluate.metric_seconds`). Each training, evaluation and analysis
-call has a fixed cost besides its steps, and a plan as a whole more (`plan_seconds`): training the
-feature classifiers and starting the executor (worker processes, Ray).
+estimators' own cost model (`avae.evaluation.cost_model.metric_seconds`). Each training, evaluation
+and analysis call has a fixed cost besides its steps, and a plan as a whole more (`plan_seconds`):
+training the feature classifiers and starting the executor (worker processes, Ray).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from avae.core.models import MODELS
 from avae.data.datasets import SPLIT_SIZES
 from avae.evaluation.analysis import classifier_path
-from avae.evaluation.evaluate import decoder_rate, device_kind, metric_seconds, test_points
+from avae.evaluation.cost_model import decoder_rate, device_kind, metric_seconds, test_points
 from avae.io import read_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.plan import EvalStep, PlannedRun, Profile, RunStatus, eval_steps, missing_metrics, status_of

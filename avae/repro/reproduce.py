@@ -28,6 +28,7 @@ import torch
 from avae.errors import AvaeError, ConfigError
 from avae.io import atomic_write_text, check_writable_dir, read_json, write_json
 from avae.repro.costs import estimate_run_seconds, plan_seconds
+from avae.repro.execute import Task
 from avae.repro.plan import (
     PlannedRun,
     Profile,
@@ -39,18 +40,11 @@ from avae.repro.plan import (
     select,
     status_of,
 )
+from avae.repro.progress import PlanProgress, clock
+from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import MANIFEST
-from avae.repro.runner import (
-    PlanProgress,
-    Task,
-    check_executor,
-    clock,
-    default_jobs,
-    ray_cluster,
-    run_tasks,
-    worker_runtime,
-)
+from avae.repro.runner import default_jobs, run_tasks, worker_runtime
 from avae.training.config import Runtime
 from avae.training.runs import divergence_label, read_divergence
 

@@ -15,6 +15,7 @@ from avae.training.runs import (
     ANALYSIS,
     EVAL,
     METRICS,
+    MetricEntry,
     divergence_label,
     read_config,
     read_divergence,
@@ -52,18 +53,15 @@ class RunResult:
         m = self.cfg.model
         return RowKey(self.cfg.dataset, m.name, reading_of(m), m.latent_dim, m.noise_dim)
 
-    def entry(self, key: str) -> dict[str, Any] | None:
-        return self.eval.get("metrics", {}).get(key)
+    def entry(self, key: str) -> MetricEntry | None:
+        entry = self.eval.get("metrics", {}).get(key)
+        return None if entry is None else MetricEntry.from_json(entry)
 
     def metric(self, key: str, points: int | None = None) -> list[float] | None:
         """Per-member values of an eval.json figure, over its first `points` test points when
         given (None when the figure was not computed on exactly those points)."""
         entry = self.entry(key)
-        if entry is None:
-            return None
-        if points is None or points == entry["points"]:
-            return [row["value"] for row in entry["per_member"]]
-        return entry.get("prefix_means", {}).get(str(points))
+        return None if entry is None else entry.values(points)
 
     def analysed(self, key: str) -> list[float] | None:
         values = [row.get(key) for row in self.analysis.get("per_member", [])]
@@ -118,7 +116,7 @@ def shared_points(
     """The test points every run of `dataset` (at `latent`, if given) has figure `key` on: the
     smallest count recorded, so that a table can set their figures side by side."""
     counts = {
-        run.entry(key)["points"]
+        run.entry(key).points
         for row, run in table.items()
         if row.dataset == dataset and latent in (None, row.latent) and run.entry(key)
     }

@@ -20,25 +20,27 @@ from typing import Any
 
 from avae.core.models import MODELS, ModelConfig
 from avae.errors import AvaeError, ConfigError
-from avae.evaluation.evaluate import metric_seconds, parse_metrics
+from avae.evaluation.cost_model import metric_seconds
+from avae.evaluation.evaluate import parse_metrics
 from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.costs import estimate_train_seconds
+from avae.repro.execute import Task
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics
+from avae.repro.progress import PlanProgress, clock
+from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import SWEEP
-from avae.repro.runner import (
-    PlanProgress,
-    Task,
-    check_executor,
-    clock,
-    default_jobs,
-    ray_cluster,
-    run_tasks,
-    worker_runtime,
-)
+from avae.repro.runner import default_jobs, run_tasks, worker_runtime
 from avae.training.config import MODEL_KEYS, TRAIN_KEYS, Runtime, TrainConfig, field_types
-from avae.training.runs import EVAL, checkpoint_epoch, divergence_label, read_divergence, read_record
+from avae.training.runs import (
+    EVAL,
+    checkpoint_epoch,
+    divergence_label,
+    metric_entries,
+    read_divergence,
+    read_record,
+)
 
 LIST_SEPARATOR = "/"
 GRID_KEYS = (MODEL_KEYS | TRAIN_KEYS | {"model"}) - {"seeds"}
@@ -208,12 +210,12 @@ def sweep_record(
     test figures in its eval.json (mean and sem over members, and each member's value)."""
     entries = []
     for point, run in points:
-        have = read_record(out / run.dir_name, EVAL, run.cfg.epochs).get("metrics", {})
+        have = metric_entries(read_record(out / run.dir_name, EVAL, run.cfg.epochs))
         figures = {
             key: {
-                "mean": have[key]["mean"],
-                "sem": have[key]["sem"],
-                "per_member": {str(m["seed"]): m["value"] for m in have[key]["per_member"]},
+                "mean": have[key].mean,
+                "sem": have[key].sem,
+                "per_member": {str(m.seed): m.value for m in have[key].per_member},
             }
             for key in (step.key for step in metric_steps(metrics, run.cfg.model.name))
             if key in have

@@ -21,6 +21,7 @@ from avae.training.runs import (
     EVAL,
     METRICS,
     WEIGHTS,
+    metric_entries,
     read_config,
     read_metrics,
     read_record,
@@ -38,10 +39,10 @@ def export_weights(run_dir: Path) -> Path:
 
 def figures_table(record: dict[str, Any]) -> list[str]:
     rows = ["| figure | value (mean ± sem over members) | what it is | test points |", "|---|---|---|---|"]
-    for key, entry in sorted(record.get("metrics", {}).items()):
-        kind = entry["kind"] + ("" if entry["is_log_likelihood"] else "; not a log-likelihood")
-        value = f"{entry['mean']:.2f} ± {entry['sem']:.2f}"
-        rows.append(f"| `{key}` | {value} | {entry['label']} ({kind}) | {entry['points']} |")
+    for key, entry in sorted(metric_entries(record).items()):
+        kind = entry.kind + ("" if entry.is_log_likelihood else "; not a log-likelihood")
+        value = f"{entry.mean:.2f} ± {entry.sem:.2f}"
+        rows.append(f"| `{key}` | {value} | {entry.label} ({kind}) | {entry.points} |")
     return rows
 
 

@@ -3,7 +3,7 @@
 config.json              what the run is (configuration, versions, data checksums, command)
 metrics.csv              one row per epoch and member
 checkpoint.safetensors   weights, optimiser moments, RNG streams (`avae.training.checkpoint`)
-eval.json                figures of `avae evaluate` (`avae.evaluation.evaluate`)
+eval.json                figures of `avae evaluate` (`avae.evaluation.evaluate`), each a `MetricEntry`
 analysis.json            analyses beyond the paper (`avae.evaluation.analysis`)
 diverged.json            where training last diverged, until an epoch past it is written
 samples_seed*.png        8x8 sample grids, recon_seed*.png reconstructions
@@ -13,6 +13,7 @@ samples_seed*.png        8x8 sample grids, recon_seed*.png reconstructions
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,66 @@ def load_exported(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if not (run_dir / CONFIG).is_file():
         raise CheckpointError(f"{run_dir} has {WEIGHTS} but no {CONFIG}: its configuration is unknown")
     return tensors, {"epoch": epoch, "config": read_json(run_dir / CONFIG)["config"]}
+
+
+@dataclass(frozen=True)
+class MemberFigure:
+    """One member's figure in an eval.json entry: its seed, its mean over the test points, and the
+    standard error of that mean over the points."""
+
+    seed: int
+    value: float
+    sem_points: float
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    """One figure of eval.json ("neg_elbo", "iwae_k1000", "ais", ...), as `avae evaluate` writes it
+    (`to_json`) and every reader reads it (`from_json`): what it is (label, estimator, settings, kind,
+    whether it is a log-likelihood), each member's value, their mean, std and sem across members, the
+    sem over test points, the number of points, each member's mean over the first n points
+    (`prefix_means`, keyed by n as text), the seconds it took and, for BDMC, the gap."""
+
+    label: str
+    estimator: str
+    settings: dict[str, Any]
+    is_log_likelihood: bool
+    kind: str
+    per_member: tuple[MemberFigure, ...]
+    mean: float
+    std: float
+    sem: float
+    members: int
+    sem_points: float
+    points: int
+    prefix_means: dict[str, list[float]]
+    seconds: float
+    gap: float | None = None  # BDMC's entries only: mean of reverse - forward
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> MetricEntry:
+        members = tuple(MemberFigure(**member) for member in entry["per_member"])
+        return cls(**{**entry, "per_member": members})
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as eval.json holds it (no "gap" but for BDMC)."""
+        entry = asdict(self)
+        entry["per_member"] = [asdict(member) for member in self.per_member]
+        if self.gap is None:
+            del entry["gap"]
+        return entry
+
+    def values(self, points: int | None = None) -> list[float] | None:
+        """Each member's value, over the first `points` test points when given (None when the figure
+        was not computed on that many)."""
+        if points is None or points == self.points:
+            return [member.value for member in self.per_member]
+        return self.prefix_means.get(str(points))
+
+
+def metric_entries(record: dict[str, Any]) -> dict[str, MetricEntry]:
+    """The figures of an eval.json record, by key."""
+    return {key: MetricEntry.from_json(entry) for key, entry in record.get("metrics", {}).items()}
 
 
 def read_record(run_dir: Path, name: str, epoch: int) -> dict[str, Any]:

@@ -23,9 +23,9 @@ from avae.evaluation import stats
 from avae.io import write_csv
 from avae.repro.paper import PAPER_TABLE1, RowKey, dataset_label, rows_of
 from avae.repro.report.figures import format_table
+from avae.repro.report.tables import Table
 from avae.repro.results import RunResult, shared_points
 
-Table = dict[RowKey, RunResult]
 Tests = dict[tuple[str, RowKey, RowKey, str], dict[str, Any] | None]  # (question, a, b, figure) -> test
 Figures = tuple[tuple[str, str], ...]  # (eval.json key, column name)
 LATENT = 10

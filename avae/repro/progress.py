@@ -1,0 +1,129 @@
+"""What a plan's runs come to as they finish: each outcome recorded (`Outcomes`; a fault's traceback
+goes to failures.log) and announced on the plan's one progress bar (`PlanProgress`)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from avae.errors import AvaeError
+from avae.repro.execute import Task
+
+
+class Outcomes:
+    """The results and failures of a plan's runs, each announced on the plan's bar as it comes."""
+
+    def __init__(self, total: int, progress: PlanProgress):
+        self.total, self.progress = total, progress
+        self.results: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+
+    def record(self, task: Task, outcome: Callable[[], dict[str, Any]]) -> None:
+        """Call `outcome` (the run's result, or whatever it raises) and announce it. An error of
+        avae's own is the user's to fix and is one sentence; any other exception is a fault of the
+        code, whose traceback goes to OUT/failures.log."""
+        try:
+            result = outcome()
+        except Exception as exc:  # every run's outcome is recorded, and the others go on
+            cause = getattr(exc, "cause", None) or exc  # a Ray task's error wraps the task's own
+            if not isinstance(cause, AvaeError):
+                log = log_failure(task, cause)
+                cause = f"{type(cause).__name__}: {cause} (not an error avae foresaw; traceback in {log})"
+            self.failures.append(f"{task.run.dir_name}: {cause}")
+            self.progress.finished(task.run.key, f"avae: run failed: {self.failures[-1]}")
+        else:
+            self.results.append(result)
+            self.progress.finished(task.run.key, announce(result, len(self.results), self.total))
+
+
+FAILURES = "failures.log"
+
+
+def log_failure(task: Task, error: BaseException) -> Path:
+    """Append the run's name and the error's traceback (with a worker's, where it travelled along)
+    to OUT/failures.log; returns the log's path."""
+    path = task.out / FAILURES
+    lines = traceback.format_exception(type(error), error, error.__traceback__)
+    with contextlib.suppress(OSError), path.open("a") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {task.run.dir_name}\n{''.join(lines)}\n")
+    return path
+
+
+class PlanProgress:
+    """One bar over a reproduction's planned work, each run weighted by its estimated cost, with
+    elapsed time, time left and the current run. Off when stderr is not a terminal (or progress is
+    off): then each finished run is one printed line."""
+
+    def __init__(self, estimates: dict[str, float], parallel: int, enabled: bool):
+        self.estimates, self.parallel = estimates, parallel
+        self.total, self.done, self.current = max(sum(estimates.values()), 1e-9), 0.0, ""
+        self.bar = tqdm(
+            total=self.total,
+            desc="reproduce",
+            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed{postfix}",
+            disable=None if enabled else True,  # None: off unless stderr is a terminal
+            ncols=shutil.get_terminal_size().columns,  # 80 where a terminal reports no width
+        )
+        self.stop = threading.Event()
+        self.ticker = threading.Thread(target=self.tick, daemon=True)
+
+    def __enter__(self) -> PlanProgress:
+        self.refresh()
+        self.ticker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.ticker.join()
+        self.bar.close()
+
+    def tick(self) -> None:
+        while not self.stop.wait(1.0):
+            self.refresh()
+
+    def left(self) -> float:
+        elapsed = self.bar.format_dict["elapsed"]
+        if self.done > 0:  # the pace so far, on the cost model's weights
+            return elapsed * (self.total - self.done) / self.done
+        return max(0.0, self.total / self.parallel - elapsed)
+
+    def refresh(self) -> None:
+        self.bar.set_postfix_str(f"~{clock(self.left())} left (estimate), now: {self.current}", refresh=True)
+
+    def started(self, name: str) -> None:
+        self.current = name
+        self.refresh()
+
+    def finished(self, key: str, line: str) -> None:
+        self.done += self.estimates.get(key, 0.0)
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+            self.bar.update(self.estimates.get(key, 0.0))
+            self.refresh()
+
+
+def clock(seconds: float) -> str:
+    """h:mm:ss or m:ss."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def announce(result: dict[str, Any], done: int, total: int) -> str:
+    what = (
+        "trained"
+        if result["trained"]
+        else ("evaluated" if result["evaluated"] else "finished earlier, reused")
+    )
+    extra = f" ({', '.join(result['evaluated'])})" if result["evaluated"] else ""
+    return f"[{done}/{total}] {result['dir']}: {what}{extra}, {result['seconds']} s"

@@ -1,0 +1,92 @@
+"""Exact resume: what a checkpoint holds of the training state (`checkpoint_payload`: weights, Adam
+moments, every member's RNG streams, the thread count) and how it is restored (`restore_state`,
+`cpu_threads_of`), so that a resumed run ends with bitwise the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+import torch
+
+from avae.data import datasets as data
+from avae.training.config import TrainConfig, config_dict, config_hash, versions
+from avae.training.runs import load_weights
+from avae.training.steps import TrainingState
+
+
+@contextlib.contextmanager
+def cpu_threads_of(checkpoint, device: torch.device):
+    """On CPU, resume with the torch thread count the checkpoint was written with, whatever
+    `Runtime.threads` (or `reproduce --jobs`) asks for: exactness wins over the requested count.
+
+    CPU kernels (matrix products in particular) may split their reductions by thread, so the
+    same run with 1 and 3 threads differs in the last bits. Every checkpoint records the count,
+    and a resumed run uses it again, so that resuming gives bitwise the weights of an
+    uninterrupted run even where another OMP_NUM_THREADS or CPU set would choose otherwise.
+    """
+    wanted = checkpoint[1].get("cpu_threads") if checkpoint is not None else None
+    previous = torch.get_num_threads()
+    if device.type != "cpu" or not isinstance(wanted, int) or wanted < 1 or wanted == previous:
+        yield
+        return
+    print(
+        f"avae: resuming with {wanted} CPU threads as the checkpoint was written (not {previous}) "
+        "so that the result is the same as an uninterrupted run",
+        file=sys.stderr,
+    )
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def checkpoint_payload(
+    state: TrainingState, cfg: TrainConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
+    groups = {}
+    for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
+        saved = optimizer.state_dict()
+        groups[phase.name] = saved["param_groups"]
+        for index, slots in saved["state"].items():
+            for slot, value in slots.items():
+                tensors[f"optim.{phase.name}.{index}.{slot}"] = (
+                    value.reshape(-1) if value.dim() == 0 else value
+                )
+    for stream in ("data", "noise"):
+        for member, rng_state in enumerate(getattr(state, f"{stream}_rng").get_state()):
+            tensors[f"rng.{stream}.{member}"] = rng_state
+    meta = {
+        "epoch": state.epoch,
+        "config": config_dict(cfg),
+        "config_hash": config_hash(cfg),
+        "optimizer_groups": groups,
+        "versions": versions(),
+        "data_md5": data.checksums(cfg.dataset, cfg.test_data),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    return tensors, meta
+
+
+def restore_state(
+    state: TrainingState, cfg: TrainConfig, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    load_weights(state.model, tensors)
+    for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        prefix = f"optim.{phase.name}."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                index, slot = key[len(prefix) :].split(".")
+                slots.setdefault(int(index), {})[slot] = value.reshape(()) if slot == "step" else value
+        optimizer.load_state_dict({"state": slots, "param_groups": meta["optimizer_groups"][phase.name]})
+        for group in optimizer.param_groups:
+            group["lr"] = phase.lr  # from this run's settings: a resumed run may lower the learning rate
+            group["capturable"] = state.graphs  # as this run needs it, whatever wrote the checkpoint
+    for stream in ("data", "noise"):
+        rng = getattr(state, f"{stream}_rng")
+        rng.set_state([tensors[f"rng.{stream}.{m}"] for m in range(len(cfg.seeds))])
+    state.epoch = int(meta["epoch"])
