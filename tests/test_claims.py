@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from test_findings import entry_of  # tests/ is on sys.path (rootdir-relative imports)
+
 from avae.repro.paper import rows_of
 from avae.repro.report.claims import excluded_gain, family_rows, paper_gain
 from avae.repro.results import RunResult
@@ -14,10 +16,7 @@ T_975_DOF2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degre
 
 
 def run_with(neg_elbo: list[float], ais: list[float], tmp_path) -> RunResult:
-    metrics = {
-        name: {"points": 50, "per_member": [{"value": v} for v in values]}
-        for name, values in (("neg_elbo", neg_elbo), ("ais", ais))
-    }
+    metrics = {"neg_elbo": entry_of(neg_elbo, 50), "ais": entry_of(ais, 50)}
     cfg = make_config({"seeds": (0, 1, 2)})
     return RunResult(tmp_path, cfg, [], {"metrics": metrics}, {}, cfg.epochs)
 
