@@ -119,3 +119,23 @@ def test_the_measurement_report_regenerates_byte_for_byte_from_its_files():
     text = module.render(folder, RESULTS / "paper")
     assert text == (folder / "MEASUREMENT.md").read_text()
     assert "| AVB | `avb-mnist-z10-n10-" in text and "| mnist | 15 |" in text
+
+
+def test_the_binary_entropy_floor_of_the_fashion_gap_screen_is_exact():
+    """scripts/fashion_gap.py's floor: sum_i H(x_i), 0 for black-and-white pixels and log 2 for grey 0.5."""
+    import importlib.util
+    import math
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "fashion_gap", RESULTS.parent / "scripts" / "fashion_gap.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.entropy_floor(np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])) == 0.0
+    assert module.entropy_floor(np.full((2, 784), 0.5)) == pytest.approx(784 * math.log(2), rel=1e-12)
+    p = 0.2
+    assert module.entropy_floor(np.array([[p, 0.0]])) == pytest.approx(
+        -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    )
