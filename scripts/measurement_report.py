@@ -9,6 +9,7 @@ nothing is typed in by hand. `tests/test_results.py` regenerates it byte for byt
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -278,8 +279,6 @@ def noise_section(record: dict) -> list[str]:
 
 def last_epoch_figures(run_dir: Path) -> list[float]:
     """Each seed's test -ELBO at the last epoch of a run's metrics.csv."""
-    import csv
-
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     last = max(int(r["epoch"]) for r in rows)
     return [float(r["test_neg_elbo"]) for r in rows if int(r["epoch"]) == last]
