@@ -28,11 +28,11 @@ reproduce: install
 	$(BIN)/avae report runs/reproduce
 
 test: install
-	$(BIN)/ruff check avae tests
+	$(BIN)/ruff check avae tests scripts benchmarks
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check avae tests
+	$(BIN)/ruff check avae tests scripts benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -430,7 +430,9 @@ def test_sigkill_halfway_loses_and_recomputes_no_finished_run(tmp_path):
 
 
 def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_path):
-    """In a pseudo-terminal, the overall bar with an estimate of the time left appears within 5 s."""
+    """In a pseudo-terminal, the overall bar with an estimate of the time left appears before the
+    first run ends (and within 60 s: a fixed few seconds failed on a loaded 2-core machine, where
+    importing torch alone can take that long)."""
     import fcntl
     import os
     import pty
@@ -450,7 +452,7 @@ def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_p
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
     started, seen = time.monotonic(), b""
     try:
-        while time.monotonic() - started < 5 and b"left (estimate)" not in seen:
+        while time.monotonic() - started < 60 and b"left (estimate)" not in seen:
             if select.select([fd], [], [], 0.1)[0]:
                 seen += os.read(fd, 4096)
     finally:
@@ -459,7 +461,9 @@ def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_p
         os.close(fd)
     text = seen.decode(errors="replace")
     assert "avae reproduce: profile 'smoke', 28 runs" in text
-    assert re.search(r"reproduce +\d+%\|.*\| [\d:]+ elapsed, ~[\d:]+ left \(estimate\)", text), text[-500:]
+    bar = re.search(r"reproduce +\d+%\|.*\| [\d:]+ elapsed, ~[\d:]+ left \(estimate\)", text)
+    assert bar, text[-500:]
+    assert "[1/" not in text[: bar.start()], "the bar appeared only after a run had ended"
 
 
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
