@@ -127,6 +127,11 @@ def test_report_on_a_sweep_draws_and_lists_each_point_apart(tmp_path, synthetic_
     assert (tmp_path / "report" / "sweep.png").exists()
     curves = (tmp_path / "report" / "sweep.csv").read_text().splitlines()[1:]
     assert {row.split(",")[0] for row in curves} == {"lr=0.001", "lr=0.003"}
+    from avae.repro.publish import publish
+
+    published = publish(tmp_path, tmp_path.parent / f"{tmp_path.name}-published")
+    assert read_json(published / SWEEP) == record  # a published sweep keeps its points
+    assert (published / "report.md").read_text().startswith("# Sweep report")
 
 
 def test_report_on_a_single_run_says_what_it_takes_and_what_to_run(tmp_path, synthetic_data):

@@ -22,14 +22,15 @@ from avae.repro.plan import (
 )
 from avae.repro.report.figures import format_table
 from avae.repro.report.report import write_report
-from avae.repro.results import INDEX, MANIFEST, RunResult, collect_runs
+from avae.repro.results import INDEX, MANIFEST, SWEEP, RunResult, collect_runs
 from avae.training.runs import ANALYSIS, CONFIG, DIVERGED, EVAL, METRICS
 
 RUN_FILES = (CONFIG, METRICS, EVAL, ANALYSIS, DIVERGED, "README.md")
 
 
 def publish(out: str | Path, dest: str | Path) -> Path:
-    """Copy the publishable files of reproduction OUT to DEST, write DEST/report.md and INDEX.md."""
+    """Copy the publishable files of reproduction (or sweep) OUT to DEST, write DEST/report.md and
+    INDEX.md."""
     out, dest = Path(out), Path(dest)
     runs, pending = finished_runs(out)
     if not runs:
@@ -43,7 +44,7 @@ def publish(out: str | Path, dest: str | Path) -> Path:
         for name in (*RUN_FILES, f"samples_seed{seed}.png", f"recon_seed{seed}.png"):
             if (run.dir / name).exists():
                 shutil.copyfile(run.dir / name, target / name)
-    for name in (MANIFEST, INDEX):
+    for name in (MANIFEST, INDEX, SWEEP):
         if (out / name).exists():
             shutil.copyfile(out / name, dest / name)
     write_report(dest)
