@@ -44,9 +44,12 @@ def cpu_threads_of(checkpoint, device: torch.device):
 
 
 def checkpoint_payload(
-    state: TrainingState, cfg: TrainConfig
+    state: TrainingState, cfg: TrainConfig, members: slice = slice(None)
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
+    """The checkpoint of configuration `cfg`, whose members are rows `members` of the state (all of
+    them unless the state is a pack's, `avae.training.packs`): every weight and Adam moment has a
+    leading member dimension, Adam's step counter is one per parameter (shared by the members)."""
+    tensors = {f"model.{k}": v[members] for k, v in state.model.state_dict().items()}
     groups = {}
     for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
         saved = optimizer.state_dict()
@@ -54,10 +57,10 @@ def checkpoint_payload(
         for index, slots in saved["state"].items():
             for slot, value in slots.items():
                 tensors[f"optim.{phase.name}.{index}.{slot}"] = (
-                    value.reshape(-1) if value.dim() == 0 else value
+                    value.reshape(-1) if value.dim() == 0 else value[members]
                 )
     for stream in ("data", "noise"):
-        for member, rng_state in enumerate(getattr(state, f"{stream}_rng").get_state()):
+        for member, rng_state in enumerate(getattr(state, f"{stream}_rng").get_state()[members]):
             tensors[f"rng.{stream}.{member}"] = rng_state
     meta = {
         "epoch": state.epoch,
@@ -88,5 +91,5 @@ def restore_state(
             group["capturable"] = state.graphs  # as this run needs it, whatever wrote the checkpoint
     for stream in ("data", "noise"):
         rng = getattr(state, f"{stream}_rng")
-        rng.set_state([tensors[f"rng.{stream}.{m}"] for m in range(len(cfg.seeds))])
+        rng.set_state([tensors[f"rng.{stream}.{m}"] for m in range(len(state.seeds))])
     state.epoch = int(meta["epoch"])
