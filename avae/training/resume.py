@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from avae.data import datasets as data
+from avae.errors import CheckpointError
 from avae.training.config import TrainConfig, config_dict, config_hash, versions
 from avae.training.runs import load_weights
 from avae.training.steps import TrainingState
@@ -93,3 +94,28 @@ def restore_state(
         rng = getattr(state, f"{stream}_rng")
         rng.set_state([tensors[f"rng.{stream}.{m}"] for m in range(len(state.seeds))])
     state.epoch = int(meta["epoch"])
+
+
+def merge_payloads(
+    payloads: list[tuple[dict[str, torch.Tensor], dict[str, Any]]],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint of a pack (`avae.training.packs`) from its configurations' checkpoints, in
+    member order: the inverse of `checkpoint_payload`'s share. Weights and Adam moments are joined
+    along the member dimension, RNG streams renumbered; Adam's step counters (one per parameter)
+    and the metadata are the first's, and every checkpoint must agree with them."""
+    first_tensors, first_meta = payloads[0]
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in first_tensors.items():
+        if key.startswith("rng."):
+            continue
+        parts = [payload[0][key] for payload in payloads]
+        if key.endswith(".step"):
+            if any(not torch.equal(part, value) for part in parts):
+                raise CheckpointError(f"a pack's checkpoints disagree on Adam's step count ({key})")
+            tensors[key] = value
+        else:
+            tensors[key] = torch.cat(parts)
+    for stream in ("data", "noise"):
+        states = [t[f"rng.{stream}.{m}"] for t, meta in payloads for m in range(len(meta["config"]["seeds"]))]
+        tensors.update({f"rng.{stream}.{member}": state for member, state in enumerate(states)})
+    return tensors, first_meta
