@@ -4,12 +4,17 @@ members of one model, each into its own run directory, with the results of its u
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from avae.data import datasets as data
-from avae.errors import ConfigError
+from avae.errors import AvaeError, ConfigError
+from avae.repro import costs, plan, runner
+from avae.repro.paper import Experiment
+from avae.repro.plan import Profile, runs_for
+from avae.repro.reproduce import reproduce
 from avae.training.checkpoint import load_checkpoint, save_checkpoint
 from avae.training.config import Runtime, config_hash, make_config
 from avae.training.packs import PackEntry, pack_groups, train_pack
@@ -180,3 +185,76 @@ def test_pack_groups_keep_apart_what_cannot_train_together():
         make_config({**base, "seeds": (3,), "model": "avae"}),
     ]
     assert pack_groups(cfgs) == [[0, 2], [1], [3]]
+
+
+# ----------------------------------------------------------------------------- avae reproduce --pack
+
+
+def two_dataset_profile(monkeypatch, epochs: int = 1) -> Profile:
+    """VAE at latent 10 on MNIST and Fashion-MNIST (real subsets of 300 images), 2 seeds each:
+    two runs that differ only in their data set, so one pack."""
+    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", ("vae",), (10,)))
+    return Profile(
+        "tiny",
+        "test",
+        epochs=epochs,
+        seeds=(0, 1),
+        train_subset=300,
+        test_subset=100,
+        datasets=("mnist", "fashion-mnist"),
+        latent_dims=(10,),
+        experiments=("tiny",),
+        honest_latents=(),
+        analysis_samples=100,
+        classifier_epochs=1,
+        classifier_subset=1000,
+    )
+
+
+def test_reproduce_with_pack_trains_each_run_as_it_would_alone(tmp_path, monkeypatch):
+    profile = two_dataset_profile(monkeypatch)
+    runs = runs_for(profile)
+    assert plan.pack_members(runs, tmp_path / "packed") == {run.key: 4 for run in runs}
+    packs = []
+    monkeypatch.setattr(
+        runner, "train_pack", lambda entries, **kw: packs.append(entries) or train_pack(entries, **kw)
+    )
+    quiet = Runtime(progress=False)
+    results = reproduce(profile, tmp_path / "packed", runtime=quiet, train_only=True, pack=True)
+    assert [r["trained"] for r in results] == [True, True]
+    reproduce(profile, tmp_path / "alone", runtime=quiet, train_only=True, pack=False)
+    assert [[e.out.name for e in entries] for entries in packs] == [[run.dir_name for run in runs]]
+    for run in runs:
+        assert (
+            largest_difference(tmp_path / "packed" / run.dir_name, tmp_path / "alone" / run.dir_name)
+            <= TOLERANCE
+        )
+    # a second call finds them trained: no pack, nothing to train
+    reproduce(profile, tmp_path / "packed", runtime=quiet, train_only=True, pack=True)
+    assert len(packs) == 1
+
+
+def test_a_run_diverging_in_a_reproduce_pack_fails_alone(tmp_path, monkeypatch):
+    profile = two_dataset_profile(monkeypatch, epochs=2)
+    mnist, fashion = runs_for(profile)
+    out, quiet = tmp_path / "out", Runtime(progress=False)
+    train_pack([PackEntry(replace(run.cfg, epochs=1), out / run.dir_name) for run in (mnist, fashion)])
+    path = out / fashion.dir_name / CHECKPOINT
+    tensors, meta = load_checkpoint(path)
+    tensors["model.encoder.net.0.weight"][0, 0, 0] = float("inf")
+    save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "format"})
+    with pytest.raises(AvaeError, match=f"1 of 2 runs failed \\({fashion.dir_name}: non-finite"):
+        reproduce(profile, out, runtime=quiet, train_only=True, pack=True)
+    assert read_divergence(out / fashion.dir_name)["epoch"] == 2
+    trained = plan.select(profile, (), True)
+    assert plan.status_of(mnist, trained, out) == ("finished", 2)
+    assert plan.status_of(fashion, trained, out) == ("diverged", 1)
+
+
+def test_the_estimate_of_a_packed_run_is_its_share_of_its_pack(tmp_path, monkeypatch):
+    profile = two_dataset_profile(monkeypatch, epochs=3)
+    run = runs_for(profile)[0]
+    alone = costs.estimate_run_seconds(run, profile, tmp_path, "cpu")[0]
+    packed = costs.estimate_run_seconds(run, profile, tmp_path, "cpu", pack=4)[0]
+    whole = costs.estimate_train_seconds("vae", 4, 3, 300, "cpu")
+    assert packed == pytest.approx(whole / 2) and packed < alone

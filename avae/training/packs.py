@@ -152,7 +152,7 @@ def train_pack(
             diverged[lost.out] = within(slot, error)  # numbered as its diverged.json numbers it
             live.remove(lost)
             print(
-                f"avae: {lost.out} diverged ({error}); training the pack's other "
+                f"avae: {lost.out} diverged ({diverged[lost.out]}); training the pack's other "
                 f"{len(live)} configuration(s) on from their last checkpoints",
                 file=sys.stderr,
             )

@@ -175,6 +175,8 @@ def train_epochs(
     """Train `state` up to the runs' epochs (one setting for all: the loop reads only settings a
     pack's configurations share), each epoch writing every run's rows, metrics.csv and checkpoint
     (its own members' share of the state). `figure()` is the per-epoch figure of every member, [S].
+    metrics.csv's seconds are the run's share of the epoch by members (all of it for one run), so
+    that a packed run's cost adds up and compares with an unpacked run's.
 
     A non-finite loss writes diverged.json into the run of the member it names (numbered within
     that run) and raises the DivergenceError as `run_epoch` raised it (numbered within the state)."""
@@ -202,7 +204,8 @@ def train_epochs(
             seconds = time.perf_counter() - started
             for run in runs:
                 means = {name: values[run.members] for name, values in train_means.items()}
-                write_epoch(state, run, means, test_values[run.members], seconds)
+                share = seconds * len(run.cfg.seeds) / len(state.seeds)  # a pack's epoch, by members
+                write_epoch(state, run, means, test_values[run.members], share)
             bar.set_postfix(test=f"{float(test_values.mean()):.2f}")
             if runtime.progress and bar.disable:  # no terminal: one line per epoch instead of a bar
                 print(
