@@ -119,7 +119,8 @@ def default_pack(device: str) -> bool:
     """Whether `avae reproduce` packs runs unless told: on CUDA, where more members per graph is
     where the speed is (per member-step 3.6-6x cheaper at 180 members than at 5, measured on one
     H200; packed runs themselves are not measured there yet); not on a CPU, where a pack of two
-    configurations measured no faster per member-step than the two apart (see the README)."""
+    5-seed configurations measured about 5% cheaper per member-step than the two apart, within the
+    noise, while scoring every member on both test sets each epoch (benchmarks/BENCH.md)."""
     return device.startswith("cuda")
 
 

@@ -110,8 +110,9 @@ def check_packable(entries: Sequence[PackEntry]) -> None:
         if differing:
             details = ", ".join(f"{k} {first[k]!r} vs {other[k]!r}" for k in differing)
             raise ConfigError(
-                f"configurations of one pack may differ only in {' and '.join(PACKABLE)} ({details}); "
-                "train them in separate packs (avae.training.packs.pack_groups sorts them)"
+                f"configurations of one pack may differ only in {' and '.join(PACKABLE)} ({details}; "
+                "latent and noise dimensions too: padding them is not built); train them in separate "
+                "packs (avae.training.packs.pack_groups sorts them)"
             )
 
 

@@ -204,7 +204,7 @@ def train_epochs(
             seconds = time.perf_counter() - started
             for run in runs:
                 means = {name: values[run.members] for name, values in train_means.items()}
-                share = seconds * len(run.cfg.seeds) / len(state.seeds)  # a pack's epoch, by members
+                share = seconds * (len(run.cfg.seeds) / len(state.seeds))  # a pack's epoch, by members
                 write_epoch(state, run, means, test_values[run.members], share)
             bar.set_postfix(test=f"{float(test_values.mean()):.2f}")
             if runtime.progress and bar.disable:  # no terminal: one line per epoch instead of a bar
