@@ -176,6 +176,16 @@ def test_configurations_that_differ_in_more_than_seed_and_data_set_are_refused(
         train_pack([entries[0], PackEntry(make_config({**base, "seeds": (5,)}), tmp_path / "a")])
 
 
+def test_data_sets_of_other_sizes_do_not_pack(tmp_path, two_datasets):
+    """The members of one model take their steps together, so every data set has one size."""
+    two_datasets[("fashion-mnist", "train")] = two_datasets[("fashion-mnist", "train")][:300]
+    entries = [PackEntry(cfg, tmp_path / f"packed{index}") for index, cfg in enumerate(configs("vae", 1))]
+    sizes = r"one number of training images \(mnist: 400, fashion-mnist: 300\)"
+    with pytest.raises(ConfigError, match=sizes):
+        train_pack(entries, runtime=QUIET)
+    assert not any(tmp_path.iterdir())
+
+
 def test_pack_groups_keep_apart_what_cannot_train_together():
     base = {"model": "vae", **SMALL, "epochs": 1}
     cfgs = [
