@@ -13,16 +13,17 @@ as one model, one graph. What makes each configuration's result its own:
   alone, to the rounding of the batched products.
 - Each configuration keeps its own run directory: config.json (its own config hash), metrics.csv,
   its members' share of the checkpoint every epoch (`checkpoint_payload`), diverged.json, the card.
-  `train(cfg, out, resume=True)` continues any one of them alone, exactly; a pack resumes from
-  its configurations' checkpoints (`merge_payloads`), which must be at one epoch.
+  `train(cfg, out, resume=True)` continues any one of them alone, from exactly its state; a pack
+  resumes from its configurations' checkpoints (`merge_payloads`), which must be at one epoch.
 
 A diverging member does not take its pack down: its configuration is recorded as diverged, as an
-unpacked run would be (diverged.json, the checkpoint of the epoch before kept), and the pack is
-trained again without it from the others' checkpoints of that epoch. Resume is exact, so the
-others end as they would have; masking the member out instead would keep its non-finite values in
-the graph, where a NaN can reach the other members through any reduction over the member
-dimension (a fused optimiser's, a test pass's), and would leave a configuration half trained in
-the pack's records.
+unpacked run would be (diverged.json, the checkpoint of the epoch before kept, nothing of the
+diverging epoch written), and the pack is trained again without it from the others' checkpoints
+of that epoch. Resume is exact, so the others end as they would have; the cost is at most one
+epoch trained again. Masking the member out instead would take more than a mask on its losses:
+Adam moves a weight whose gradient is zeroed (its moments decay, not vanish), so a masked member
+would need freezing besides, and its non-finite values would stay in the graph for the rest of
+the run.
 
 Settings other than `PACKABLE` (the latent and noise dimensions included: padding is not built)
 must be equal; `pack_groups` sorts configurations into packs that can train together.
