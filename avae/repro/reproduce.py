@@ -190,16 +190,19 @@ def reproduce(
     a directory every node of the cluster reaches at the same path.
 
     `pack` trains the runs that can train together (same settings but for the data set) as packs,
-    one model each (`avae.training.packs`), before the runs' evaluations; None: on CUDA only
-    (`default_pack`)."""
+    one model each (`avae.training.packs`), before the runs' evaluations; None: on CUDA
+    (`default_pack`) with the local executor and without `tensorboard`, which packs do not take."""
     profile = select(profile, experiments, train_only)
     runtime = runtime or Runtime()
     jobs = default_jobs(runtime.device) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
-    pack = default_pack(runtime.device) if pack is None else pack
+    if pack is None:
+        pack = default_pack(runtime.device) and executor == "local" and not tensorboard
     if pack and executor != "local":
         raise ConfigError("--pack trains its packs in this process: use it with --executor local")
+    if pack and tensorboard:
+        raise ConfigError("--pack trains without --tensorboard (a pack logs no per-epoch callback)")
     check_executor(executor, address, runtime.device, need_ray=False)
     out = Path(out).resolve() if executor == "ray" else Path(out)  # the same path on every node
     planned = runs_for(profile)  # the manifest lists them all: --runs chooses what runs now, not the plan

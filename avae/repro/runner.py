@@ -130,8 +130,6 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
     then left with its evaluation alone. A run that diverges in its pack is recorded as diverged,
     as an unpacked run would be, and fails; a pack that cannot start (another process trains one
     of its runs) leaves its runs to train alone."""
-    if tasks and any(task.tensorboard for task in tasks):
-        raise ConfigError("--pack trains without --tensorboard (a pack logs no per-epoch callback)")
     by_key = {task.run.key: task for task in tasks}
     out = tasks[0].out if tasks else Path()
     done = PackRound([])
