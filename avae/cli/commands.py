@@ -212,6 +212,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         experiments=args.experiments,
         train_only=args.train_only,
         run_names=args.runs,
+        pack=args.pack,
     )
     return 0
 

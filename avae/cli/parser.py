@@ -193,6 +193,15 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         action="store_true",
         help="also write TensorBoard scalars and sample grids (needs the [tensorboard] extra)",
     )
+    reproduce.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the runs that differ only in their data set as one model each (a pack), each "
+        "still into its own directory, before the evaluations; local executor only, without "
+        "--tensorboard. Default: on with a CUDA --device (unless --executor ray or --tensorboard), "
+        "off on a CPU",
+    )
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_runtime_options(reproduce)
     reproduce.set_defaults(func=handlers["reproduce"])

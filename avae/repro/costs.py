@@ -234,10 +234,12 @@ def estimate_eval_seconds(
 
 
 def estimate_run_seconds(
-    run: PlannedRun, profile: Profile, out: Path, device: str, measured: bool = True
+    run: PlannedRun, profile: Profile, out: Path, device: str, measured: bool = True, pack: int = 0
 ) -> tuple[float, float]:
     """(training, evaluation) seconds the run still needs; with `measured`, timed by the run's own
-    latest epochs, else by alike runs in `out` (`Measured`), else by the cost model."""
+    latest epochs, else by alike runs in `out` (`Measured`), else by the cost model. `pack`: the
+    members of the pack the run trains in (`avae.training.packs`; 0: alone), whose cost the cost
+    model shares among its runs by members (a packed run's metrics.csv records its share)."""
     status, epoch = status_of(run, profile, out)
     if status in (RunStatus.FINISHED, RunStatus.DIVERGED, RunStatus.PUBLISHED):
         return 0.0, 0.0
@@ -247,13 +249,13 @@ def estimate_run_seconds(
     if epoch < cfg.epochs:
         own = measured_epoch_seconds(out / run.dir_name, device) if measured and epoch else None
         per_epoch = own or (alike.epoch_seconds if alike else None)
-        train_s = (
-            (cfg.epochs - epoch) * per_epoch
-            if per_epoch
-            else estimate_train_seconds(
-                cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, cfg.train_subset or 60000, device
-            )
-        )
+        if per_epoch:
+            train_s = (cfg.epochs - epoch) * per_epoch
+        else:
+            members = max(pack, len(cfg.seeds))
+            images = cfg.train_subset or 60000
+            whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
+            train_s = whole * len(cfg.seeds) / members
     if not profile.evaluate:
         return train_s, 0.0
     todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))

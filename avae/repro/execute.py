@@ -38,6 +38,7 @@ class Task:
     runtime: Runtime
     tensorboard: bool = False
     steps: list[EvalStep] | None = None  # the evaluation plan; None: the profile's
+    packed: bool = False  # trained in a pack just before (`avae.repro.runner.train_in_packs`)
 
     def eval_plan(self) -> list[EvalStep]:
         """The metrics this run must have in eval.json."""
@@ -111,7 +112,7 @@ def execute_run(task: Task) -> dict[str, Any]:
     locked_update_index(task.out, task.run.key, summary_entry(run_dir, cfg), seconds)
     return {
         "dir": task.run.dir_name,
-        "trained": trained,
+        "trained": trained or task.packed,
         "evaluated": evaluated,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -19,6 +19,7 @@ from avae.data.datasets import DATASETS
 from avae.errors import ConfigError, check_choice
 from avae.repro.paper import EXPERIMENTS, PAPER_LATENTS, PAPER_TABLE1, noise_of
 from avae.training.config import TrainConfig, config_hash, make_config
+from avae.training.packs import pack_key
 from avae.training.runs import (
     ANALYSIS,
     EVAL,
@@ -355,3 +356,21 @@ def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[RunStatus, 
             return RunStatus.PUBLISHED, epoch
         return (RunStatus.EVALUATE if unfinished else RunStatus.FINISHED), epoch
     return (RunStatus.RESUME if epoch else RunStatus.NEW), epoch
+
+
+def packs_of(runs: Sequence[PlannedRun], out: Path) -> list[list[PlannedRun]]:
+    """The runs with training left that can train as one pack (`avae.training.packs`: settings
+    equal but for seeds and data set, trained to the same epoch), in groups of two or more, in plan
+    order. A diverged run is none of them (it is not retried)."""
+    groups: dict[tuple[str, int], list[PlannedRun]] = {}
+    for run in runs:
+        run_dir = out / run.dir_name
+        epoch = trained_epoch(run_dir)
+        if epoch < run.cfg.epochs and read_divergence(run_dir) is None:
+            groups.setdefault((pack_key(run.cfg), epoch), []).append(run)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def pack_members(runs: Sequence[PlannedRun], out: Path) -> dict[str, int]:
+    """Each packed run's key and the members of its whole pack (`packs_of`)."""
+    return {run.key: sum(len(r.cfg.seeds) for r in group) for group in packs_of(runs, out) for run in group}

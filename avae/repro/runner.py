@@ -9,17 +9,19 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from avae.errors import AvaeError
+from avae.errors import AvaeError, ConfigError
 from avae.repro.execute import Task, execute_run
+from avae.repro.plan import packs_of
 from avae.repro.progress import Outcomes, PlanProgress
 from avae.repro.ray_cluster import RayCluster
 from avae.training.config import Runtime
+from avae.training.packs import PackEntry, train_pack
 from avae.watchdog import reap_on_death
 
 
@@ -111,3 +113,41 @@ def raise_died() -> None:
         "its worker process died, also when it ran alone (killed, or out of memory?); the run keeps "
         "its last checkpoint: rerun the same command to resume it"
     )
+
+
+@dataclass
+class PackRound:
+    """What `train_in_packs` leaves: the tasks still to run (`run_tasks`: a packed run's evaluation,
+    marked `packed`, and every other run) and one line per run that diverged in its pack."""
+
+    tasks: list[Task]
+    failures: list[str] = field(default_factory=list)
+
+
+def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) -> PackRound:
+    """Train the tasks' runs that can train together (`avae.repro.plan.packs_of`) as packs
+    (`avae.training.packs`), one pack after another in this process with `runtime`; each run is
+    then left with its evaluation alone. A run that diverges in its pack is recorded as diverged,
+    as an unpacked run would be, and fails; a pack that cannot start (another process trains one
+    of its runs) leaves its runs to train alone."""
+    by_key = {task.run.key: task for task in tasks}
+    out = tasks[0].out if tasks else Path()
+    done = PackRound([])
+    for group in packs_of([task.run for task in tasks], out):
+        members = sum(len(run.cfg.seeds) for run in group)
+        progress.started(f"a pack of {len(group)} runs, {members} members: {group[0].dir_name}, ...")
+        entries = [PackEntry(run.cfg, out / run.dir_name) for run in group]
+        try:
+            outcomes = train_pack(entries, resume=True, runtime=runtime)
+        except ConfigError as error:
+            progress.started(f"a pack could not start ({error}); its runs train alone")
+            continue
+        for run, outcome in zip(group, outcomes, strict=True):
+            if outcome.diverged is None:
+                by_key[run.key] = replace(by_key[run.key], packed=True)
+                continue
+            del by_key[run.key]
+            done.failures.append(f"{run.dir_name}: {outcome.diverged}")
+            progress.finished(run.key, f"avae: run failed: {done.failures[-1]}")
+    done.tasks = list(by_key.values())
+    return done

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from avae.data import datasets as data
+from avae.errors import CheckpointError
 from avae.training.config import TrainConfig, config_dict, config_hash, versions
 from avae.training.runs import load_weights
 from avae.training.steps import TrainingState
@@ -44,9 +45,12 @@ def cpu_threads_of(checkpoint, device: torch.device):
 
 
 def checkpoint_payload(
-    state: TrainingState, cfg: TrainConfig
+    state: TrainingState, cfg: TrainConfig, members: slice = slice(None)
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
+    """The checkpoint of configuration `cfg`, whose members are rows `members` of the state (all of
+    them unless the state is a pack's, `avae.training.packs`): every weight and Adam moment has a
+    leading member dimension, Adam's step counter is one per parameter (shared by the members)."""
+    tensors = {f"model.{k}": v[members] for k, v in state.model.state_dict().items()}
     groups = {}
     for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
         saved = optimizer.state_dict()
@@ -54,10 +58,10 @@ def checkpoint_payload(
         for index, slots in saved["state"].items():
             for slot, value in slots.items():
                 tensors[f"optim.{phase.name}.{index}.{slot}"] = (
-                    value.reshape(-1) if value.dim() == 0 else value
+                    value.reshape(-1) if value.dim() == 0 else value[members]
                 )
     for stream in ("data", "noise"):
-        for member, rng_state in enumerate(getattr(state, f"{stream}_rng").get_state()):
+        for member, rng_state in enumerate(getattr(state, f"{stream}_rng").get_state()[members]):
             tensors[f"rng.{stream}.{member}"] = rng_state
     meta = {
         "epoch": state.epoch,
@@ -88,5 +92,30 @@ def restore_state(
             group["capturable"] = state.graphs  # as this run needs it, whatever wrote the checkpoint
     for stream in ("data", "noise"):
         rng = getattr(state, f"{stream}_rng")
-        rng.set_state([tensors[f"rng.{stream}.{m}"] for m in range(len(cfg.seeds))])
+        rng.set_state([tensors[f"rng.{stream}.{m}"] for m in range(len(state.seeds))])
     state.epoch = int(meta["epoch"])
+
+
+def merge_payloads(
+    payloads: list[tuple[dict[str, torch.Tensor], dict[str, Any]]],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint of a pack (`avae.training.packs`) from its configurations' checkpoints, in
+    member order: the inverse of `checkpoint_payload`'s share. Weights and Adam moments are joined
+    along the member dimension, RNG streams renumbered; Adam's step counters (one per parameter)
+    and the metadata are the first's, and every checkpoint must agree with them."""
+    first_tensors, first_meta = payloads[0]
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in first_tensors.items():
+        if key.startswith("rng."):
+            continue
+        parts = [payload[0][key] for payload in payloads]
+        if key.endswith(".step"):
+            if any(not torch.equal(part, value) for part in parts):
+                raise CheckpointError(f"a pack's checkpoints disagree on Adam's step count ({key})")
+            tensors[key] = value
+        else:
+            tensors[key] = torch.cat(parts)
+    for stream in ("data", "noise"):
+        states = [t[f"rng.{stream}.{m}"] for t, meta in payloads for m in range(len(meta["config"]["seeds"]))]
+        tensors.update({f"rng.{stream}.{member}": state for member, state in enumerate(states)})
+    return tensors, first_meta

@@ -5,8 +5,8 @@ as one replayable unit (`new_state`, `iteration`), and an epoch of such steps ov
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -30,22 +30,45 @@ class TrainingState:
     data_rng: MemberRandom
     noise_rng: MemberRandom
     epoch: int = 0
-    rows: list[dict[str, Any]] = field(default_factory=list)
     # One iteration's static inputs and the iteration itself (set by `new_state`).
     batch: torch.Tensor | None = None  # [S, B, D]
     step_noise: StaticNoise | None = None  # every draw of one iteration, [S, N]
     iteration: GraphedCall | None = None  # () -> the logged terms [terms, S]
     term_names: list[str] = field(default_factory=list)
     graphs: bool = False  # the iteration is a CUDA graph (Adam capturable)
+    seeds: tuple[int, ...] = ()  # every member's seed, in member order (a pack's may repeat one)
+
+
+@dataclass(frozen=True)
+class MemberImages:
+    """Every member's training images. The distinct data sets lie one after another in `images`
+    [K * size, D]; member s reads rows starts[s] .. starts[s] + size - 1 as its own data set of
+    `size` images, in the order of its own permutation. One configuration: K = 1, every start 0."""
+
+    images: torch.Tensor
+    starts: torch.Tensor  # [S], int64, on the images' device
+    size: int
+
+    @classmethod
+    def shared(cls, images: torch.Tensor, members: int) -> MemberImages:
+        """One data set that every member reads."""
+        starts = torch.zeros(members, dtype=torch.long, device=images.device)
+        return cls(images, starts, len(images))
 
 
 def new_state(
-    cfg: TrainConfig, device: torch.device, compile: bool = False, graphs: bool | None = None
+    cfg: TrainConfig,
+    device: torch.device,
+    compile: bool = False,
+    graphs: bool | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> TrainingState:
     """Model, optimisers, RNG streams and the replayable iteration; `graphs` None: CUDA graphs on
-    CUDA unless turned off (`avae.core.graphs.graphs_wanted`)."""
+    CUDA unless turned off (`avae.core.graphs.graphs_wanted`). `seeds` (default cfg.seeds): one
+    member per seed, each with the streams of its seed (a pack's members, `avae.training.packs`)."""
     graphs = graphs_wanted(device, compile) if graphs is None else graphs
-    model = build_model(cfg.model, cfg.seeds).to(device)
+    seeds = tuple(cfg.seeds if seeds is None else seeds)
+    model = build_model(cfg.model, seeds).to(device)
     if compile:
         for module in model.modules():
             if isinstance(module, torch.nn.Sequential):
@@ -67,11 +90,12 @@ def new_state(
         model,
         phases,
         optimizers,
-        MemberRandom(cfg.seeds, "data", device),
-        MemberRandom(cfg.seeds, "noise", device, pool=NOISE_POOL),
+        MemberRandom(seeds, "data", device),
+        MemberRandom(seeds, "noise", device, pool=NOISE_POOL),
         graphs=graphs,
+        seeds=seeds,
     )
-    members = len(cfg.seeds)
+    members = len(seeds)
     state.batch = torch.zeros(members, cfg.batch_size, cfg.model.data_dim, device=device)
     counts = count_draws(lambda noise: phase_losses(state, noise), members, device)
     state.step_noise = StaticNoise(members, counts, device)
@@ -92,27 +116,35 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 
 def run_epoch(
-    state: TrainingState, cfg: TrainConfig, train_x: torch.Tensor, runtime: Runtime, bar=None
+    state: TrainingState,
+    cfg: TrainConfig,
+    train_x: torch.Tensor | MemberImages,
+    runtime: Runtime,
+    bar=None,
 ) -> dict[str, torch.Tensor]:
-    """One pass over the training set; returns each logged term's epoch mean, [S] per term. `bar`
-    (a tqdm progress bar, or None for none) advances by the steps taken.
+    """One pass over the training set (a tensor every member reads, or each member's own data
+    set, `MemberImages`); returns each logged term's epoch mean, [S] per term. `bar` (a tqdm
+    progress bar, or None for none) advances by the steps taken.
 
     No host synchronisation per step: batches are gathered by index from the device-resident
     `train_x` straight into the static batch, noise comes from a per-member pool (cleared here, so
     that a checkpoint at the end of an epoch resumes exactly) into the static noise, the iteration
     is one graph replay on CUDA, and finiteness is checked every `runtime.check_every` steps.
     """
-    steps = len(train_x) // cfg.batch_size
-    batches = epoch_batches(state.data_rng.permutations(len(train_x)), steps, cfg.batch_size)
+    if isinstance(train_x, torch.Tensor):
+        train_x = MemberImages.shared(train_x, len(state.seeds))
+    steps = train_x.size // cfg.batch_size
+    order = state.data_rng.permutations(train_x.size) + train_x.starts[:, None]  # rows of `images`
+    batches = epoch_batches(order, steps, cfg.batch_size)
     state.noise_rng.clear_pool()
     totals: torch.Tensor | None = None
     pending: list[torch.Tensor] = []
     for step in range(steps):
-        stacked = train_step(state, cfg, train_x, batches[step])
+        stacked = train_step(state, cfg, train_x.images, batches[step])
         pending.append(stacked)
         totals = stacked if totals is None else totals + stacked
         if len(pending) == runtime.check_every or step == steps - 1:
-            check_finite(pending, state.term_names, state.epoch, step, cfg.seeds)
+            check_finite(pending, state.term_names, state.epoch, step, state.seeds)
             if bar is not None:
                 bar.update(len(pending))
             pending.clear()
@@ -186,13 +218,18 @@ def check_finite(pending: list[torch.Tensor], names: list[str], epoch: int, last
         return
     k, term, member = (~flags).nonzero()[0].tolist()
     step = last_step - len(pending) + 1 + k
-    raise DivergenceError(
-        f"non-finite {names[term]} at epoch {epoch}, step {step + 1}, member {member} "
-        f"(seed {seeds[member]}); the checkpoint of epoch {epoch - 1} is kept (if any). "
+    raise divergence(names[term], epoch, step + 1, member, int(seeds[member]))
+
+
+def divergence(term: str, epoch: int, step: int, member: int, seed: int) -> DivergenceError:
+    """The error of a non-finite `term` at `epoch`, `step` (1-based) of `member` (seed `seed`)."""
+    return DivergenceError(
+        f"non-finite {term} at epoch {epoch}, step {step}, member {member} "
+        f"(seed {seed}); the checkpoint of epoch {epoch - 1} is kept (if any). "
         "Continue it with --resume and a lower --lr (and --disc-lr / --adv-lr)",
         epoch=epoch,
-        step=step + 1,
+        step=step,
         member=member,
-        seed=int(seeds[member]),
-        term=names[term],
+        seed=seed,
+        term=term,
     )

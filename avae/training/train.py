@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from avae.core.graphs import use_device
+from avae.core.models import LatentModel
 from avae.data import datasets as data
 from avae.errors import ConfigError, DivergenceError
 from avae.io import file_lock, write_json
@@ -55,7 +58,7 @@ from avae.training.runs import (
     run_record,
     write_metrics,
 )
-from avae.training.steps import new_state, run_epoch
+from avae.training.steps import MemberImages, TrainingState, divergence, new_state, run_epoch
 
 
 def train(
@@ -98,6 +101,20 @@ def train(
         return train_locked(cfg, out, resume, runtime, on_epoch, train_x.to(device), test_x.to(device))
 
 
+@dataclass
+class RunSlot:
+    """One configuration among the members a state trains: its settings, its run directory, which
+    rows of the state are its members (`members`, a slice with its start and stop: all of them, or
+    a pack's share, `avae.training.packs`), the checkpoint it resumed from (None: a new run) and
+    its metrics rows so far."""
+
+    cfg: TrainConfig
+    out: Path
+    members: slice
+    checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
 def train_locked(
     cfg: TrainConfig,
     out: Path,
@@ -112,49 +129,83 @@ def train_locked(
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     state = new_state(cfg, device, runtime.compile)
+    run = RunSlot(cfg, out, slice(0, len(cfg.seeds)), checkpoint)
     if checkpoint is not None:
         restore_state(state, cfg, *checkpoint)
-        state.rows = [r for r in read_metrics(out / METRICS) if r["epoch"] <= state.epoch]
-        if state.epoch == cfg.epochs:
-            print(f"avae: {out} already has {cfg.epochs} epochs; nothing to train", file=sys.stderr)
-    else:
-        record = run_record(cfg, runtime)
-        figure = "valid" if cfg.holdout else "test"
-        record["data"]["examples"] = {"train": len(train_x), figure: len(test_x)}  # what the card states
-        write_json(out / CONFIG, record)
-    steps = len(train_x) // cfg.batch_size
+    start_run(run, state.epoch, runtime, examples(cfg, len(train_x), len(test_x)))
     test_pass = EpochFigure(state.model, test_x, cfg.seeds, graphed=state.graphs)  # neg_elbo_per_member
     label = f"{cfg.model.name} {cfg.dataset} S={len(cfg.seeds)}"
     with (
         cpu_threads_of(checkpoint, device),
         state.iteration,  # (each unit's graph is released when the block ends: GraphedCall.release)
         test_pass.unit,
-        tqdm(
-            total=cfg.epochs * steps,
-            initial=state.epoch * steps,
-            desc=label,
-            unit="step",
-            disable=None if runtime.progress else True,  # None: off unless stderr is a terminal
-            dynamic_ncols=True,
-        ) as bar,
     ):
+        train_epochs(state, [run], train_x, test_pass, runtime, label, on_epoch)
+    finish_run(state.model, cfg.seeds, out)
+    return out
+
+
+def examples(cfg: TrainConfig, train: int, test: int) -> dict[str, int]:
+    """The numbers of images trained on and of the per-epoch figure, as config.json states them."""
+    return {"train": train, "valid" if cfg.holdout else "test": test}
+
+
+def start_run(run: RunSlot, epoch: int, runtime: Runtime, counts: dict[str, int]) -> None:
+    """A resumed run reads its metrics rows up to the checkpoint's `epoch`; a new one writes its
+    config.json (with the numbers of images, `counts`, that the card states)."""
+    if run.checkpoint is not None:
+        run.rows = [r for r in read_metrics(run.out / METRICS) if r["epoch"] <= epoch]
+        if epoch == run.cfg.epochs:
+            print(f"avae: {run.out} already has {epoch} epochs; nothing to train", file=sys.stderr)
+        return
+    record = run_record(run.cfg, runtime)
+    record["data"]["examples"] = counts
+    write_json(run.out / CONFIG, record)
+
+
+def train_epochs(
+    state: TrainingState,
+    runs: list[RunSlot],
+    train_x: torch.Tensor | MemberImages,
+    figure: Callable[[], torch.Tensor],
+    runtime: Runtime,
+    label: str,
+    on_epoch=None,
+) -> None:
+    """Train `state` up to the runs' epochs (one setting for all: the loop reads only settings a
+    pack's configurations share), each epoch writing every run's rows, metrics.csv and checkpoint
+    (its own members' share of the state). `figure()` is the per-epoch figure of every member, [S].
+    metrics.csv's seconds are the run's share of the epoch by members (all of it for one run), so
+    that a packed run's cost adds up and compares with an unpacked run's.
+
+    A non-finite loss writes diverged.json into the run of the member it names (numbered within
+    that run) and raises the DivergenceError as `run_epoch` raised it (numbered within the state)."""
+    cfg = runs[0].cfg
+    size = train_x.size if isinstance(train_x, MemberImages) else len(train_x)
+    steps = size // cfg.batch_size
+    with tqdm(
+        total=cfg.epochs * steps,
+        initial=state.epoch * steps,
+        desc=label,
+        unit="step",
+        disable=None if runtime.progress else True,  # None: off unless stderr is a terminal
+        dynamic_ncols=True,
+    ) as bar:
         while state.epoch < cfg.epochs:
             state.epoch += 1
             started = time.perf_counter()
             try:
                 train_means = run_epoch(state, cfg, train_x, runtime, bar)
             except DivergenceError as error:
-                record_divergence(out, cfg, error)
+                run = owner(runs, error.member)
+                record_divergence(run.out, run.cfg, within(run, error))
                 raise
-            test_values = test_pass()
-            state.rows += epoch_rows(
-                cfg, state.epoch, train_means, test_values, time.perf_counter() - started
-            )
-            write_metrics(out / METRICS, state.rows)
-            save_checkpoint(out / CHECKPOINT, *checkpoint_payload(state, cfg))
-            clear_divergence(out)  # this epoch got past any earlier divergence
-            if checkpoint is not None and state.epoch == checkpoint[1]["epoch"] + 1:
-                record_resume(out, cfg, state.epoch - 1)  # once the resumed run has written an epoch
+            test_values = figure()
+            seconds = time.perf_counter() - started
+            for run in runs:
+                means = {name: values[run.members] for name, values in train_means.items()}
+                share = seconds * (len(run.cfg.seeds) / len(state.seeds))  # a pack's epoch, by members
+                write_epoch(state, run, means, test_values[run.members], share)
             bar.set_postfix(test=f"{float(test_values.mean()):.2f}")
             if runtime.progress and bar.disable:  # no terminal: one line per epoch instead of a bar
                 print(
@@ -164,11 +215,38 @@ def train_locked(
                     flush=True,
                 )
             if on_epoch is not None:  # e.g. TensorBoard logging: on_epoch(epoch, this epoch's rows, model)
-                on_epoch(state.epoch, state.rows[-len(cfg.seeds) :], state.model)
-    save_sample_grids(state.model, cfg.seeds, out)
+                on_epoch(state.epoch, runs[0].rows[-len(runs[0].cfg.seeds) :], state.model)
+
+
+def write_epoch(
+    state: TrainingState, run: RunSlot, train_means: dict[str, torch.Tensor], test_values, seconds: float
+) -> None:
+    """One epoch's records of one run: its rows into metrics.csv, its members' checkpoint, and the
+    end of any divergence or resume it had."""
+    run.rows += epoch_rows(run.cfg, state.epoch, train_means, test_values, seconds)
+    write_metrics(run.out / METRICS, run.rows)
+    save_checkpoint(run.out / CHECKPOINT, *checkpoint_payload(state, run.cfg, run.members))
+    clear_divergence(run.out)  # this epoch got past any earlier divergence
+    if run.checkpoint is not None and state.epoch == run.checkpoint[1]["epoch"] + 1:
+        record_resume(run.out, run.cfg, state.epoch - 1)  # once the resumed run has written an epoch
+
+
+def owner(runs: list[RunSlot], member: int) -> RunSlot:
+    """The run whose members include row `member` of the state."""
+    return next(run for run in runs if run.members.start <= member < run.members.stop)
+
+
+def within(run: RunSlot, error: DivergenceError) -> DivergenceError:
+    """`error` with its member numbered within `run` (as the run's own metrics.csv numbers it)."""
+    member = error.member - run.members.start
+    return divergence(error.term, error.epoch, error.step, member, error.seed)
+
+
+def finish_run(model: LatentModel, seeds, out: Path) -> None:
+    """A finished run's sample grids, its exported weights and its model card."""
+    save_sample_grids(model, seeds, out)
     export_weights(out)
     write_card(out)
-    return out
 
 
 def split_data(cfg: TrainConfig, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,290 @@
+"""Packs (`avae.training.packs`): configurations that differ in seed and data set train as the
+members of one model, each into its own run directory, with the results of its unpacked run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from avae.data import datasets as data
+from avae.errors import AvaeError, ConfigError
+from avae.repro import costs, plan, runner
+from avae.repro.paper import Experiment
+from avae.repro.plan import Profile, runs_for
+from avae.repro.reproduce import default_pack, reproduce
+from avae.training.checkpoint import load_checkpoint, save_checkpoint
+from avae.training.config import Runtime, config_hash, make_config
+from avae.training.packs import PackEntry, pack_groups, train_pack
+from avae.training.runs import CHECKPOINT, CONFIG, DIVERGED, METRICS, read_divergence, read_metrics
+from avae.training.train import train
+
+QUIET = Runtime(progress=False)
+SMALL = {"hidden": (16, 8), "latent_dim": 3, "batch_size": 50}
+# The largest difference a packed configuration may show against its unpacked run, over every
+# metrics.csv value and every tensor of its final checkpoint (weights, Adam moments), after two
+# epochs of 8 steps. Measured on this CPU (torch 2.13, one thread): VAE 1.2e-10, AVAE 1.5e-8,
+# AVB 6.0e-8 (one epoch packed, one alone): rounding of the batched products and of the fused
+# Adam over more members, not bitwise. A pack resumed from its configurations' checkpoints is
+# bitwise the pack trained straight.
+TOLERANCE = 1e-6
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def two_datasets(monkeypatch):
+    """MNIST and Fashion-MNIST as different random images, 400 training and 100 test each, so
+    that a member trained on the wrong one is seen."""
+    generator = torch.Generator().manual_seed(99)
+    images = {
+        (name, split): torch.rand(size, 784, generator=generator) ** power
+        for name, power in (("mnist", 1.0), ("fashion-mnist", 3.0))
+        for split, size in (("train", 400), ("test", 100))
+    }
+
+    def load_pixels(dataset, split, mode, data_dir=None, *, test_seed=0, **own_data):
+        x = images[(dataset, split)]
+        if mode == "binarized" and split == "test":
+            return torch.bernoulli(x, generator=torch.Generator().manual_seed(test_seed))
+        return x
+
+    monkeypatch.setattr(data, "load_pixels", load_pixels)
+    monkeypatch.setattr(data, "checksums", lambda dataset, test_data="": {dataset: "no-md5"})
+    return images
+
+
+def configs(model: str, epochs: int = 2, **extra):
+    """Two configurations of one model: MNIST seeds 0, 1 and Fashion-MNIST seeds 0, 2 (seed 0 in
+    both: its streams are its own in each)."""
+    settings = {"model": model, **SMALL, "epochs": epochs, **extra}
+    return [
+        make_config({**settings, "dataset": "mnist", "seeds": (0, 1)}),
+        make_config({**settings, "dataset": "fashion-mnist", "seeds": (0, 2)}),
+    ]
+
+
+def numbers(run) -> list[list[float]]:
+    """metrics.csv without the seconds column, as numbers."""
+    return [[float(v) for k, v in row.items() if k != "seconds"] for row in read_metrics(run / METRICS)]
+
+
+def largest_difference(packed, alone) -> float:
+    """The largest absolute difference between two runs: every metrics.csv value, every tensor of
+    the checkpoint (RNG states must be equal)."""
+    a, b = numbers(packed), numbers(alone)
+    assert len(a) == len(b) and all(len(x) == len(y) for x, y in zip(a, b, strict=True))
+    worst = max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+    tensors_a, meta_a = load_checkpoint(packed / CHECKPOINT)
+    tensors_b, meta_b = load_checkpoint(alone / CHECKPOINT)
+    assert tensors_a.keys() == tensors_b.keys() and meta_a["config_hash"] == meta_b["config_hash"]
+    for key, value in tensors_a.items():
+        if key.startswith("rng."):
+            assert torch.equal(value, tensors_b[key]), key
+        else:
+            worst = max(worst, float((value.double() - tensors_b[key].double()).abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize(("model", "pixels"), [("vae", "binarized"), ("avae", "continuous")])
+def test_a_packed_configuration_equals_its_unpacked_run(tmp_path, two_datasets, model, pixels):
+    cfgs = configs(model, pixels=pixels)
+    for index, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone{index}", runtime=QUIET)
+    entries = [PackEntry(cfg, tmp_path / f"packed{index}") for index, cfg in enumerate(cfgs)]
+    outcomes = train_pack(entries, runtime=QUIET)
+    assert [o.diverged for o in outcomes] == [None, None]
+    for index, cfg in enumerate(cfgs):
+        packed, alone = tmp_path / f"packed{index}", tmp_path / f"alone{index}"
+        assert largest_difference(packed, alone) <= TOLERANCE
+        record = json.loads((packed / CONFIG).read_text())
+        assert record["config_hash"] == config_hash(cfg) and record["data"]["examples"] == {
+            "train": 400,
+            "test": 100,
+        }
+        assert {p.name for p in alone.iterdir()} == {p.name for p in packed.iterdir()}
+    # the two data sets really differ: the configurations' figures are far apart
+    assert abs(numbers(tmp_path / "packed0")[-1][-1] - numbers(tmp_path / "packed1")[-1][-1]) > 1.0
+
+
+def test_a_packed_configuration_resumes_alone_and_a_pack_resumes_exactly(tmp_path, two_datasets):
+    cfgs = configs("avb", epochs=1)
+    entries = [PackEntry(cfg, tmp_path / f"split{index}") for index, cfg in enumerate(cfgs)]
+    train_pack(entries, runtime=QUIET)
+    # one configuration of the pack goes on alone, as from its own checkpoint
+    train(configs("avb")[1], tmp_path / "split1", runtime=QUIET, resume=True)
+    train(configs("avb")[1], tmp_path / "alone1", runtime=QUIET)
+    assert largest_difference(tmp_path / "split1", tmp_path / "alone1") <= TOLERANCE
+    # a pack resumes from its configurations' checkpoints: bitwise the pack trained straight
+    cfgs3 = configs("avb", epochs=3)
+    straight = [PackEntry(cfg, tmp_path / f"straight{index}") for index, cfg in enumerate(cfgs3)]
+    train_pack(straight, runtime=QUIET)
+    first = [PackEntry(cfg, tmp_path / f"resumed{index}") for index, cfg in enumerate(configs("avb"))]
+    train_pack(first, runtime=QUIET)
+    resumed = [PackEntry(cfg, tmp_path / f"resumed{index}") for index, cfg in enumerate(cfgs3)]
+    train_pack(resumed, runtime=QUIET, resume=True)
+    for index in range(2):
+        assert largest_difference(tmp_path / f"resumed{index}", tmp_path / f"straight{index}") == 0.0
+        epochs = [int(row["epoch"]) for row in read_metrics(tmp_path / f"resumed{index}" / METRICS)]
+        assert epochs == [1, 1, 2, 2, 3, 3]
+    with pytest.raises(ConfigError, match="one epoch"):  # packs resume only from one epoch
+        train_pack([resumed[0], PackEntry(cfgs3[1], tmp_path / "alone1")], runtime=QUIET, resume=True)
+
+
+def test_a_diverging_configuration_leaves_the_others_intact(tmp_path, two_datasets):
+    """Member 1 of the second configuration (member 3 of the pack) gets a NaN weight after epoch 1:
+    in epoch 2 it is recorded as diverged as an unpacked run would be, and the first configuration
+    is trained on without it to its unpacked result."""
+    entries = [PackEntry(cfg, tmp_path / f"packed{index}") for index, cfg in enumerate(configs("vae", 1))]
+    train_pack(entries, runtime=QUIET)
+    path = tmp_path / "packed1" / CHECKPOINT
+    tensors, meta = load_checkpoint(path)
+    tensors["model.decoder.0.weight"][1, 0, 0] = float("nan")
+    save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "format"})
+    poisoned = path.read_bytes()
+    entries = [PackEntry(cfg, tmp_path / f"packed{index}") for index, cfg in enumerate(configs("vae"))]
+    outcomes = train_pack(entries, runtime=QUIET, resume=True)
+    assert outcomes[0].diverged is None
+    error = outcomes[1].diverged
+    assert error is not None and (error.epoch, error.step, error.member, error.seed) == (2, 1, 1, 2)
+    record = read_divergence(tmp_path / "packed1")
+    assert record is not None and record["member"] == 1 and record["seed"] == 2 and record["epoch"] == 2
+    assert "member 1 (seed 2)" in record["message"]
+    assert path.read_bytes() == poisoned  # its last good checkpoint is kept
+    assert [int(r["epoch"]) for r in read_metrics(tmp_path / "packed1" / METRICS)] == [1, 1]
+    assert not (tmp_path / "packed0" / DIVERGED).exists()
+    train(configs("vae")[0], tmp_path / "alone0", runtime=QUIET)
+    assert largest_difference(tmp_path / "packed0", tmp_path / "alone0") <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [({"latent_dim": 4}, "latent_dim 3 vs 4"), ({"lr": 1e-4}, "lr 0.001 vs 0.0001")],
+)
+def test_configurations_that_differ_in_more_than_seed_and_data_set_are_refused(
+    tmp_path, two_datasets, change, fragment
+):
+    base = {"model": "vae", **SMALL, "epochs": 1}
+    other = make_config({**base, **change, "seeds": (1,)})
+    entries = [PackEntry(make_config(base), tmp_path / "a"), PackEntry(other, tmp_path / "b")]
+    with pytest.raises(ConfigError, match=fragment):
+        train_pack(entries, runtime=QUIET)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="one directory"):
+        train_pack([entries[0], PackEntry(make_config({**base, "seeds": (5,)}), tmp_path / "a")])
+
+
+def test_data_sets_of_other_sizes_do_not_pack(tmp_path, two_datasets):
+    """The members of one model take their steps together, so every data set has one size."""
+    two_datasets[("fashion-mnist", "train")] = two_datasets[("fashion-mnist", "train")][:300]
+    entries = [PackEntry(cfg, tmp_path / f"packed{index}") for index, cfg in enumerate(configs("vae", 1))]
+    sizes = r"one number of training images \(mnist: 400, fashion-mnist: 300\)"
+    with pytest.raises(ConfigError, match=sizes):
+        train_pack(entries, runtime=QUIET)
+    assert not any(tmp_path.iterdir())
+
+
+def test_pack_groups_keep_apart_what_cannot_train_together():
+    base = {"model": "vae", **SMALL, "epochs": 1}
+    cfgs = [
+        make_config({**base, "seeds": (0,)}),
+        make_config({**base, "seeds": (1,), "latent_dim": 5}),
+        make_config({**base, "seeds": (2,), "dataset": "fashion-mnist"}),
+        make_config({**base, "seeds": (3,), "model": "avae"}),
+    ]
+    assert pack_groups(cfgs) == [[0, 2], [1], [3]]
+
+
+# ----------------------------------------------------------------------------- avae reproduce --pack
+
+
+def two_dataset_profile(monkeypatch, epochs: int = 1) -> Profile:
+    """VAE at latent 10 on MNIST and Fashion-MNIST (real subsets of 300 images), 2 seeds each:
+    two runs that differ only in their data set, so one pack."""
+    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", ("vae",), (10,)))
+    return Profile(
+        "tiny",
+        "test",
+        epochs=epochs,
+        seeds=(0, 1),
+        train_subset=300,
+        test_subset=100,
+        datasets=("mnist", "fashion-mnist"),
+        latent_dims=(10,),
+        experiments=("tiny",),
+        honest_latents=(),
+        analysis_samples=100,
+        classifier_epochs=1,
+        classifier_subset=1000,
+    )
+
+
+def test_reproduce_with_pack_trains_each_run_as_it_would_alone(tmp_path, monkeypatch):
+    profile = two_dataset_profile(monkeypatch)
+    runs = runs_for(profile)
+    assert plan.pack_members(runs, tmp_path / "packed") == {run.key: 4 for run in runs}
+    packs = []
+    monkeypatch.setattr(
+        runner, "train_pack", lambda entries, **kw: packs.append(entries) or train_pack(entries, **kw)
+    )
+    quiet = Runtime(progress=False)
+    results = reproduce(profile, tmp_path / "packed", runtime=quiet, train_only=True, pack=True)
+    assert [r["trained"] for r in results] == [True, True]
+    reproduce(profile, tmp_path / "alone", runtime=quiet, train_only=True, pack=False)
+    assert [[e.out.name for e in entries] for entries in packs] == [[run.dir_name for run in runs]]
+    for run in runs:
+        assert (
+            largest_difference(tmp_path / "packed" / run.dir_name, tmp_path / "alone" / run.dir_name)
+            <= TOLERANCE
+        )
+    # a second call finds them trained: no pack, nothing to train
+    reproduce(profile, tmp_path / "packed", runtime=quiet, train_only=True, pack=True)
+    assert len(packs) == 1
+
+
+def test_a_run_diverging_in_a_reproduce_pack_fails_alone(tmp_path, monkeypatch):
+    profile = two_dataset_profile(monkeypatch, epochs=2)
+    mnist, fashion = runs_for(profile)
+    out, quiet = tmp_path / "out", Runtime(progress=False)
+    train_pack([PackEntry(replace(run.cfg, epochs=1), out / run.dir_name) for run in (mnist, fashion)])
+    path = out / fashion.dir_name / CHECKPOINT
+    tensors, meta = load_checkpoint(path)
+    tensors["model.encoder.net.0.weight"][0, 0, 0] = float("inf")
+    save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "format"})
+    with pytest.raises(AvaeError, match=f"1 of 2 runs failed \\({fashion.dir_name}: non-finite"):
+        reproduce(profile, out, runtime=quiet, train_only=True, pack=True)
+    assert read_divergence(out / fashion.dir_name)["epoch"] == 2
+    trained = plan.select(profile, (), True)
+    assert plan.status_of(mnist, trained, out) == ("finished", 2)
+    assert plan.status_of(fashion, trained, out) == ("diverged", 1)
+
+
+def test_the_estimate_of_a_packed_run_is_its_share_of_its_pack(tmp_path, monkeypatch):
+    profile = two_dataset_profile(monkeypatch, epochs=3)
+    run = runs_for(profile)[0]
+    alone = costs.estimate_run_seconds(run, profile, tmp_path, "cpu")[0]
+    packed = costs.estimate_run_seconds(run, profile, tmp_path, "cpu", pack=4)[0]
+    whole = costs.estimate_train_seconds("vae", 4, 3, 300, "cpu")
+    assert packed == pytest.approx(whole / 2) and packed < alone
+
+
+def test_pack_is_on_by_default_on_cuda_alone_and_refused_where_it_cannot_run(tmp_path, monkeypatch, capsys):
+    profile = two_dataset_profile(monkeypatch)
+    assert default_pack("cuda:0") and not default_pack("cpu")
+    with pytest.raises(ConfigError, match="--executor local"):
+        reproduce(profile, tmp_path, pack=True, executor="ray", dry_run=True)
+    with pytest.raises(ConfigError, match="without --tensorboard"):
+        reproduce(profile, tmp_path, pack=True, tensorboard=True, dry_run=True)
+    cuda = Runtime(device="cuda", progress=False)
+    reproduce(profile, tmp_path, runtime=cuda, tensorboard=True, dry_run=True)  # the default gives way
+    alone = train_seconds(capsys.readouterr().out)
+    reproduce(profile, tmp_path, runtime=cuda, dry_run=True)  # packed: each run its share of its pack
+    packed = train_seconds(capsys.readouterr().out)
+    assert len(packed) == len(alone) == 2 and sum(packed) < sum(alone)
+
+
+def train_seconds(table: str) -> list[float]:
+    """The "train s (est.)" column of a --dry-run table."""
+    return [float(line.split("|")[-3]) for line in table.splitlines() if line.startswith("| vae-")]
