@@ -14,7 +14,7 @@ from avae.errors import AvaeError, ConfigError
 from avae.repro import costs, plan, runner
 from avae.repro.paper import Experiment
 from avae.repro.plan import Profile, runs_for
-from avae.repro.reproduce import default_pack, reproduce
+from avae.repro.reproduce import reproduce
 from avae.training.checkpoint import load_checkpoint, save_checkpoint
 from avae.training.config import Runtime, config_hash, make_config
 from avae.training.packs import PackEntry, pack_groups, train_pack
@@ -270,17 +270,16 @@ def test_the_estimate_of_a_packed_run_is_its_share_of_its_pack(tmp_path, monkeyp
     assert packed == pytest.approx(whole / 2) and packed < alone
 
 
-def test_pack_is_on_by_default_on_cuda_alone_and_refused_where_it_cannot_run(tmp_path, monkeypatch, capsys):
+def test_pack_is_refused_where_it_cannot_run_and_its_estimate_is_a_share(tmp_path, monkeypatch, capsys):
     profile = two_dataset_profile(monkeypatch)
-    assert default_pack("cuda:0") and not default_pack("cpu")
     with pytest.raises(ConfigError, match="--executor local"):
         reproduce(profile, tmp_path, pack=True, executor="ray", dry_run=True)
     with pytest.raises(ConfigError, match="without --tensorboard"):
         reproduce(profile, tmp_path, pack=True, tensorboard=True, dry_run=True)
     cuda = Runtime(device="cuda", progress=False)
-    reproduce(profile, tmp_path, runtime=cuda, tensorboard=True, dry_run=True)  # the default gives way
+    reproduce(profile, tmp_path, runtime=cuda, dry_run=True)  # off unless asked for
     alone = train_seconds(capsys.readouterr().out)
-    reproduce(profile, tmp_path, runtime=cuda, dry_run=True)  # packed: each run its share of its pack
+    reproduce(profile, tmp_path, runtime=cuda, pack=True, dry_run=True)  # each run its share of its pack
     packed = train_seconds(capsys.readouterr().out)
     assert len(packed) == len(alone) == 2 and sum(packed) < sum(alone)
 

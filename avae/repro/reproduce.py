@@ -115,15 +115,6 @@ def dry_run_table(
     return format_table(header, rows), total
 
 
-def default_pack(device: str) -> bool:
-    """Whether `avae reproduce` packs runs unless told: on CUDA, where more members per graph is
-    where the speed is (per member-step 3.6-6x cheaper at 180 members than at 5, measured on one
-    H200; packed runs themselves are not measured there yet); not on a CPU, where a pack of two
-    5-seed configurations measured about 5% cheaper per member-step than the two apart, within the
-    noise, while scoring every member on both test sets each epoch (benchmarks/BENCH.md)."""
-    return device.startswith("cuda")
-
-
 def status_label(status: RunStatus, epoch: int, run_dir: Path) -> str:
     if status == RunStatus.RESUME:
         return f"resume ({epoch} done)"
@@ -179,7 +170,7 @@ def reproduce(
     experiments: Sequence[str] = (),
     train_only: bool = False,
     run_names: Sequence[str] = (),
-    pack: bool | None = None,
+    pack: bool = False,
 ) -> list[dict[str, Any]]:
     """Train, evaluate and analyse every run of the profile that is not finished; only the runs of
     `experiments` (default all the profile's), and with `train_only` only their training. With
@@ -190,15 +181,15 @@ def reproduce(
     a directory every node of the cluster reaches at the same path.
 
     `pack` trains the runs that can train together (same settings but for the data set) as packs,
-    one model each (`avae.training.packs`), before the runs' evaluations; None: on CUDA
-    (`default_pack`) with the local executor and without `tensorboard`, which packs do not take."""
+    one model each (`avae.training.packs`), before the runs' evaluations. It is off unless asked
+    for: on a CPU a pack measured about 5% cheaper per member-step than its runs apart (within the
+    noise; benchmarks/BENCH.md), and on a GPU, where more members per graph is where the speed is,
+    packs have not been run or measured yet."""
     profile = select(profile, experiments, train_only)
     runtime = runtime or Runtime()
     jobs = default_jobs(runtime.device) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
-    if pack is None:
-        pack = default_pack(runtime.device) and executor == "local" and not tensorboard
     if pack and executor != "local":
         raise ConfigError("--pack trains its packs in this process: use it with --executor local")
     if pack and tensorboard:
