@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_reproduce import tiny_profile  # tests/ is on sys.path
 
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError
 from avae.repro import costs, plan, runner
-from avae.repro.paper import Experiment
 from avae.repro.plan import Profile, runs_for
 from avae.repro.reproduce import reproduce
 from avae.training.checkpoint import load_checkpoint, save_checkpoint
@@ -203,22 +203,7 @@ def test_pack_groups_keep_apart_what_cannot_train_together():
 def two_dataset_profile(monkeypatch, epochs: int = 1) -> Profile:
     """VAE at latent 10 on MNIST and Fashion-MNIST (real subsets of 300 images), 2 seeds each:
     two runs that differ only in their data set, so one pack."""
-    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", ("vae",), (10,)))
-    return Profile(
-        "tiny",
-        "test",
-        epochs=epochs,
-        seeds=(0, 1),
-        train_subset=300,
-        test_subset=100,
-        datasets=("mnist", "fashion-mnist"),
-        latent_dims=(10,),
-        experiments=("tiny",),
-        honest_latents=(),
-        analysis_samples=100,
-        classifier_epochs=1,
-        classifier_subset=1000,
-    )
+    return tiny_profile(monkeypatch, epochs=epochs, datasets=("mnist", "fashion-mnist"))
 
 
 def test_reproduce_with_pack_trains_each_run_as_it_would_alone(tmp_path, monkeypatch):

@@ -192,16 +192,17 @@ def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, c
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_profile(monkeypatch, models=("vae",)) -> Profile:
+def tiny_profile(monkeypatch, models=("vae",), epochs: int = 2, datasets=("mnist",)) -> Profile:
+    """Latent 10, 2 seeds, real subsets of 300 training and 100 test images of each data set."""
     monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", models, (10,)))
     return Profile(
         "tiny",
         "test",
-        epochs=2,
+        epochs=epochs,
         seeds=(0, 1),
         train_subset=300,
         test_subset=100,
-        datasets=("mnist",),
+        datasets=datasets,
         latent_dims=(10,),
         experiments=("tiny",),
         honest_latents=(),
