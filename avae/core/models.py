@@ -553,9 +553,11 @@ class AVBAC(AVB):
 
     label = "AVB-AC"
     colour = "tab:olive"
-    # Not benchmarked yet: the dearest registered model's figure (what it cost before it had one);
-    # its ac_samples encoder passes per point make it dearer than AVB.
-    cpu_step_ms = (45.0, 40.0)
+    # Not in benchmarks/bench.json: AVAE's benchmarked step times AVB-AC's measured step ratio to
+    # AVAE's, 1.9, 2.1 and 2.7 at S = 1, 5 and 15 (process time, one thread, the two alternated, on
+    # the loaded 2-core AMD EPYC, 2026-12-05), fitted as a + b * S. Its ac_samples encoder passes per
+    # point make it dearer than AVB. (Before: the dearest model's (45, 40), 2.5x this at S = 5.)
+    cpu_step_ms = (9.0, 18.0)
     own_settings = (*AVB.own_settings, "ac_samples", "ac_moments")
     metric_label = "negative ELBO (AVB-AC: discriminator-based estimate, not a bound)"
 

@@ -32,8 +32,9 @@ from avae.training.runs import CONFIG, METRICS, read_metrics
 
 # Seconds per training step (batch 100, fp32, one CPU thread) as a + b * S for S members, fitted
 # to `avae bench`'s figures in benchmarks/bench.json when this checkout has them; otherwise the
-# model's conservative built-in figure in the registry (`cpu_step_ms`: about twice the slowest
-# measured on the 2-core development machine), or the dearest registered one's. GPU: fitted to the
+# model's built-in figure in the registry (`cpu_step_ms`: for the benchmarked models about twice the
+# slowest measured on the 2-core development machine; AVB-AC's is derived from a measured ratio to
+# AVAE's), or the dearest registered one's. GPU: fitted to the
 # committed H200 benchmark's graphed steps (`gpu_step_seconds`), else GPU_STEP_MS per step.
 BENCH_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.json"
 GPU_BENCH_JSON = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu-h200" / "gpu_bench.json"
