@@ -55,6 +55,23 @@ def test_the_smoke_profiles_estimate_comes_true_within_a_quarter(tmp_path, execu
     assert 0.75 * low <= estimate <= 1.25 * high
 
 
+# What `avae reproduce --profile quick --out FRESH --jobs 2 --no-progress` took on the 2-core AMD EPYC
+# (commit 88ea540, 2026-12-05, data cached, the machine's other processes stopped): 25:47 wall
+# (/usr/bin/time). Its parts: training 1,548 s and evaluation 901 s of the workers' time, against
+# 1,239 and 1,243 estimated; each feature classifier 153-162 s against 257.
+QUICK_TOOK_SECONDS = 25 * 60 + 47
+
+
+def test_the_quick_profiles_estimate_comes_true_within_a_quarter(tmp_path):
+    """The dry run's wall estimate for the quick profile in a fresh --out with --jobs 2 (issue 23:
+    it said 24 min against 13.8 measured on another machine; here it said 25:02)."""
+    quick = get_profile("quick")
+    runs = runs_for(quick)
+    compute = sum(sum(costs.estimate_run_seconds(run, quick, tmp_path, "cpu")) for run in runs)
+    estimate = costs.plan_seconds(compute, 2, quick, tmp_path, "cpu", "local", 2)
+    assert abs(estimate / QUICK_TOOK_SECONDS - 1) <= 0.25, estimate
+
+
 def test_the_cuda_training_estimate_comes_within_25_percent_of_the_h200_runs(tmp_path):
     """The whole-run training times one H200 measured (results/measurement/logs: `[i/n] RUN:
     trained, S s`, paper-scale runs) against the cost model's estimate for a fresh --out."""
