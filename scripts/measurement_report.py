@@ -94,8 +94,8 @@ def ais_section(record: dict, published: Path, retrained: Path) -> list[str]:
         "",
         *table(header, rows),
         "",
-        "The retrains against the published runs (CPU, same configuration and seeds; the devices' "
-        "random streams differ), own figure on all 10,000 test images:",
+        "The retrains against the published runs (trained anew on the H200 with the same configuration "
+        "and seeds; the devices' random streams differ), own figure on all 10,000 test images:",
         "",
         *table(
             ["model", "published run", "H200 retrain", "retrain − published"],
