@@ -301,6 +301,14 @@ class LatentModel(nn.Module):
             if any(not 0 <= w <= width for w in widths) or (kind == "latent" and min(widths) < 1):
                 raise ConfigError(f"members' {kind} dimensions {list(widths)} do not fit the model's {width}")
             self.member_widths[kind] = None if all(w == width for w in widths) else widths
+        widths = self.member_widths["latent"]
+        if widths is not None:  # which latent coordinates are each member's, [S, 1, Z] (not saved)
+            device = next(self.parameters()).device
+            mine = (
+                torch.arange(self.cfg.latent_dim, device=device)
+                < torch.tensor(widths, device=device)[:, None]
+            )
+            self.register_buffer("latent_mask", mine[:, None, :], persistent=False)
 
     def draw(self, noise: MemberRandom, kind: str, rows: int, width: int) -> torch.Tensor:
         """Standard normals [S, rows, width] over latent or noise (`kind`) coordinates: each member's
@@ -594,13 +602,10 @@ class AVBAC(AVB):
         draws = split_draws(self.encode(repeat_points(x, count), noise), count)  # [S, m, B, Z]
         z = draws[:, 0]
         r = obj.fitted_gaussian(draws[:, 1:] if self.cfg.ac_moments == "others" else draws, dim=1)
-        widths = self.member_widths["latent"]
-        if widths is not None:  # a padded coordinate's draws are all 0: r is N(0, 1) there, exactly
-            mine = (
-                torch.arange(self.cfg.latent_dim, device=z.device)
-                < torch.tensor(widths, device=z.device)[:, None]
-            )
-            mine = mine[:, None, :]  # [S, 1, Z]
+        if (
+            self.member_widths["latent"] is not None
+        ):  # a padded coordinate's draws are all 0: r is N(0, 1) there
+            mine = self.latent_mask  # [S, 1, Z] (`pad_members`)
             r = Normal(torch.where(mine, r.loc, 0.0), torch.where(mine, r.scale, 1.0), validate_args=False)
         return z, r, (z - r.loc) / r.scale
 
