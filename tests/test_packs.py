@@ -359,8 +359,13 @@ def test_padding_is_exact(tmp_path, two_datasets, monkeypatch, model):
     assert [o.diverged for o in train_pack(entries, runtime=QUIET)] == [None, None]
     for index in range(2):
         assert largest_difference(tmp_path / f"packed{index}", tmp_path / f"alone{index}") <= PADDED_TOLERANCE
-        tensors, meta = load_checkpoint(tmp_path / f"packed{index}" / CHECKPOINT)
-        assert meta["config"]["model"]["latent_dim"] == cfgs[index].model.latent_dim
+        packed, alone = tmp_path / f"packed{index}", tmp_path / f"alone{index}"
+        tensors, meta = load_checkpoint(packed / CHECKPOINT)
+        own = load_checkpoint(alone / CHECKPOINT)[0]
+        assert {k: v.shape for k, v in tensors.items()} == {k: v.shape for k, v in own.items()}
+        assert meta["config_hash"] == config_hash(cfgs[index])
+        assert json.loads((packed / CONFIG).read_text())["config_hash"] == config_hash(cfgs[index])
+        assert {p.name for p in alone.iterdir()} == {p.name for p in packed.iterdir()}
     (state,) = states
     assert state.model.cfg.latent_dim == 5 and state.model.member_widths["latent"] == (3, 3, 5, 5)
     runs = packs.slots_of(entries)
