@@ -1,5 +1,6 @@
-"""Packs (`avae.training.packs`): configurations that differ in seed and data set train as the
-members of one model, each into its own run directory, with the results of its unpacked run."""
+"""Packs (`avae.training.packs`): configurations that differ in seed, data set and latent and
+noise dimensions (padded) train as the members of one model, each into its own run directory,
+with the results of its unpacked run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError
 from avae.repro import costs, plan, runner
+from avae.repro.paper import Experiment
 from avae.repro.plan import Profile, runs_for
 from avae.repro.reproduce import reproduce
 from avae.training import packs, resume
@@ -452,3 +454,13 @@ def test_padded_draws_are_each_members_own_unpacked_draws():
     for rng, own in zip(alone, packed.get_state(), strict=True):
         assert torch.equal(rng.get_state()[0], own)
     assert torch.equal(packed.normal(3, 2)[1], alone[1].normal(3, 2)[0])  # plain draws follow on
+
+
+def test_reproduce_packs_runs_of_other_latent_dimensions_together(tmp_path, monkeypatch):
+    """`avae reproduce --pack` groups by `pack_key`: runs that differ in their latent dimension (and
+    data set) are one padded pack."""
+    profile = replace(two_dataset_profile(monkeypatch), latent_dims=(10, 15))
+    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", ("vae",), (10, 15)))
+    runs = runs_for(profile)
+    assert sorted({run.cfg.model.latent_dim for run in runs}) == [10, 15] and len(runs) == 4
+    assert [[run.key for run in group] for group in plan.packs_of(runs, tmp_path)] == [[r.key for r in runs]]
