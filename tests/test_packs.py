@@ -1,5 +1,6 @@
-"""Packs (`avae.training.packs`): configurations that differ in seed and data set train as the
-members of one model, each into its own run directory, with the results of its unpacked run."""
+"""Packs (`avae.training.packs`): configurations that differ in seed, data set and latent and
+noise dimensions (padded) train as the members of one model, each into its own run directory,
+with the results of its unpacked run."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import pytest
 import torch
 from test_reproduce import tiny_profile  # tests/ is on sys.path
 
+from avae.core.graphs import StaticNoise
+from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError
 from avae.repro import costs, plan, runner
+from avae.repro.paper import Experiment
 from avae.repro.plan import Profile, runs_for
 from avae.repro.reproduce import reproduce
+from avae.training import packs, resume
 from avae.training.checkpoint import load_checkpoint, save_checkpoint
 from avae.training.config import Runtime, config_hash, make_config
 from avae.training.packs import PackEntry, pack_groups, train_pack
@@ -161,9 +166,13 @@ def test_a_diverging_configuration_leaves_the_others_intact(tmp_path, two_datase
 
 @pytest.mark.parametrize(
     ("change", "fragment"),
-    [({"latent_dim": 4}, "latent_dim 3 vs 4"), ({"lr": 1e-4}, "lr 0.001 vs 0.0001")],
+    [
+        ({"lr": 1e-4}, "lr 0.001 vs 0.0001"),
+        ({"hidden": (16, 4), "latent_dim": 5}, r"hidden \[16, 8\] vs \[16, 4\]\)"),
+        ({"model": "vae-noise"}, r"model 'vae' vs 'vae-noise'\)"),
+    ],
 )
-def test_configurations_that_differ_in_more_than_seed_and_data_set_are_refused(
+def test_configurations_that_differ_in_more_than_seed_data_set_and_dimensions_are_refused(
     tmp_path, two_datasets, change, fragment
 ):
     base = {"model": "vae", **SMALL, "epochs": 1}
@@ -194,7 +203,12 @@ def test_pack_groups_keep_apart_what_cannot_train_together():
         make_config({**base, "seeds": (2,), "dataset": "fashion-mnist"}),
         make_config({**base, "seeds": (3,), "model": "avae"}),
     ]
-    assert pack_groups(cfgs) == [[0, 2], [1], [3]]
+    assert pack_groups(cfgs) == [[0, 1, 2], [3]]  # latent dimensions pad
+    assert pack_groups([*cfgs, make_config({**base, "seeds": (4,), "hidden": (16, 4)})]) == [
+        [0, 1, 2],
+        [3],
+        [4],
+    ]
 
 
 # ----------------------------------------------------------------------------- avae reproduce --pack
@@ -272,3 +286,181 @@ def test_pack_is_refused_where_it_cannot_run_and_its_estimate_is_a_share(tmp_pat
 def train_seconds(table: str) -> list[float]:
     """The "train s (est.)" column of a --dry-run table."""
     return [float(line.split("|")[-3]) for line in table.splitlines() if line.startswith("| vae-")]
+
+
+# ----------------------------------------------------------------------------- padding
+
+
+# Configurations of other latent and noise dimensions in one pack: two seeds on MNIST at latent 3
+# (noise 10) and two on Fashion-MNIST at latent 5 (noise 8), so that each kind is padded in some
+# member. The largest packed-minus-unpacked difference measured on this CPU (torch 2.13, one
+# thread, 2 epochs of 8 steps, over every metrics.csv value and checkpoint tensor of both
+# configurations): vae 6.1e-5, vae-noise 4e-6, avb 1e-6, avb-ac 6.1e-5, avae 2e-6. 6.1e-5 is one
+# float32 step of a per-epoch figure between 256 and 512 nats; checkpoint tensors differ by at
+# most 2.5e-6 (vae) and 2.7e-5 (avb-ac, whose unpadded pack of latent 3, noise 4 differs from its
+# unpacked run by 3.2e-5 too: its standardised codes amplify rounding). Only the widths of the
+# matrix products differ (rounding); the padded coordinates add exact zeros (checked below).
+PADDINGS = {
+    "vae": ({"latent_dim": 3}, {"latent_dim": 5}),
+    "vae-noise": ({"latent_dim": 3, "noise_dim": 10}, {"latent_dim": 5, "noise_dim": 8}),
+    "avb": ({"latent_dim": 3, "noise_dim": 10}, {"latent_dim": 5, "noise_dim": 8}),
+    "avb-ac": ({"latent_dim": 3, "noise_dim": 10}, {"latent_dim": 5, "noise_dim": 8}),
+    "avae": ({"latent_dim": 3, "noise_dim": 10}, {"latent_dim": 5, "noise_dim": 8}),
+}
+PADDED_TOLERANCE = 2e-4
+
+
+def padded_configs(model: str, epochs: int = 2):
+    settings = {"model": model, **SMALL, "epochs": epochs}
+    first, second = PADDINGS[model]
+    return [
+        make_config({**settings, **first, "dataset": "mnist", "seeds": (0, 1)}),
+        make_config({**settings, **second, "dataset": "fashion-mnist", "seeds": (0, 2)}),
+    ]
+
+
+def captured_state(monkeypatch) -> list:
+    """The pack's training state, caught as `train_epochs` receives it."""
+    states = []
+    real = packs.train_epochs
+
+    def spy(state, *args, **kwargs):
+        states.append(state)
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(packs, "train_epochs", spy)
+    return states
+
+
+def padded_entries(state, runs, tensors_of) -> list[torch.Tensor]:
+    """Every entry of `tensors_of(name)` (a tensor shaped as the parameter `name`, members first)
+    that a padded member does not have: flat, one tensor per parameter."""
+    out = []
+    for name, param in state.model.named_parameters():
+        values = tensors_of(name)
+        for run in runs:
+            dims = resume.own_dims(run.cfg)
+            own = resume.resize_payload(state, {f"model.{name}": param[run.members]}, dims, pad=False)
+            ones = {key: torch.ones_like(value) for key, value in own.items()}
+            mask = resume.resize_payload(state, ones, dims, pad=True)[f"model.{name}"]
+            out.append(values[run.members][mask == 0])
+    return out
+
+
+@pytest.mark.parametrize("model", list(PADDINGS))
+def test_padding_is_exact(tmp_path, two_datasets, monkeypatch, model):
+    """Configurations of other latent and noise dimensions train in one pack at the largest of
+    them: every padded weight and Adam moment is exactly 0 after training, the padded entries'
+    gradients are exactly 0, and each configuration's metrics and checkpoint (at its own sizes)
+    are its unpacked run's to PADDED_TOLERANCE (the measured differences are above PADDINGS)."""
+    cfgs = padded_configs(model)
+    for index, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"alone{index}", runtime=QUIET)
+    states = captured_state(monkeypatch)
+    entries = [PackEntry(cfg, tmp_path / f"packed{index}") for index, cfg in enumerate(cfgs)]
+    assert [o.diverged for o in train_pack(entries, runtime=QUIET)] == [None, None]
+    for index in range(2):
+        assert largest_difference(tmp_path / f"packed{index}", tmp_path / f"alone{index}") <= PADDED_TOLERANCE
+        packed, alone = tmp_path / f"packed{index}", tmp_path / f"alone{index}"
+        tensors, meta = load_checkpoint(packed / CHECKPOINT)
+        own = load_checkpoint(alone / CHECKPOINT)[0]
+        assert {k: v.shape for k, v in tensors.items()} == {k: v.shape for k, v in own.items()}
+        assert meta["config_hash"] == config_hash(cfgs[index])
+        assert json.loads((packed / CONFIG).read_text())["config_hash"] == config_hash(cfgs[index])
+        assert {p.name for p in alone.iterdir()} == {p.name for p in packed.iterdir()}
+    (state,) = states
+    assert state.model.cfg.latent_dim == 5 and state.model.member_widths["latent"] == (3, 3, 5, 5)
+    runs = packs.slots_of(entries)
+    params = dict(state.model.named_parameters())
+    assert all(bool((part == 0).all()) for part in padded_entries(state, runs, lambda n: params[n].detach()))
+    assert sum(part.numel() for part in padded_entries(state, runs, lambda n: params[n])) > 0
+    for phase, optimizer in zip(state.phases, state.optimizers, strict=True):
+        moments = {id(p): s for p, s in optimizer.state.items()}
+        for slot in ("exp_avg", "exp_avg_sq"):
+            by_name = {n: moments[id(p)][slot] for n, p in params.items() if id(p) in moments}
+            parts = padded_entries(
+                state, runs, lambda n, by_name=by_name: by_name.get(n, params[n].detach() * 0)
+            )
+            assert all(bool((part == 0).all()) for part in parts), (phase.name, slot)
+        # one more step's gradients, on the last batch with fresh noise: exactly 0 where padded
+        loss, _ = phase.loss(state.batch, state.noise_rng)
+        grads = dict(
+            zip([id(p) for p in phase.params], torch.autograd.grad(loss.sum(), phase.params), strict=True)
+        )
+        by_name = {n: grads.get(id(p), torch.zeros_like(p)) for n, p in params.items()}
+        assert all(bool((part == 0).all()) for part in padded_entries(state, runs, by_name.__getitem__)), (
+            phase.name
+        )
+        assert any(bool(g.abs().sum() > 0) for g in grads.values())  # (the rest is not all 0)
+
+
+def test_a_padded_pack_checkpoint_resumes_alone_and_as_a_pack(tmp_path, two_datasets):
+    """A padded pack's checkpoints are at each configuration's own sizes: one continues alone as
+    its unpacked run would (to PADDED_TOLERANCE), and the pack resumes from them (embedded again)
+    bitwise as the pack trained straight."""
+    first = padded_configs("avae", epochs=1)
+    entries = [PackEntry(cfg, tmp_path / f"split{index}") for index, cfg in enumerate(first)]
+    train_pack(entries, runtime=QUIET)
+    for index, (latent, noise) in enumerate([(3, 10), (5, 8)]):  # its own sizes, not the pack's (5, 10)
+        tensors, _ = load_checkpoint(tmp_path / f"split{index}" / CHECKPOINT)
+        assert tensors["model.decoder.0.weight"].shape == (2, 8, latent)
+        assert tensors["model.encoder.net.0.weight"].shape == (2, 16, 784 + noise)
+        assert tensors["optim.elbo.4.exp_avg"].shape == (2, 2 * latent, 8)  # the encoder's mu, log sigma^2
+        assert tensors["model.critic.net.0.weight"].shape == (2, 16, 784 + latent)
+    cfgs = padded_configs("avae")
+    train(cfgs[0], tmp_path / "split0", runtime=QUIET, resume=True)
+    train(cfgs[0], tmp_path / "alone0", runtime=QUIET)
+    assert largest_difference(tmp_path / "split0", tmp_path / "alone0") <= PADDED_TOLERANCE
+    train_pack([PackEntry(c, tmp_path / f"straight{i}") for i, c in enumerate(cfgs)], runtime=QUIET)
+    train_pack([PackEntry(c, tmp_path / f"resumed{i}") for i, c in enumerate(first)], runtime=QUIET)
+    train_pack(
+        [PackEntry(c, tmp_path / f"resumed{i}") for i, c in enumerate(cfgs)], runtime=QUIET, resume=True
+    )
+    for index in range(2):
+        assert largest_difference(tmp_path / f"resumed{index}", tmp_path / f"straight{index}") == 0.0
+
+
+def test_padded_draws_are_each_members_own_unpacked_draws():
+    """`MemberRandom.padded_normal` and a padded `StaticNoise` fill give each member what its
+    unpacked stream (its own width) gives, across pool refills, draws larger than the pool and
+    cleared pools, the padded entries exactly 0; the streams end where the unpacked ones end."""
+    seeds, widths, pool = (0, 1, 2), (3, 5, 2), 64
+    packed = MemberRandom(seeds, "noise", pool=pool)
+    alone = [MemberRandom((seed,), "noise", pool=pool) for seed in seeds]
+
+    def check(values, own_draws):
+        for member, own in enumerate(own_draws):
+            assert torch.equal(values[member, :, : widths[member]], own)
+            assert bool((values[member, :, widths[member] :] == 0).all())
+
+    for step, rows in enumerate([4, 7, 1, 30, 9, 2, 5]):  # 30 x 5 > pool: drawn outside it
+        if step == 4:
+            packed.clear_pool()
+            for rng in alone:
+                rng.clear_pool()
+        values = packed.padded_normal(rows, 5, widths)
+        check(values, [rng.normal(rows, w)[0] for rng, w in zip(alone, widths, strict=True)])
+        # a replayable unit's draws: one padded draw and one plain draw, filled at once
+        noise = StaticNoise(3, [rows * 5, 6], "cpu", [(rows, 5, widths), (1, 6, None)])
+        noise.fill_from(packed)
+        for member, (rng, w) in enumerate(zip(alone, widths, strict=True)):
+            out = torch.empty(1, rows * w + 6)
+            rng.fill(out, [rows * w, 6])
+            own = noise.buffer[member].view(-1)[: rows * 5].view(rows, 5)
+            assert torch.equal(own[:, :w].reshape(-1), out[0, : rows * w])
+            assert bool((own[:, w:] == 0).all()) and torch.equal(
+                noise.buffer[member, rows * 5 :], out[0, rows * w :]
+            )
+    for rng, own in zip(alone, packed.get_state(), strict=True):
+        assert torch.equal(rng.get_state()[0], own)
+    assert torch.equal(packed.normal(3, 2)[1], alone[1].normal(3, 2)[0])  # plain draws follow on
+
+
+def test_reproduce_packs_runs_of_other_latent_dimensions_together(tmp_path, monkeypatch):
+    """`avae reproduce --pack` groups by `pack_key`: runs that differ in their latent dimension (and
+    data set) are one padded pack."""
+    profile = replace(two_dataset_profile(monkeypatch), latent_dims=(10, 15))
+    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", ("vae",), (10, 15)))
+    runs = runs_for(profile)
+    assert sorted({run.cfg.model.latent_dim for run in runs}) == [10, 15] and len(runs) == 4
+    assert [[run.key for run in group] for group in plan.packs_of(runs, tmp_path)] == [[r.key for r in runs]]

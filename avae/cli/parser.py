@@ -197,8 +197,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "--pack",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="train the runs that differ only in their data set as one model each (a pack), each "
-        "still into its own directory, before the evaluations; local executor only, without "
+        help="train the runs that differ only in their data set and latent and noise dimensions (padded "
+        "to the largest) as one model each (a pack), each still into its own directory, before the "
+        "evaluations; local executor only, without "
         "--tensorboard. Off by default: about 5%% cheaper per member-step on a CPU (within the "
         "noise), not yet run on a GPU",
     )

@@ -5,7 +5,9 @@ it can be captured once in a CUDA graph and replayed, one launch instead of hund
   consecutive slices of one fixed buffer [S, N]. Before each replay the caller fills the buffer
   with exactly the values the member's own stream would have handed out (`MemberRandom.fill`),
   so the numbers, the random streams and an exact resume are those of the eager code.
-- `count_draws` finds the sizes of the draws a unit makes (they never depend on the data).
+- `count_draws` finds the sizes of the draws a unit makes (they never depend on the data);
+  `record_draws` also their layouts, for a padded model (`avae.core.nets.Padding`: members of
+  other latent or noise widths draw other numbers of values, each into its place in the buffer).
 - `GraphedCall` runs `fn()` eagerly (CPU, or graphs off), or on CUDA warms it up eagerly on a side
   stream, captures it in a CUDA graph and from then on replays it. Its output tensors are the
   graph's static outputs: the caller copies what it keeps before the next call.
@@ -22,6 +24,8 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
+
+from avae.core.nets import Padding
 
 ENV_SWITCH = "AVAE_CUDA_GRAPHS"  # "0" turns CUDA graphs off (eager CUDA, for comparison or debugging)
 
@@ -47,13 +51,25 @@ def use_device(device: torch.device | str) -> torch.device:
 class StaticNoise:
     """A `MemberRandom` stand-in over a fixed buffer [S, sum(counts)]: the i-th `normal` call of a
     pass returns the i-th slice, of counts[i] values per member; `rewind()` starts a new pass.
-    Drawing a size other than the recorded one is an error, never silently other numbers."""
+    Drawing a size other than the recorded one is an error, never silently other numbers.
 
-    def __init__(self, members: int, counts: Sequence[int], device: torch.device | str):
+    A padded model's draws (`padded_normal`) lie in the buffer in their padded layout, [rows,
+    width] each; `padding` (from `record_draws`) says where each member's own values go, so that
+    `MemberRandom.fill(buffer, counts, padding)` leaves the padded entries 0."""
+
+    def __init__(
+        self,
+        members: int,
+        counts: Sequence[int],
+        device: torch.device | str,
+        layouts: Sequence[tuple[int, int, Sequence[int] | None]] | None = None,
+    ):
         self.device = torch.device(device)
         self.counts = tuple(int(c) for c in counts)
         self.buffer = torch.zeros(members, sum(self.counts), device=self.device)
         self.index = self.used = 0
+        padded = layouts is not None and any(widths is not None for _, _, widths in layouts)
+        self.padding = Padding(layouts, members, self.device) if padded else None
 
     def rewind(self) -> None:
         self.index = self.used = 0
@@ -69,25 +85,47 @@ class StaticNoise:
         self.index, self.used = self.index + 1, self.used + count
         return values.view(self.buffer.shape[0], *shape)
 
+    def padded_normal(self, rows: int, width: int, widths: Sequence[int]) -> torch.Tensor:
+        """A padded draw (`MemberRandom.padded_normal`): its slice in the padded layout."""
+        return self.normal(rows, width)
+
+    def fill_from(self, rng) -> None:
+        """Fill the buffer from `rng` (a `MemberRandom`) with the values the eager draws would take."""
+        rng.fill(self.buffer, self.counts, self.padding)
+
 
 class CountingNoise:
-    """Records the size of every `normal` call and returns zeros of the asked shape."""
+    """Records the size of every `normal` call and returns zeros of the asked shape; `layouts`:
+    each draw's (rows, width, each member's width or None), for a padded model's draws."""
 
     def __init__(self, members: int, device: torch.device | str):
         self.members, self.device = members, torch.device(device)
         self.counts: list[int] = []
+        self.layouts: list[tuple[int, int, tuple[int, ...] | None]] = []
 
     def normal(self, *shape: int) -> torch.Tensor:
         self.counts.append(math.prod(shape))
+        self.layouts.append((1, math.prod(shape), None))
         return torch.zeros(self.members, *shape, device=self.device)
+
+    def padded_normal(self, rows: int, width: int, widths: Sequence[int]) -> torch.Tensor:
+        self.counts.append(rows * width)
+        self.layouts.append((rows, width, tuple(int(w) for w in widths)))
+        return torch.zeros(self.members, rows, width, device=self.device)
 
 
 @torch.no_grad()
 def count_draws(fn: Callable[[CountingNoise], object], members: int, device: torch.device) -> list[int]:
     """The sizes of the draws `fn(noise)` makes, in order (fn is run once without gradients)."""
+    return record_draws(fn, members, device)[0]
+
+
+@torch.no_grad()
+def record_draws(fn: Callable[[CountingNoise], object], members: int, device: torch.device):
+    """The sizes of the draws `fn(noise)` makes and their layouts (`StaticNoise`'s arguments)."""
     noise = CountingNoise(members, device)
     fn(noise)
-    return noise.counts
+    return noise.counts, noise.layouts
 
 
 class GraphedCall:

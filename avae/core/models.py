@@ -281,7 +281,40 @@ class LatentModel(nn.Module):
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__()
         self.cfg, self.members = cfg, members
-        self.decoder = mlp(members, [cfg.latent_dim, *cfg.hidden[::-1], cfg.data_dim], cfg.activation)
+        sizes = [cfg.latent_dim, *cfg.hidden[::-1], cfg.data_dim]
+        self.decoder = mlp(members, sizes, cfg.activation, (("latent", cfg.latent_dim),))
+        # A padded pack's members (`pad_members`): each kind's widths per member, None when every
+        # member has the model's own width.
+        self.member_widths: dict[str, tuple[int, ...] | None] = {"latent": None, "noise": None}
+
+    def pad_members(self, dims: Sequence[dict[str, int]]) -> None:
+        """Make member s a member of latent and noise dimensions dims[s] ({"latent": l, "noise": n},
+        at most the model's): its draws over those coordinates are its own width from its own
+        stream, the rest exactly 0 (`MemberRandom.padded_normal`). Its weights over the padded
+        coordinates must be exactly 0 (the caller embeds them, `avae.training.packs`); then the padded
+        coordinates add exactly 0 to every loss and every gradient."""
+        if len(dims) != self.members:
+            raise ConfigError(f"pad_members needs one entry per member ({self.members}), got {len(dims)}")
+        full = {"latent": self.cfg.latent_dim, "noise": self.cfg.noise_dim}
+        for kind, width in full.items():
+            widths = tuple(int(d[kind]) for d in dims)
+            if any(not 0 <= w <= width for w in widths) or (kind == "latent" and min(widths) < 1):
+                raise ConfigError(f"members' {kind} dimensions {list(widths)} do not fit the model's {width}")
+            self.member_widths[kind] = None if all(w == width for w in widths) else widths
+        widths = self.member_widths["latent"]
+        if widths is not None:  # which latent coordinates are each member's, [S, 1, Z] (not saved)
+            device = next(self.parameters()).device
+            mine = (
+                torch.arange(self.cfg.latent_dim, device=device)
+                < torch.tensor(widths, device=device)[:, None]
+            )
+            self.register_buffer("latent_mask", mine[:, None, :], persistent=False)
+
+    def draw(self, noise: MemberRandom, kind: str, rows: int, width: int) -> torch.Tensor:
+        """Standard normals [S, rows, width] over latent or noise (`kind`) coordinates: each member's
+        own width when the members are padded (`pad_members`), else `noise.normal(rows, width)`."""
+        widths = self.member_widths[kind]
+        return noise.normal(rows, width) if widths is None else noise.padded_normal(rows, width, widths)
 
     @classmethod
     def check_noise_dim(cls, noise_dim: int) -> None:
@@ -298,10 +331,10 @@ class LatentModel(nn.Module):
         return obj.log_likelihood(self.cfg.likelihood, self.decoder(z), x)
 
     def draw_eps(self, x: torch.Tensor, noise: MemberRandom) -> torch.Tensor | None:
-        return None if self.noise_free else noise.normal(x.shape[1], self.cfg.noise_dim)
+        return None if self.noise_free else self.draw(noise, "noise", x.shape[1], self.cfg.noise_dim)
 
     def prior_sample(self, n: int, noise: MemberRandom) -> torch.Tensor:
-        return noise.normal(n, self.cfg.latent_dim)
+        return self.draw(noise, "latent", n, self.cfg.latent_dim)
 
     @torch.no_grad()
     def sample(self, n: int, noise: MemberRandom) -> torch.Tensor:
@@ -367,7 +400,7 @@ class GaussianEncoderModel(LatentModel):
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__(cfg, members)
         self.encoder = GaussianEncoder(
-            members, cfg.data_dim + cfg.noise_dim, cfg.hidden, cfg.latent_dim, cfg.activation
+            members, cfg.data_dim + cfg.noise_dim, cfg.hidden, cfg.latent_dim, cfg.activation, cfg.noise_dim
         )
 
     def posterior(self, x: torch.Tensor, noise: MemberRandom) -> Normal:
@@ -393,7 +426,9 @@ class GaussianEncoderModel(LatentModel):
 
     def reparameterise(self, q: Normal, noise: MemberRandom) -> torch.Tensor:
         """z = mu + sigma * eps2 with eps2 from the member's own stream."""
-        return q.loc + q.scale * noise.normal(*q.loc.shape[1:])
+        if q.loc.dim() != 3:  # (only padded draws need it; every caller passes [S, B, Z])
+            return q.loc + q.scale * noise.normal(*q.loc.shape[1:])
+        return q.loc + q.scale * self.draw(noise, "latent", *q.loc.shape[1:])
 
     def elbo_terms(self, x: torch.Tensor, noise: MemberRandom):
         """log p(x|z) and KL(q(z|x,eps1) || p(z)) per point, [S, B] each, and the z drawn: one eps1
@@ -480,7 +515,7 @@ class AVB(WithCritic, LatentModel):
     def __init__(self, cfg: ModelConfig, members: int):
         super().__init__(cfg, members)
         self.encoder = ImplicitEncoder(
-            members, cfg.data_dim + cfg.noise_dim, cfg.hidden, cfg.latent_dim, cfg.activation
+            members, cfg.data_dim + cfg.noise_dim, cfg.hidden, cfg.latent_dim, cfg.activation, cfg.noise_dim
         )
         self.critic = critic_of(members, cfg)
 
@@ -567,6 +602,11 @@ class AVBAC(AVB):
         draws = split_draws(self.encode(repeat_points(x, count), noise), count)  # [S, m, B, Z]
         z = draws[:, 0]
         r = obj.fitted_gaussian(draws[:, 1:] if self.cfg.ac_moments == "others" else draws, dim=1)
+        if (
+            self.member_widths["latent"] is not None
+        ):  # a padded coordinate's draws are all 0: r is N(0, 1) there
+            mine = self.latent_mask  # [S, 1, Z] (`pad_members`)
+            r = Normal(torch.where(mine, r.loc, 0.0), torch.where(mine, r.scale, 1.0), validate_args=False)
         return z, r, (z - r.loc) / r.scale
 
     def neg_elbo(self, x: torch.Tensor, noise: MemberRandom) -> torch.Tensor:
@@ -582,7 +622,7 @@ class AVBAC(AVB):
     def critic_samples(self, x: torch.Tensor, noise: MemberRandom) -> tuple[torch.Tensor, torch.Tensor]:
         """T calls 1 the standardised encoder draws and 0 standard normals."""
         _, _, standard = self.contrast(x, noise)
-        return standard, noise.normal(*standard.shape[1:])
+        return standard, self.draw(noise, "latent", *standard.shape[1:])
 
 
 @register("avae")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from avae.core import objectives as obj
-from avae.core.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted
+from avae.core.graphs import GraphedCall, StaticNoise, graphs_wanted, record_draws
 from avae.core.models import LatentModel
 from avae.core.nets import MemberRandom, repeat_points, split_draws
 from avae.errors import ConfigError
@@ -171,9 +171,9 @@ class EpochFigure:
             return neg_elbo_per_member(self.model, self.x, self.seeds, self.batch_size)
         if self.noise is None:
             members, device = len(self.seeds), self.x.device
-            counts = count_draws(self._figures, members, device)
-            self.noise = StaticNoise(members, counts, device)
-            MemberRandom(self.seeds, "eval", device).fill(self.noise.buffer, counts)
+            counts, layouts = record_draws(self._figures, members, device)
+            self.noise = StaticNoise(members, counts, device, layouts)
+            self.noise.fill_from(MemberRandom(self.seeds, "eval", device))
         return self.unit().cpu()
 
     @torch.no_grad()

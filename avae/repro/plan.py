@@ -360,7 +360,8 @@ def status_of(run: PlannedRun, profile: Profile, out: Path) -> tuple[RunStatus, 
 
 def packs_of(runs: Sequence[PlannedRun], out: Path) -> list[list[PlannedRun]]:
     """The runs with training left that can train as one pack (`avae.training.packs`: settings
-    equal but for seeds and data set, trained to the same epoch), in groups of two or more, in plan
+    equal but for seeds, data set and latent and noise dimensions, which pad; trained to the same
+    epoch), in groups of two or more, in plan
     order. A diverged run is none of them (it is not retried)."""
     groups: dict[tuple[str, int], list[PlannedRun]] = {}
     for run in runs:

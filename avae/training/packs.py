@@ -2,8 +2,9 @@
 
 One process trains the S members (one per seed) of a configuration as one member-batched model
 (`avae.core.nets`); more members per model is where a GPU's speed is. A pack goes further: the
-members of several configurations that differ only in their seeds and data set (`PACKABLE`) train
-as one model, one graph. What makes each configuration's result its own:
+members of several configurations that differ only in their seeds, data set and latent and noise
+dimensions (`PACKABLE`) train as one model, one graph. What makes each configuration's result its
+own:
 
 - Each member has its own data: its own data set (`MemberImages`: the distinct data sets one after
   another, each member reading its own), its own order and its own binarisation, from its own
@@ -11,10 +12,24 @@ as one model, one graph. What makes each configuration's result its own:
 - Each member's initial weights come from its seed alone; members never mix (the losses are per
   member and summed only to take one gradient), so a packed configuration trains as it would
   alone, to the rounding of the batched products.
+- Padding: the pack's model has the largest latent dimension L and noise dimension N of its
+  configurations; a member of dimensions l <= L, n <= N (`LatentModel.pad_members`) draws its
+  own l or n normals per row from its own stream, as its unpacked run does, the padded
+  coordinates exactly 0 (`MemberRandom.padded_normal`), and starts from its unpacked run's initial
+  weights embedded with every padded entry 0 (`initial_weights`): the encoder's mu and log-variance
+  rows of a padded latent coordinate (so mu = 0, sigma = 1, z = 0 and its KL term is exactly 0),
+  the decoder's and critic's columns of it, the encoder's columns of a padded noise coordinate.
+  Every padded weight then has an input or an output that is exactly 0, so its gradient is
+  exactly 0 and Adam (no weight decay) leaves it 0; the padded coordinates add exactly 0 to every
+  loss and gradient. AVB-AC's moments of a padded coordinate (all draws 0) are set to N(0, 1)
+  there. Only the widths of the matrix products differ from the unpacked run, so a padded
+  member matches it to their rounding, not bitwise.
 - Each configuration keeps its own run directory: config.json (its own config hash), metrics.csv,
-  its members' share of the checkpoint every epoch (`checkpoint_payload`), diverged.json, the card.
+  its members' share of the checkpoint every epoch (`checkpoint_payload`, cut to its own latent
+  and noise dimensions), diverged.json, the card.
   `train(cfg, out, resume=True)` continues any one of them alone, from exactly its state; a pack
-  resumes from its configurations' checkpoints (`merge_payloads`), which must be at one epoch.
+  resumes from its configurations' checkpoints (embedded again, `resize_payload`, and joined,
+  `merge_payloads`), which must be at one epoch.
 
 A diverging member does not take its pack down: its configuration is recorded as diverged, as an
 unpacked run would be (diverged.json, the checkpoint of the epoch before kept, nothing of the
@@ -25,8 +40,8 @@ Adam moves a weight whose gradient is zeroed (its moments decay, not vanish), so
 would need freezing besides, and its non-finite values would stay in the graph for the rest of
 the run.
 
-Settings other than `PACKABLE` (the latent and noise dimensions included: padding is not built)
-must be equal; `pack_groups` sorts configurations into packs that can train together.
+Settings other than `PACKABLE` must be equal; `pack_groups` sorts configurations into packs that
+can train together. Padding costs: every member computes at the pack's largest sizes.
 """
 
 from __future__ import annotations
@@ -35,17 +50,18 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from avae.core.graphs import use_device
+from avae.core.models import build_model
 from avae.errors import ConfigError, DivergenceError
 from avae.io import file_lock
 from avae.likelihood.scoring import EpochFigure
 from avae.training.config import Runtime, TrainConfig, config_dict, flatten, refuse_unused
-from avae.training.resume import cpu_threads_of, merge_payloads, restore_state
+from avae.training.resume import cpu_threads_of, merge_payloads, own_dims, resize_payload, restore_state
 from avae.training.runs import LOCK, load_run, prepare_run_dir
 from avae.training.steps import MemberImages, TrainingState, new_state
 from avae.training.train import (
@@ -59,7 +75,8 @@ from avae.training.train import (
     within,
 )
 
-PACKABLE = ("seeds", "dataset")  # the settings in which a pack's configurations may differ
+# The settings in which a pack's configurations may differ (the dimensions by padding).
+PACKABLE = ("seeds", "dataset", "latent_dim", "noise_dim")
 
 
 @dataclass(frozen=True)
@@ -111,10 +128,37 @@ def check_packable(entries: Sequence[PackEntry]) -> None:
         if differing:
             details = ", ".join(f"{k} {first[k]!r} vs {other[k]!r}" for k in differing)
             raise ConfigError(
-                f"configurations of one pack may differ only in {' and '.join(PACKABLE)} ({details}; "
-                "latent and noise dimensions too: padding them is not built); train them in separate "
-                "packs (avae.training.packs.pack_groups sorts them)"
+                f"configurations of one pack may differ only in {', '.join(PACKABLE)} ({details}); "
+                "train them in separate packs (avae.training.packs.pack_groups sorts them)"
             )
+
+
+def padded_config(entries: Sequence[PackEntry]) -> TrainConfig:
+    """The configuration of the pack's model: the first's, at the largest latent and noise
+    dimensions of its configurations."""
+    cfg = entries[0].cfg
+    latent = max(e.cfg.model.latent_dim for e in entries)
+    noise = max(e.cfg.model.noise_dim for e in entries)
+    return replace(cfg, model=replace(cfg.model, latent_dim=latent, noise_dim=noise))
+
+
+def member_dims(entries: Sequence[PackEntry]) -> list[dict[str, int]] | None:
+    """Each member's latent and noise dimensions (`LatentModel.pad_members`), or None when every
+    configuration has the pack's own (no padding)."""
+    dims = [own_dims(e.cfg) for e in entries for _ in e.cfg.seeds]
+    return None if all(d == dims[0] for d in dims) else dims
+
+
+@torch.no_grad()
+def initial_weights(state: TrainingState, runs: Sequence[RunSlot]) -> None:
+    """Each configuration's members start from its unpacked run's initial weights (built at its own
+    sizes from its seeds), embedded in the padded model with every padded entry 0."""
+    weights = dict(state.model.named_parameters())
+    for run in runs:
+        own = build_model(run.cfg.model, run.cfg.seeds)
+        tensors = {f"model.{name}": value for name, value in own.state_dict().items()}
+        for key, value in resize_payload(state, tensors, own_dims(run.cfg), pad=True).items():
+            weights[key[len("model.") :]][run.members].copy_(value)
 
 
 def member_slices(entries: Sequence[PackEntry]) -> list[slice]:
@@ -240,11 +284,18 @@ def train_pack_once(entries: list[PackEntry], resume: bool, runtime: Runtime) ->
             )
         if runtime.threads:
             torch.set_num_threads(runtime.threads)
-        cfg = entries[0].cfg
-        state = new_state(cfg, device, runtime.compile, seeds=[s for e in entries for s in e.cfg.seeds])
+        cfg, dims = padded_config(entries), member_dims(entries)
+        seeds = [s for e in entries for s in e.cfg.seeds]
+        state = new_state(cfg, device, runtime.compile, seeds=seeds, member_dims=dims)
         saved = [run.checkpoint for run in runs if run.checkpoint is not None]
-        if saved:
-            restore_state(state, cfg, *merge_payloads(saved))
+        if saved:  # each embedded at the pack's sizes (padding: with its padded entries 0)
+            padded = [
+                (resize_payload(state, r.checkpoint[0], own_dims(r.cfg), pad=True), r.checkpoint[1])
+                for r in runs
+            ]
+            restore_state(state, cfg, *merge_payloads(padded))
+        elif dims is not None:
+            initial_weights(state, runs)
         for run in runs:
             tests = len(data.tests[int(data.test_of[run.members.start])])
             start_run(run, state.epoch, runtime, examples(run.cfg, data.train.size, tests))

@@ -1,6 +1,10 @@
 """Exact resume: what a checkpoint holds of the training state (`checkpoint_payload`: weights, Adam
 moments, every member's RNG streams, the thread count) and how it is restored (`restore_state`,
-`cpu_threads_of`), so that a resumed run ends with bitwise the weights of an uninterrupted one."""
+`cpu_threads_of`), so that a resumed run ends with bitwise the weights of an uninterrupted one.
+
+A padded pack's state (`avae.training.packs`) holds its members at the pack's latent and noise
+dimensions; each configuration's share is cut to its own sizes (`resize_payload`), so that its
+checkpoint is that of its unpacked run, and embedded again (padded entries 0) to resume the pack."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 import torch
 
+from avae.core.nets import MemberLinear, kept_positions
 from avae.data import datasets as data
 from avae.errors import CheckpointError
 from avae.training.config import TrainConfig, config_dict, config_hash, versions
@@ -63,6 +68,7 @@ def checkpoint_payload(
     for stream in ("data", "noise"):
         for member, rng_state in enumerate(getattr(state, f"{stream}_rng").get_state()[members]):
             tensors[f"rng.{stream}.{member}"] = rng_state
+    tensors = resize_payload(state, tensors, own_dims(cfg), pad=False)  # at its own sizes
     meta = {
         "epoch": state.epoch,
         "config": config_dict(cfg),
@@ -73,6 +79,59 @@ def checkpoint_payload(
         "cpu_threads": torch.get_num_threads(),
     }
     return tensors, meta
+
+
+def own_dims(cfg: TrainConfig) -> dict[str, int]:
+    """A configuration's latent and noise dimensions, as `LatentModel.pad_members` takes them."""
+    return {"latent": cfg.model.latent_dim, "noise": cfg.model.noise_dim}
+
+
+def resize_payload(
+    state: TrainingState, tensors: dict[str, torch.Tensor], dims: dict[str, int], *, pad: bool
+) -> dict[str, torch.Tensor]:
+    """A configuration's checkpoint tensors cut from the state's sizes to its own latent and noise
+    dimensions `dims` (`pad` False), or embedded from its own sizes into the state's (`pad` True:
+    every padded entry 0). Each weight and Adam moment keeps the positions of its layer's input and
+    output that are the member's (`MemberLinear.in_parts` / `out_parts`); RNG states and Adam's step
+    counters are left as they are. The tensors themselves when the sizes are the state's."""
+    if dims == {"latent": state.model.cfg.latent_dim, "noise": state.model.cfg.noise_dim}:
+        return tensors
+    names = {id(param): name for name, param in state.model.named_parameters()}
+    params = dict(state.model.named_parameters())
+    layers = {
+        name: module for name, module in state.model.named_modules() if isinstance(module, MemberLinear)
+    }
+    of_key = {f"model.{name}": name for name in params}
+    for phase in state.phases:
+        for index, param in enumerate(phase.params):
+            for slot in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                of_key[f"optim.{phase.name}.{index}.{slot}"] = names[id(param)]
+    resized = {}
+    for key, value in tensors.items():
+        name = of_key.get(key)
+        layer = layers.get(name.rsplit(".", 1)[0]) if name is not None else None
+        if layer is None:
+            resized[key] = value
+            continue
+        weight = name.endswith(".weight")  # [S, out, in]; a bias is [S, 1, out]
+        cuts = [(1 if weight else 2, layer.out_parts)] + ([(2, layer.in_parts)] if weight else [])
+        cuts = [
+            (dim, kept_positions(parts, dims).to(value.device)) for dim, parts in cuts if parts is not None
+        ]
+        if not pad:
+            for dim, positions in cuts:
+                value = value.index_select(dim, positions)
+            resized[key] = value.contiguous()
+            continue
+        full = value.new_zeros((value.shape[0], *params[name].shape[1:]))
+        index: list[Any] = [slice(None)] * 3
+        for dim, positions in cuts:
+            index[dim] = positions
+        if len(cuts) == 2:  # both dimensions cut: an outer index of out and in positions
+            index[1], index[2] = index[1][:, None], index[2][None, :]
+        full[tuple(index)] = value
+        resized[key] = full
+    return resized
 
 
 def restore_state(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from avae.core.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted
+from avae.core.graphs import GraphedCall, StaticNoise, graphs_wanted, record_draws
 from avae.core.models import LatentModel, Phase, StepSettings, build_model
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
@@ -62,13 +62,18 @@ def new_state(
     compile: bool = False,
     graphs: bool | None = None,
     seeds: Sequence[int] | None = None,
+    member_dims: Sequence[dict[str, int]] | None = None,
 ) -> TrainingState:
     """Model, optimisers, RNG streams and the replayable iteration; `graphs` None: CUDA graphs on
     CUDA unless turned off (`avae.core.graphs.graphs_wanted`). `seeds` (default cfg.seeds): one
-    member per seed, each with the streams of its seed (a pack's members, `avae.training.packs`)."""
+    member per seed, each with the streams of its seed (a pack's members, `avae.training.packs`).
+    `member_dims`: each member's latent and noise dimensions in a padded pack (`pad_members`; the
+    caller embeds each member's own initial weights)."""
     graphs = graphs_wanted(device, compile) if graphs is None else graphs
     seeds = tuple(cfg.seeds if seeds is None else seeds)
     model = build_model(cfg.model, seeds).to(device)
+    if member_dims is not None:
+        model.pad_members(member_dims)
     if compile:
         for module in model.modules():
             if isinstance(module, torch.nn.Sequential):
@@ -97,8 +102,8 @@ def new_state(
     )
     members = len(seeds)
     state.batch = torch.zeros(members, cfg.batch_size, cfg.model.data_dim, device=device)
-    counts = count_draws(lambda noise: phase_losses(state, noise), members, device)
-    state.step_noise = StaticNoise(members, counts, device)
+    counts, layouts = record_draws(lambda noise: phase_losses(state, noise), members, device)
+    state.step_noise = StaticNoise(members, counts, device, layouts)
     state.iteration = GraphedCall(lambda: iteration(state, cfg), enabled=graphs)
     return state
 
@@ -156,7 +161,7 @@ def train_step(state: TrainingState, cfg: TrainConfig, train_x: torch.Tensor, in
     noise into the static noise, then the iteration (every phase: forward, backward, Adam; one graph
     replay on CUDA). Returns the logged terms [terms, S], a copy the next step does not overwrite."""
     load_batch(state, cfg, train_x, indices)
-    state.noise_rng.fill(state.step_noise.buffer, state.step_noise.counts)
+    state.step_noise.fill_from(state.noise_rng)
     return state.iteration().clone()
 
 
