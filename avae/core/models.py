@@ -602,9 +602,7 @@ class AVBAC(AVB):
         draws = split_draws(self.encode(repeat_points(x, count), noise), count)  # [S, m, B, Z]
         z = draws[:, 0]
         r = obj.fitted_gaussian(draws[:, 1:] if self.cfg.ac_moments == "others" else draws, dim=1)
-        if (
-            self.member_widths["latent"] is not None
-        ):  # a padded coordinate's draws are all 0: r is N(0, 1) there
+        if self.member_widths["latent"] is not None:  # padded coordinates' draws are 0: r is N(0, 1)
             mine = self.latent_mask  # [S, 1, Z] (`pad_members`)
             r = Normal(torch.where(mine, r.loc, 0.0), torch.where(mine, r.scale, 1.0), validate_args=False)
         return z, r, (z - r.loc) / r.scale
