@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from test_packs import SMALL, configs, two_datasets  # noqa: F401 (a fixture)  tests/ is on sys.path
@@ -129,3 +130,51 @@ def test_bad_packs_are_refused_before_any_work(tmp_path, two_datasets):  # noqa:
     with pytest.raises(ConfigError, match="unknown metric"):
         ev.evaluate_pack([runs[0]], metrics="nll")
 
+
+
+def test_reproduce_with_pack_evaluates_each_pack_as_one_model(tmp_path, monkeypatch):
+    """`reproduce --pack`: the runs of a pack are evaluated by one evaluation pack per planned
+    figure, none alone; a second call (every eval.json complete) evaluates nothing, and runs trained
+    but not evaluated (an interrupted reproduction) are evaluated as a pack too."""
+    from test_reproduce import tiny_profile  # tests/ is on sys.path
+
+    from avae.repro import execute, runner
+    from avae.repro.plan import eval_steps, runs_for
+    from avae.repro.reproduce import reproduce
+
+    profile = tiny_profile(monkeypatch, epochs=1, datasets=("mnist", "fashion-mnist"))
+    small = {"iwae_k": 10, "iwae_points": 10, "ais_points": 10, "ais_steps": 10, "ais_chains": 2}
+    profile = replace(profile, honest_latents=(10,), **small)
+    runs = runs_for(profile)
+    packs, alone = [], []
+
+    def spy_pack(dirs, **kw):
+        packs.append(([d.name for d in dirs], kw["metrics"]))
+        return ev.evaluate_pack(dirs, **kw)
+
+    monkeypatch.setattr(runner, "evaluate_pack", spy_pack)
+    monkeypatch.setattr(execute, "evaluate_run", lambda run_dir, **kw: alone.append(kw) or {})
+    monkeypatch.setattr(execute, "analyse_run", lambda *a, **kw: None)  # not what is tested here
+    out = tmp_path / "out"
+    reproduce(profile, out, runtime=QUIET, pack=True, train_only=True)
+    assert packs == []  # training only: nothing to evaluate
+    reproduce(profile, out, runtime=QUIET, pack=True)
+    steps = eval_steps(runs[0], profile)
+    assert [step.family for step in steps] == ["elbo", "iwae", "ais"]
+    assert packs == [([run.dir_name for run in runs], (step.family,)) for step in steps]
+    assert alone == []
+    index = json.loads((out / "index.json").read_text())["runs"]
+    for run in runs:
+        record = json.loads((out / run.dir_name / EVAL).read_text())
+        assert {step.key for step in steps} <= set(record["metrics"])
+        assert {step.key for step in steps} <= set(index[run.key]["seconds"])
+    packs.clear()
+    reproduce(profile, out, runtime=QUIET, pack=True)
+    assert packs == [] and alone == []
+    # a figure one run alone lacks is left to that run's own evaluation
+    path = out / runs[0].dir_name / EVAL
+    record = json.loads(path.read_text())
+    del record["metrics"]["ais"]
+    path.write_text(json.dumps(record))
+    reproduce(profile, out, runtime=QUIET, pack=True)
+    assert packs == [] and [kw["metrics"] for kw in alone] == [("ais",)]
