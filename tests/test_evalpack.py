@@ -178,3 +178,36 @@ def test_reproduce_with_pack_evaluates_each_pack_as_one_model(tmp_path, monkeypa
     path.write_text(json.dumps(record))
     reproduce(profile, out, runtime=QUIET, pack=True)
     assert packs == [] and [kw["metrics"] for kw in alone] == [("ais",)]
+
+
+def test_runs_that_cannot_share_batches_are_evaluated_in_groups(tmp_path, two_datasets, monkeypatch):  # noqa: F811
+    """Runs of other numbers of seeds share one model but for IWAE (whose draws are chunked by a
+    run's number of members), and runs of other numbers of test points never do; each group's
+    figures still equal each run's own."""
+    monkeypatch.setattr(scoring, "ELEMENT_BUDGET", 2 * 20 * 784 * 7)
+    mnist, fashion = configs("vae", epochs=1)
+    fashion = replace(fashion, seeds=(2,))
+    pairs = []
+    for index, cfg in enumerate((mnist, fashion)):
+        packed = train(cfg, tmp_path / f"packed{index}", runtime=QUIET)
+        shutil.copytree(packed, tmp_path / f"alone{index}")
+        pairs.append((packed, tmp_path / f"alone{index}"))
+    calls = []
+    original = ev.compute_entries
+    monkeypatch.setattr(ev, "compute_entries", lambda *a, **kw: calls.append(a[2]) or original(*a, **kw))
+    cases = [
+        (("ais",), SETTINGS, [(0, 1, 2)]),  # one model: seeds 0, 1 of MNIST and 2 of Fashion-MNIST
+        (("iwae",), SETTINGS, [(0, 1), (2,)]),
+        (("elbo",), {**SETTINGS, "subset": 0}, [(0, 1), (2,)]),  # 100 and 60 test points
+    ]
+    two_datasets[("fashion-mnist", "test")] = two_datasets[("fashion-mnist", "test")][:60]
+    for metrics, settings, groups in cases:
+        calls.clear()
+        ev.evaluate_pack([p for p, _ in pairs], metrics=metrics, settings=settings, runtime=QUIET)
+        assert [tuple(seeds) for seeds in calls] == groups
+        for _, alone in pairs:
+            ev.evaluate_run(alone, metrics=metrics, settings=settings, runtime=QUIET)
+    for packed, alone in pairs:
+        a, b = (json.loads((run / EVAL).read_text()) for run in (packed, alone))
+        assert largest_difference(a, b) <= TOLERANCE
+    assert json.loads((pairs[1][0] / EVAL).read_text())["metrics"]["neg_elbo"]["points"] == 60
