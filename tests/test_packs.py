@@ -15,7 +15,7 @@ from avae.core.graphs import StaticNoise
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError
-from avae.repro import costs, plan, runner
+from avae.repro import costs, execute, plan, runner
 from avae.repro.paper import Experiment
 from avae.repro.plan import Profile, runs_for
 from avae.repro.reproduce import reproduce
@@ -464,3 +464,28 @@ def test_reproduce_packs_runs_of_other_latent_dimensions_together(tmp_path, monk
     runs = runs_for(profile)
     assert sorted({run.cfg.model.latent_dim for run in runs}) == [10, 15] and len(runs) == 4
     assert [[run.key for run in group] for group in plan.packs_of(runs, tmp_path)] == [[r.key for r in runs]]
+
+
+def test_reproduce_evaluates_a_padded_pack_in_evaluation_packs_of_equal_sizes(tmp_path, monkeypatch):
+    """Training packs pad, evaluation packs do not (checkpoints are at each run's own sizes): the
+    four runs at latent 10 and 15 train as one padded pack and are evaluated as two evaluation
+    packs, one per latent dimension, none failing over to its runs alone."""
+    profile = replace(two_dataset_profile(monkeypatch), latent_dims=(10, 15), honest_latents=())
+    monkeypatch.setitem(plan.EXPERIMENTS, "tiny", Experiment("test", ("vae",), (10, 15)))
+    runs = runs_for(profile)
+    trained, evaluated = [], []
+    monkeypatch.setattr(
+        runner, "train_pack", lambda entries, **kw: trained.append(entries) or train_pack(entries, **kw)
+    )
+    real = runner.evaluate_pack
+    monkeypatch.setattr(
+        runner, "evaluate_pack", lambda dirs, **kw: evaluated.append(list(dirs)) or real(dirs, **kw)
+    )
+    monkeypatch.setattr(execute, "analyse_run", lambda *a, **kw: None)  # not what is tested here
+    reproduce(profile, tmp_path, runtime=Runtime(progress=False), pack=True)
+    assert [len(entries) for entries in trained] == [4]
+    latent = {tmp_path / run.dir_name: run.cfg.model.latent_dim for run in runs}
+    assert evaluated and all(len({latent[d] for d in dirs}) == 1 and len(dirs) == 2 for dirs in evaluated)
+    assert {latent[d] for dirs in evaluated for d in dirs} == {10, 15}
+    for run in runs:
+        assert "neg_elbo" in json.loads((tmp_path / run.dir_name / "eval.json").read_text())["metrics"]

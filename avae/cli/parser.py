@@ -198,8 +198,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         action=argparse.BooleanOptionalAction,
         default=False,
         help="train the runs that differ only in their data set and latent and noise dimensions (padded "
-        "to the largest) as one model each (a pack), each still into its own directory, before the "
-        "evaluations; local executor only, without "
+        "to the largest) as one model each (a pack), each still into its own directory, and evaluate "
+        "those of equal sizes as one model each too (every run's eval.json as alone), before the "
+        "analyses; local executor only, without "
         "--tensorboard. Off by default: about 5%% cheaper per member-step on a CPU (within the "
         "noise), not yet run on a GPU",
     )

@@ -14,13 +14,18 @@ log p(x) that mean the same thing for every model.
 The estimators themselves live in `avae.likelihood.estimators`; this module runs them on a trained run,
 every member at once, and writes eval.json. All figures in eval.json are negative
 log-likelihood-type values in nats (lower is better), as in the paper's Table 1.
+
+`evaluate_pack` does the same for several runs of one model that differ only in their seeds and
+data set (a training pack's, `avae.training.packs`): their members are loaded into one model and
+every metric is one call over all of them, each member scored on its own run's test points; each
+run's eval.json is written as `evaluate_run` on that run alone writes it (`record_evaluation`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,12 +35,14 @@ from tqdm.auto import tqdm
 
 from avae.core import objectives as obj
 from avae.core.graphs import use_device
-from avae.core.models import LatentModel
+from avae.core.models import LatentModel, build_model
 from avae.data import datasets as data
 from avae.errors import ConfigError
 from avae.io import read_json, write_json
 from avae.likelihood.scoring import (
     EvalSettings,
+    MemberPoints,
+    Points,
     Progress,
     ais_points,
     bdmc_points,
@@ -45,8 +52,19 @@ from avae.likelihood.scoring import (
     sivi_points,
 )
 from avae.training.card import write_card
-from avae.training.config import Runtime
-from avae.training.runs import EVAL, MemberFigure, MetricEntry, load_run
+from avae.training.checkpoint import load_checkpoint
+from avae.training.config import Runtime, TrainConfig, make_config
+from avae.training.packs import SAME_SIZES, differing_settings
+from avae.training.runs import (
+    CHECKPOINT,
+    EVAL,
+    WEIGHTS,
+    MemberFigure,
+    MetricEntry,
+    load_exported,
+    load_run,
+    load_weights,
+)
 
 # names accepted by --metrics / `metrics=`
 METRICS = ("elbo", "critic", "recon", "iwae", "sivi", "ais", "bdmc")
@@ -123,32 +141,53 @@ HMC_DESCRIPTION = {
 }
 
 
+Entries = tuple[MetricEntry, ...]  # one figure per run of an evaluation, in order (one for evaluate_run)
+RunSettings = dict[str, Any] | Callable[[slice], dict[str, Any]]  # an entry's settings, or per run's rows
+
+
 @dataclass
 class Evaluation:
-    """What every metric computation needs: the model, the test points and the settings."""
+    """What every metric computation needs: the model, the test points and the settings. `runs`
+    are the rows (members) of each run the model holds: one run (all of them) but in a pack
+    (`evaluate_pack`), where each run gets its own entries from its own members' values. An IWAE's
+    draws are chunked for `budget_members` members (0: all), the number of a pack's run."""
 
     model: LatentModel
-    x: torch.Tensor
+    x: Points
     seeds: Sequence[int]
     settings: EvalSettings
     is_log_likelihood: bool
     progress: Progress = no_progress  # called with each batch's number of points
+    runs: tuple[slice, ...] = (slice(None),)
+    budget_members: int = 0
 
     def entry(
-        self, label: str, estimator: str, settings: dict[str, Any], kind: str, neg_values, started: float
-    ) -> MetricEntry:
+        self, label: str, estimator: str, settings: RunSettings, kind: str, neg_values, started: float
+    ) -> Entries:
+        """One entry per run from per-point values [S, N] (`settings` a function of a run's rows
+        where they differ by run)."""
         common = {"seed": self.settings.seed, "batch_size": self.settings.batch_size}
-        return metric_entry(
-            label,
-            estimator,
-            {**common, **settings},
-            kind,
-            self.is_log_likelihood,
-            neg_values,
-            self.seeds,
-            time.perf_counter() - started,
-            self.settings.prefixes,
+        seconds = time.perf_counter() - started
+        seeds = tuple(self.seeds)
+        return tuple(
+            metric_entry(
+                label,
+                estimator,
+                {**common, **(settings(rows) if callable(settings) else settings)},
+                kind,
+                self.is_log_likelihood,
+                neg_values[rows],
+                seeds[rows],
+                self.share(rows, seconds),
+                self.settings.prefixes,
+            )
+            for rows in self.runs
         )
+
+    def share(self, rows: slice, seconds: float) -> float:
+        """A run's share of the seconds its pack took, by members (all of them for one run), as
+        metrics.csv records a packed run's share of each epoch's seconds."""
+        return seconds * len(range(len(self.seeds))[rows]) / len(self.seeds)
 
     @property
     def hmc(self) -> dict[str, Any]:
@@ -163,7 +202,7 @@ class Evaluation:
         }
 
 
-def elbo_metric(ev: Evaluation) -> dict[str, MetricEntry]:
+def elbo_metric(ev: Evaluation) -> dict[str, Entries]:
     started = time.perf_counter()
     stream = "eval" if ev.settings.seed == 0 else f"eval-{ev.settings.seed}"
     # batches of 1000 as in training, so that seed 0 repeats metrics.csv's test_neg_elbo
@@ -180,7 +219,7 @@ def elbo_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     }
 
 
-def critic_metric(ev: Evaluation) -> dict[str, MetricEntry]:
+def critic_metric(ev: Evaluation) -> dict[str, Entries]:
     """The discriminator-based figure -(log p(x|z) + log p(z)/q estimated by the critic): AVB's own
     objective, and AVAE's counterpart E[log p(x|z) + logit D(x, z)] (a plausible source of the
     paper's figures for AVAE; an estimate, not a bound)."""
@@ -201,7 +240,7 @@ def critic_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     }
 
 
-def recon_metric(ev: Evaluation) -> dict[str, MetricEntry]:
+def recon_metric(ev: Evaluation) -> dict[str, Entries]:
     """The reconstruction term alone, E_q[-log p(x|z)] with one z ~ q(z|x) per test point, for every
     encoder, implicit ones included: the ELBO without its KL term. One candidate reading of the
     figures of the paper's Table 1; not a bound on log p(x)."""
@@ -224,9 +263,9 @@ def recon_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     }
 
 
-def iwae_metric(ev: Evaluation) -> dict[str, MetricEntry]:
+def iwae_metric(ev: Evaluation) -> dict[str, Entries]:
     started, s = time.perf_counter(), ev.settings
-    bounds = iwae_points(ev.model, ev.x, ev.seeds, s, ev.progress)
+    bounds = iwae_points(ev.model, ev.x, ev.seeds, s, ev.progress, budget_members=ev.budget_members)
     extra = {}
     if not (ev.model.noise_free or ev.model.semi_implicit):  # an implicit encoder: a fitted Gaussian
         extra = {"fit_samples": s.avb_samples, "scale_inflation": s.avb_inflate}
@@ -244,7 +283,7 @@ def iwae_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     }
 
 
-def sivi_metric(ev: Evaluation) -> dict[str, MetricEntry]:
+def sivi_metric(ev: Evaluation) -> dict[str, Entries]:
     if not ev.model.semi_implicit:
         return {}
     started, s = time.perf_counter(), ev.settings
@@ -261,14 +300,14 @@ def sivi_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     }
 
 
-def ais_metric(ev: Evaluation) -> dict[str, MetricEntry]:
+def ais_metric(ev: Evaluation) -> dict[str, Entries]:
     started = time.perf_counter()
     values, stats = ais_points(ev.model, ev.x, ev.seeds, ev.settings, "eval-ais", ev.progress)
     return {
         "ais": ev.entry(
             "negative AIS estimate of log p(x) (stochastic lower bound)",
             "AIS from the prior along p(z) p(x|z)^beta, HMC transitions, log-mean-exp over chains",
-            {**ev.hmc, **stats},
+            lambda rows: {**ev.hmc, **stats.of(rows)},
             "lower bound",
             -values,
             started,
@@ -276,27 +315,32 @@ def ais_metric(ev: Evaluation) -> dict[str, MetricEntry]:
     }
 
 
-def bdmc_metric(ev: Evaluation) -> dict[str, MetricEntry]:
+def bdmc_metric(ev: Evaluation) -> dict[str, Entries]:
     started, s = time.perf_counter(), ev.settings
     lower, upper, stats = bdmc_points(ev.model, ev.seeds, s, ev.x.device, ev.progress)
-    gap = float((upper - lower).mean())
     data_note = {"data": f"{s.bdmc_points} points simulated from each member (z ~ p(z), x ~ p(x|z))"}
-    entries: dict[str, MetricEntry] = {}
+    seeds = tuple(ev.seeds)
+    entries: dict[str, Entries] = {}
     for key, values, kind, what in (
         ("bdmc_forward", lower, "lower bound", "forward AIS from the prior"),
         ("bdmc_reverse", upper, "upper bound", "reverse AIS from the true z"),
     ):
-        entry = metric_entry(
-            f"negative BDMC {what} on simulated data",
-            f"BDMC (Grosse et al. 2015): {what}, HMC transitions, log-mean-exp over chains",
-            {"seed": s.seed, "batch_size": s.batch_size, **ev.hmc, **stats, **data_note},
-            kind,
-            True,  # x is drawn from the decoder, so p(x|z) is its exact density (or mass)
-            -values,
-            ev.seeds,
-            time.perf_counter() - started,
+        entries[key] = tuple(
+            replace(
+                metric_entry(
+                    f"negative BDMC {what} on simulated data",
+                    f"BDMC (Grosse et al. 2015): {what}, HMC transitions, log-mean-exp over chains",
+                    {"seed": s.seed, "batch_size": s.batch_size, **ev.hmc, **stats.of(rows), **data_note},
+                    kind,
+                    True,  # x is drawn from the decoder, so p(x|z) is its exact density (or mass)
+                    -values[rows],
+                    seeds[rows],
+                    ev.share(rows, time.perf_counter() - started),
+                ),
+                gap=float((upper[rows] - lower[rows]).mean()),
+            )
+            for rows in ev.runs
         )
-        entries[key] = replace(entry, gap=gap)
     return entries
 
 
@@ -322,14 +366,32 @@ def compute_metrics(
 ) -> tuple[dict[str, MetricEntry], list[str]]:
     """Every requested metric of `model` on test points `x` [N, D]: (entries by key, notes). With
     `progress`, a bar per metric over its test points (on a terminal), else one line per metric."""
-    entries: dict[str, MetricEntry] = {}
+    entries, notes = compute_entries(model, x, seeds, metrics, settings, is_log_likelihood, progress)
+    return {key: figures[0] for key, figures in entries.items()}, notes
+
+
+def compute_entries(
+    model: LatentModel,
+    x: Points,
+    seeds: Sequence[int],
+    metrics: Sequence[str],
+    settings: EvalSettings,
+    is_log_likelihood: bool,
+    progress: bool = False,
+    runs: tuple[slice, ...] = (slice(None),),
+    budget_members: int = 0,
+) -> tuple[dict[str, Entries], list[str]]:
+    """`compute_metrics` for the runs whose members are rows `runs` of `model` (an evaluation
+    pack's, each member scored on its own points, `MemberPoints`): each key's entries, one per run."""
+    entries: dict[str, Entries] = {}
     notes: list[str] = []
     for name in metrics:
         points = settings.bdmc_points if name == "bdmc" else len(x)
         bar = tqdm(total=points, desc=f"evaluate {name}", unit="pt", disable=None if progress else True)
         started = time.perf_counter()
+        ev = Evaluation(model, x, seeds, settings, is_log_likelihood, bar.update, runs, budget_members)
         with bar:
-            new = METRIC_FUNCTIONS[name](Evaluation(model, x, seeds, settings, is_log_likelihood, bar.update))
+            new = METRIC_FUNCTIONS[name](ev)
         if progress and bar.disable:
             print(
                 f"avae evaluate: {name} on {points} points in {time.perf_counter() - started:.1f} s",
@@ -342,6 +404,52 @@ def compute_metrics(
             )
         entries.update(new)
     return entries, notes
+
+
+def run_test_points(cfg: TrainConfig, settings: EvalSettings, runtime: Runtime) -> torch.Tensor:
+    """The test points a run is evaluated on, [N, D] (where the data set loads them): its data
+    set's test split, cut to the run's `test_subset` and then to the evaluation's `subset`."""
+    test_x = data.load_pixels(
+        cfg.dataset,
+        "test",
+        cfg.pixels,
+        runtime.data_dir,
+        test_data=cfg.test_data,
+        test_fraction=cfg.test_fraction,
+    )
+    if cfg.test_subset:
+        test_x = test_x[: cfg.test_subset]
+    if settings.subset:
+        test_x = test_x[: settings.subset]
+    return test_x
+
+
+def record_evaluation(
+    run_dir: str | Path,
+    cfg: TrainConfig,
+    meta: dict[str, Any],
+    entries: dict[str, MetricEntry],
+    notes: list[str],
+    settings: EvalSettings,
+) -> dict[str, Any]:
+    """Merge a run's new entries into RUN_DIR/eval.json (entries from another epoch's checkpoint are
+    dropped) and rewrite its card: the one writer of eval.json, for `evaluate_run` and
+    `evaluate_pack` alike. Returns the whole record, plus "notes", "evaluated" and "settings"."""
+    path = Path(run_dir) / EVAL
+    previous = read_json(path) if path.exists() else {}
+    kept = previous.get("metrics", {}) if previous.get("epoch") == meta["epoch"] else {}
+    result = {
+        "run": str(run_dir),
+        "model": cfg.model.name,
+        "dataset": cfg.dataset,
+        "pixels": cfg.pixels,
+        "likelihood": cfg.model.likelihood,
+        "epoch": meta["epoch"],
+        "metrics": {**kept, **{key: entry.to_json() for key, entry in entries.items()}},
+    }
+    write_json(path, result)
+    write_card(run_dir)
+    return {**result, "notes": notes, "evaluated": list(entries), "settings": asdict(settings)}
 
 
 def evaluate_run(
@@ -359,33 +467,125 @@ def evaluate_run(
     use_device(runtime.device)
     cfg, model, meta = load_run(run_dir, runtime.device)
     model.requires_grad_(False)
-    test_x = data.load_pixels(
-        cfg.dataset,
-        "test",
-        cfg.pixels,
-        runtime.data_dir,
-        test_data=cfg.test_data,
-        test_fraction=cfg.test_fraction,
-    )
-    if cfg.test_subset:
-        test_x = test_x[: cfg.test_subset]
-    if settings.subset:
-        test_x = test_x[: settings.subset]
     honest = obj.is_normalised_likelihood(cfg.model.likelihood, cfg.pixels)
-    x = test_x.to(runtime.device)
+    x = run_test_points(cfg, settings, runtime).to(runtime.device)
     entries, notes = compute_metrics(model, x, cfg.seeds, chosen, settings, honest, runtime.progress)
-    path = Path(run_dir) / EVAL
-    previous = read_json(path) if path.exists() else {}
-    kept = previous.get("metrics", {}) if previous.get("epoch") == meta["epoch"] else {}
-    result = {
-        "run": str(run_dir),
-        "model": cfg.model.name,
-        "dataset": cfg.dataset,
-        "pixels": cfg.pixels,
-        "likelihood": cfg.model.likelihood,
-        "epoch": meta["epoch"],
-        "metrics": {**kept, **{key: entry.to_json() for key, entry in entries.items()}},
-    }
-    write_json(path, result)
-    write_card(run_dir)
-    return {**result, "notes": notes, "evaluated": list(entries), "settings": asdict(settings)}
+    return record_evaluation(run_dir, cfg, meta, entries, notes, settings)
+
+
+# --- evaluation packs ------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedRun:
+    """One run of an evaluation pack: its directory, configuration, checkpoint metadata and weights."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    meta: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+
+
+def load_pack(run_dirs: Sequence[str | Path]) -> list[PackedRun]:
+    """Every run's configuration and weights, refusing (ConfigError, before any evaluation) a run
+    without weights, a run given twice, and runs that differ in more than their seeds and data set
+    (`avae.training.packs.SAME_SIZES`)."""
+    if isinstance(run_dirs, (str, Path)) or not run_dirs:
+        raise ConfigError("an evaluation pack needs a list of at least one run directory")
+    dirs = [Path(r) for r in run_dirs]
+    seen: set[Path] = set()
+    for run_dir in dirs:
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is not a run directory; give the --out of `avae train`")
+        if not ((run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists()):
+            raise ConfigError(
+                f"{run_dir} has no {CHECKPOINT} (nor exported {WEIGHTS}), so it cannot be evaluated; "
+                "train it first, or leave it out of the pack"
+            )
+        if run_dir.resolve() in seen:
+            raise ConfigError(f"{run_dir} is given twice in one evaluation pack; give each run once")
+        seen.add(run_dir.resolve())
+    runs = []
+    for run_dir in dirs:
+        if (run_dir / CHECKPOINT).exists():
+            tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+        else:
+            tensors, meta = load_exported(run_dir)
+        weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
+        runs.append(PackedRun(run_dir, make_config(meta["config"]), meta, weights))
+    for run in runs[1:]:
+        details = differing_settings(runs[0].cfg, run.cfg, SAME_SIZES)
+        if details:
+            raise ConfigError(
+                f"the runs of an evaluation pack may differ only in {' and '.join(SAME_SIZES)}, but "
+                f"{runs[0].run_dir} and {run.run_dir} differ in {details}; evaluate them in separate "
+                "packs or alone (evaluate_run)"
+            )
+    return runs
+
+
+def member_rows(counts: Sequence[int]) -> tuple[slice, ...]:
+    """Each run's rows of a pack's members, given each run's number of members in order."""
+    rows, start = [], 0
+    for count in counts:
+        rows.append(slice(start, start + count))
+        start += count
+    return tuple(rows)
+
+
+def evaluate_pack(
+    run_dirs: Sequence[str | Path],
+    *,
+    metrics: Sequence[str] | str = ("elbo",),
+    settings: EvalSettings | dict[str, Any] | None = None,
+    runtime: Runtime | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate several runs of one model that differ only in their seeds and data set (a training pack's
+    of equal sizes, `avae.training.packs.SAME_SIZES`) as one model: their members one after another,
+    every metric one call over all of them (graphed on CUDA where the estimator is), each member
+    scored on its own run's test points (`MemberPoints`). Each run's eval.json gets what
+    `evaluate_run` on it alone writes (`record_evaluation`, the same writer): every random stream is
+    keyed by its member's seed, each run's entries (values, chain statistics, BDMC gap) come from its
+    own members, and the values differ only by the rounding of the batched products (measured in
+    tests/test_evalpack.py). Returns each run's record, as `evaluate_run` does, in order.
+
+    Runs whose test sets differ in their number of points cannot share batches of points, and an IWAE
+    chunks each member's draws as its run would alone (the chunk depends on the run's number of
+    members), so the runs are grouped by number of test points (and, for IWAE, of seeds): one model
+    and one call per metric per group. A training pack's runs make one group."""
+    chosen = parse_metrics(metrics)
+    settings = EvalSettings.of(settings)
+    if not isinstance(runtime, (Runtime, type(None))):
+        raise ConfigError(f"runtime must be an avae.Runtime, got {type(runtime).__name__}")
+    runtime = runtime or Runtime()
+    runs = load_pack(run_dirs)
+    device = use_device(runtime.device)
+    tests: dict[str, torch.Tensor] = {}  # by data set: every other setting is the pack's
+    for run in runs:
+        if run.cfg.dataset not in tests:
+            tests[run.cfg.dataset] = run_test_points(run.cfg, settings, runtime)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, run in enumerate(runs):
+        seeds = len(run.cfg.seeds) if "iwae" in chosen else 0
+        groups.setdefault((len(tests[run.cfg.dataset]), seeds), []).append(index)
+    cfg = runs[0].cfg
+    honest = obj.is_normalised_likelihood(cfg.model.likelihood, cfg.pixels)
+    results: list[dict[str, Any]] = [{} for _ in runs]
+    for group in groups.values():
+        members = [runs[i] for i in group]
+        seeds = [s for run in members for s in run.cfg.seeds]
+        model = build_model(cfg.model, seeds)
+        load_weights(model, {k: torch.cat([run.weights[k] for run in members]) for k in members[0].weights})
+        model = model.to(device).requires_grad_(False)
+        datasets = list(dict.fromkeys(run.cfg.dataset for run in members))
+        which = [datasets.index(run.cfg.dataset) for run in members for _ in run.cfg.seeds]
+        points = MemberPoints(torch.stack([tests[d] for d in datasets]).to(device), torch.tensor(which))
+        rows = member_rows([len(run.cfg.seeds) for run in members])
+        budget = len(members[0].cfg.seeds)
+        entries, notes = compute_entries(
+            model, points, seeds, chosen, settings, honest, runtime.progress, rows, budget
+        )
+        for position, (index, run) in enumerate(zip(group, members, strict=True)):
+            own = {key: figures[position] for key, figures in entries.items()}
+            results[index] = record_evaluation(run.run_dir, run.cfg, run.meta, own, notes, settings)
+    return results

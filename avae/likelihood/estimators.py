@@ -139,8 +139,13 @@ def ais(
         raise ValueError(f"step_sizes needs one row per transition ({steps}), got {step_sizes.shape[0]}")
     schedule = step_sizes.to(z0.device).expand(steps, *z0.shape[1:-1])
     log_w, used, acceptance = _anneal(log_prior, log_lik, z0, betas, noise, hmc, schedule, graphed)
-    final = used[-1] if steps else torch.full(z0.shape[1:-1], hmc.step_size)
-    return log_w, {"mean_acceptance": acceptance, "final_step_size_median": float(final.median())}
+    final = used[-1] if steps else torch.full(z0.shape[1:-1], hmc.step_size, device=z0.device)
+    return log_w, {
+        "mean_acceptance": float(acceptance.mean()),
+        "final_step_size_median": float(final.median()),
+        "acceptance": acceptance,  # [S], each member's mean acceptance rate (an evaluation pack's share)
+        "final_step_size": final,  # [S, B]
+    }
 
 
 def pilot_step_sizes(
@@ -163,7 +168,7 @@ def pilot_step_sizes(
 
 def _anneal(log_prior, log_lik, z0, betas, noise, hmc: HMCSettings, schedule, graphed: bool):
     """Runs the AIS chains; with `schedule` None the step adapts after every transition.
-    Returns the log-weights [C, S, B], the steps used [T, S, B] and the mean acceptance.
+    Returns the log-weights [C, S, B], the steps used [T, S, B] and each member's mean acceptance [S].
 
     Per transition, outside the replayable unit: beta and the weight increment's factor, the step
     size (from the schedule) and the member-stream draws (momenta, then the Metropolis uniforms,
@@ -184,7 +189,7 @@ def _anneal(log_prior, log_lik, z0, betas, noise, hmc: HMCSettings, schedule, gr
             chains.momentum.copy_(normal_draws(noise, count, *points))
             chains.uniform.copy_(uniform_draws(noise, count, *points[:-1]))
             unit()
-    return chains.log_w, used, float(chains.accepted) / max(1, transitions)
+    return chains.log_w, used, chains.accepted.double().cpu() / max(1, transitions)
 
 
 def _evaluate(log_prior: LogDensity, log_lik: LogDensity, z: torch.Tensor):
@@ -202,7 +207,7 @@ class AISChains:
     their gradients, the log-weights (float64), the step size [S, B], the transition's betas
     (`coefficients`: beta_{t-1} and beta_t, float64 on the device, so that a captured transition
     reads the current values rather than constants baked in), this transition's momenta and
-    uniforms, and the summed acceptance rate. `transition` updates them all in place."""
+    uniforms, and each member's summed acceptance rate [S]. `transition` updates them all in place."""
 
     def __init__(self, log_prior: LogDensity, log_lik: LogDensity, z0: torch.Tensor, hmc: HMCSettings):
         self.log_prior, self.log_lik, self.hmc = log_prior, log_lik, hmc
@@ -214,7 +219,7 @@ class AISChains:
         self.coefficients = torch.zeros(2, dtype=torch.float64, device=device)
         self.momentum = torch.zeros(z0.shape, device=device)  # the draws' dtype (float32)
         self.uniform = torch.zeros(z0.shape[:-1], device=device)
-        self.accepted = torch.zeros((), device=device)
+        self.accepted = torch.zeros(z0.shape[1], device=device)  # [S]
 
     def transition(self, adapt: bool) -> None:
         """The weight increment (beta_t - beta_{t-1}) log p(x|z), then one HMC transition (L leapfrog
@@ -235,7 +240,7 @@ class AISChains:
         if adapt:
             hmc = self.hmc
             self.step.mul_(torch.where(rate > hmc.target_accept, 1 + hmc.adapt, 1 - hmc.adapt))
-        self.accepted += rate.mean()
+        self.accepted += rate.mean(-1)
 
     def _leapfrog(self, beta: torch.Tensor):
         """L leapfrog steps from (z, momentum): the proposal, its state and its final momentum."""

@@ -1,6 +1,10 @@
 """Scoring a trained model's members on test points: the estimators' settings and the drivers that
 run `avae.likelihood.estimators` on the model in batches, every member at once. Each driver returns values
-per member and test point, [S, N]; `avae.evaluation.evaluate` turns them into eval.json entries."""
+per member and test point, [S, N]; `avae.evaluation.evaluate` turns them into eval.json entries.
+
+Test points are either one set for every member, [N, D], or each member's own (`MemberPoints`: the
+members of an evaluation pack, `avae.evaluation.evaluate.evaluate_pack`, come from runs on different
+data sets); a batch is [S, B, D] either way."""
 
 from __future__ import annotations
 
@@ -108,6 +112,47 @@ def k_chunk(members: int, batch: int, data_dim: int) -> int:
     return max(1, ELEMENT_BUDGET // (members * batch * data_dim))
 
 
+@dataclass(frozen=True)
+class MemberPoints:
+    """Each member's own test points: the distinct sets `sets` [T, N, D] (one number of points)
+    and the index into them of each member, `of` [S]. A batch is gathered per member only as it is
+    used, so no [S, N, D] copy is ever held; with one set, a batch is that set's points expanded
+    over the members, as for points given as [N, D]."""
+
+    sets: torch.Tensor
+    of: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.sets.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.sets.device
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self), batch_size):
+            chunk = self.sets[:, start : start + batch_size]
+            if len(self.sets) == 1:
+                yield chunk[0].unsqueeze(0).expand(len(self.of), -1, -1)
+            else:
+                yield chunk[self.of.to(chunk.device)]
+
+
+Points = torch.Tensor | MemberPoints  # [N, D] for every member, or each member's own
+
+
+def member_batches(x: Points, members: int, batch_size: int):
+    """The test points `x` in batches of `batch_size`, each [S, B, D] (every member its own
+    points with `MemberPoints`, else the same)."""
+    if isinstance(x, MemberPoints):
+        if len(x.of) != members:
+            raise ValueError(f"points for {len(x.of)} members given to a model of {members}")
+        yield from x.batches(batch_size)
+        return
+    for chunk in x.split(batch_size):
+        yield chunk.unsqueeze(0).expand(members, -1, -1)
+
+
 Progress = Callable[[int], object]  # called with the number of test points just finished
 
 
@@ -118,18 +163,19 @@ def no_progress(points: int) -> None:
 @torch.no_grad()
 def per_point(
     figure,
-    x: torch.Tensor,
+    x: Points,
     seeds: Sequence[int],
     batch_size: int = 1000,
     stream: str = "eval",
     progress: Progress = no_progress,
 ) -> torch.Tensor:
-    """`figure(x [S, B, D], noise)` -> [S, B] on every point of `x` [N, D]: [S, N] (float64)."""
+    """`figure(x [S, B, D], noise)` -> [S, B] on every point of `x` ([N, D] or `MemberPoints`):
+    [S, N] (float64)."""
     rng = MemberRandom(seeds, stream, x.device)
     parts = []
-    for chunk in x.split(batch_size):
-        parts.append(figure(chunk.unsqueeze(0).expand(len(seeds), -1, -1), rng).double())
-        progress(len(chunk))
+    for batch in member_batches(x, len(seeds), batch_size):
+        parts.append(figure(batch, rng).double())
+        progress(batch.shape[1])
     return torch.cat(parts, dim=1)
 
 
@@ -193,41 +239,42 @@ class EpochFigure:
 @torch.no_grad()
 def iwae_points(
     model: LatentModel,
-    x: torch.Tensor,
+    x: Points,
     seeds,
     settings: EvalSettings,
     progress: Progress = no_progress,
     draws_per_chunk: int = 0,
+    budget_members: int = 0,
 ) -> dict[int, torch.Tensor]:
     """IWAE-k of every k in settings.k with the model's proposal: {k: log p(x) bounds [S, N]}.
-    Draws are made `draws_per_chunk` at a time (0: as many as ELEMENT_BUDGET allows)."""
+    Draws are made `draws_per_chunk` at a time (0: as many as ELEMENT_BUDGET allows for
+    `budget_members` members, 0: all S). How a member's draws are chunked changes them (a chunk is
+    one `randn` per member), so an evaluation pack chunks as each of its runs would alone."""
     noise = MemberRandom(seeds, f"eval-iwae-{settings.seed}", x.device)
     out: dict[int, list[torch.Tensor]] = {k: [] for k in settings.k}
-    for chunk in x.split(settings.batch_size):
-        batch = chunk.unsqueeze(0).expand(len(seeds), -1, -1)
+    for batch in member_batches(x, len(seeds), settings.batch_size):
         q = model.proposal(batch, noise, samples=settings.avb_samples, inflate=settings.avb_inflate)
-        chunk_k = draws_per_chunk or k_chunk(*batch.shape)
+        chunk_k = draws_per_chunk or k_chunk(budget_members or batch.shape[0], *batch.shape[1:])
         log_joint = log_joint_of(model_log_lik(model, batch))
         bounds = iwae(log_joint, q, noise, settings.k, chunk_k, graphs_wanted(x.device))
         for k, value in bounds.items():
             out[k].append(value.double())
-        progress(len(chunk))
+        progress(batch.shape[1])
     return {k: torch.cat(v, dim=1) for k, v in out.items()}
 
 
 @torch.no_grad()
 def sivi_points(
-    model: LatentModel, x: torch.Tensor, seeds, settings: EvalSettings, progress: Progress = no_progress
+    model: LatentModel, x: Points, seeds, settings: EvalSettings, progress: Progress = no_progress
 ) -> torch.Tensor:
     """SIVI's L_K per point, [S, N], for a semi-implicit encoder (`model.posteriors`)."""
     noise = MemberRandom(seeds, f"eval-sivi-{settings.seed}", x.device)
     parts = []
-    for chunk in x.split(settings.batch_size):
-        batch = chunk.unsqueeze(0).expand(len(seeds), -1, -1)
+    for batch in member_batches(x, len(seeds), settings.batch_size):
         own = model.posteriors(batch, noise, settings.sivi_samples)
         extra = model.posteriors(batch, noise, settings.sivi_k)
         parts.append(sivi(log_joint_of(model_log_lik(model, batch)), own, extra, noise).double())
-        progress(len(chunk))
+        progress(batch.shape[1])
     return torch.cat(parts, dim=1)
 
 
@@ -253,31 +300,32 @@ def reversed_schedule(forward: torch.Tensor) -> torch.Tensor:
 
 def ais_points(
     model: LatentModel,
-    x: torch.Tensor,
+    x: Points,
     seeds,
     settings: EvalSettings,
     stream: str,
     progress: Progress = no_progress,
-):
-    """Forward AIS per point, [S, N], and acceptance statistics."""
+) -> tuple[torch.Tensor, ChainStats]:
+    """Forward AIS per point, [S, N], and acceptance statistics (`ChainStats`: `.of()` for all
+    members, `.of(rows)` for some)."""
     noise = MemberRandom(seeds, f"{stream}-{settings.seed}", x.device)
-    parts, stats = [], []
-    for chunk in x.split(settings.batch_size):
-        batch = chunk.unsqueeze(0).expand(len(seeds), -1, -1)
+    parts, stats = [], ChainStats()
+    for batch in member_batches(x, len(seeds), settings.batch_size):
         log_w, _, info = forward_ais(model, model_log_lik(model, batch), batch.shape[1], settings, noise)
         parts.append(ais_log_marginal(log_w))
-        stats.append(info)
-        progress(len(chunk))
-    return torch.cat(parts, dim=1), mean_stats(stats)
+        stats.add(info)
+        progress(batch.shape[1])
+    return torch.cat(parts, dim=1), stats
 
 
 def bdmc_points(model: LatentModel, seeds, settings: EvalSettings, device, progress: Progress = no_progress):
     """BDMC on `bdmc_points` points simulated from each member (z ~ p(z), x ~ p(x|z)):
-    forward AIS (lower) and reverse AIS from the true z (upper) per point, [S, N] each. Both use the
-    forward pilot's schedule, so neither adapts on its counted chains."""
+    forward AIS (lower) and reverse AIS from the true z (upper) per point, [S, N] each, and the
+    chains' acceptance statistics (`ChainStats`). Both use the forward pilot's schedule, so neither
+    adapts on its counted chains."""
     noise = MemberRandom(seeds, f"eval-bdmc-{settings.seed}", device)
     betas = obj.sigmoid_schedule(settings.ais_steps)
-    lower, upper, stats = [], [], []
+    lower, upper, stats = [], [], ChainStats()
     for start in range(0, settings.bdmc_points, settings.batch_size):
         n = min(settings.batch_size, settings.bdmc_points - start)
         with torch.no_grad():
@@ -301,10 +349,29 @@ def bdmc_points(model: LatentModel, seeds, settings: EvalSettings, device, progr
         )
         lower.append(ais_log_marginal(forward))
         upper.append(reverse_ais_log_marginal(reverse))
-        stats += [info_f, info_r]
+        stats.add(info_f)
+        stats.add(info_r)
         progress(n)
-    return torch.cat(lower, dim=1), torch.cat(upper, dim=1), mean_stats(stats)
+    return torch.cat(lower, dim=1), torch.cat(upper, dim=1), stats
 
 
-def mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
-    return {key: round(sum(s[key] for s in stats) / len(stats), 4) for key in stats[0]} if stats else {}
+class ChainStats:
+    """The acceptance statistics of AIS runs (one `add` per `ais` call), kept per member so that
+    each run of an evaluation pack gets the figures it would get alone: `of(rows)` averages, over
+    the calls, the mean acceptance and the median final step size of members `rows`."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # acceptance [S], final step [S, B]
+
+    def add(self, info: dict) -> None:
+        self.parts.append((info["acceptance"].cpu(), info["final_step_size"].cpu()))
+
+    def of(self, rows: slice = slice(None)) -> dict[str, float]:
+        if not self.parts:
+            return {}
+        acceptance = [float(a[rows].mean()) for a, _ in self.parts]
+        final = [float(f[rows].median()) for _, f in self.parts]
+        return {
+            "mean_acceptance": round(sum(acceptance) / len(acceptance), 4),
+            "final_step_size_median": round(sum(final) / len(final), 4),
+        }

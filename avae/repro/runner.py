@@ -5,8 +5,10 @@ a time, with how many threads each. `avae reproduce` and `avae sweep` plan the r
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -16,12 +18,14 @@ from typing import Any
 import torch
 
 from avae.errors import AvaeError, ConfigError
-from avae.repro.execute import Task, execute_run
-from avae.repro.plan import packs_of
+from avae.evaluation.evaluate import evaluate_pack
+from avae.repro.execute import Task, execute_run, locked_update_index, summary_entry
+from avae.repro.plan import EvalStep, missing_metrics, packs_of
 from avae.repro.progress import Outcomes, PlanProgress
 from avae.repro.ray_cluster import RayCluster
 from avae.training.config import Runtime
-from avae.training.packs import PackEntry, train_pack
+from avae.training.packs import SAME_SIZES, PackEntry, pack_key, train_pack
+from avae.training.runs import read_divergence, trained_epoch
 from avae.watchdog import reap_on_death
 
 
@@ -117,7 +121,7 @@ def raise_died() -> None:
 
 @dataclass
 class PackRound:
-    """What `train_in_packs` leaves: the tasks still to run (`run_tasks`: a packed run's evaluation,
+    """What `train_in_packs` leaves: the tasks still to run (`run_tasks`: a packed run's analysis,
     marked `packed`, and every other run) and one line per run that diverged in its pack."""
 
     tasks: list[Task]
@@ -126,10 +130,11 @@ class PackRound:
 
 def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) -> PackRound:
     """Train the tasks' runs that can train together (`avae.repro.plan.packs_of`) as packs
-    (`avae.training.packs`), one pack after another in this process with `runtime`; each run is
-    then left with its evaluation alone. A run that diverges in its pack is recorded as diverged,
-    as an unpacked run would be, and fails; a pack that cannot start (another process trains one
-    of its runs) leaves its runs to train alone."""
+    (`avae.training.packs`), one pack after another in this process with `runtime`, then evaluate
+    the trained runs that could pack as evaluation packs (`evaluation_packs`, `evaluate_in_packs`);
+    each run is then left with what is still missing (its analysis) alone. A run that diverges in
+    its pack is recorded as diverged, as an unpacked run would be, and fails; a pack that cannot
+    start (another process trains one of its runs) leaves its runs to train alone."""
     by_key = {task.run.key: task for task in tasks}
     out = tasks[0].out if tasks else Path()
     done = PackRound([])
@@ -149,5 +154,53 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
             del by_key[run.key]
             done.failures.append(f"{run.dir_name}: {outcome.diverged}")
             progress.finished(run.key, f"avae: run failed: {done.failures[-1]}")
+    for tasks_of_pack in evaluation_packs(list(by_key.values())):
+        evaluate_in_packs(tasks_of_pack, progress, runtime)
     done.tasks = list(by_key.values())
     return done
+
+
+def evaluation_packs(tasks: list[Task]) -> list[list[Task]]:
+    """The tasks whose runs are trained (to their epochs, not diverged) and could form an
+    evaluation pack (`avae.training.packs.pack_key` of `SAME_SIZES`: evaluation does not pad), in
+    groups of two or more: those just trained as a pack, and those a reproduction interrupted after
+    their training, so that their evaluation is packed too."""
+    groups: dict[str, list[Task]] = {}
+    for task in tasks:
+        run_dir = task.out / task.run.dir_name
+        if trained_epoch(run_dir) >= task.run.cfg.epochs and read_divergence(run_dir) is None:
+            groups.setdefault(pack_key(task.run.cfg, SAME_SIZES), []).append(task)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def evaluate_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) -> None:
+    """The figures that the runs of one trained pack still lack, each computed for every run that
+    lacks it by one evaluation pack (`avae.evaluation.evaluate.evaluate_pack`: one model, one call;
+    each run's eval.json as `evaluate_run` writes it). A figure one run alone lacks, and any that an
+    evaluation pack could not compute, are left to the run's own task (`execute_run` evaluates what
+    eval.json still lacks, so nothing is evaluated twice). Each run's index.json entry is charged
+    its members' share of the seconds."""
+    steps: dict[str, tuple[EvalStep, list[Task]]] = {}
+    for task in tasks:
+        run_dir = task.out / task.run.dir_name
+        for step in missing_metrics(run_dir, task.run.cfg, task.eval_plan()):
+            same = json.dumps([step.key, step.family, step.settings], sort_keys=True, default=list)
+            steps.setdefault(same, (step, []))[1].append(task)
+    for step, group in steps.values():
+        if len(group) < 2:
+            continue
+        dirs = [task.out / task.run.dir_name for task in group]
+        progress.started(f"{step.key} of {len(group)} packed runs as one model: {dirs[0].name}, ...")
+        started = time.perf_counter()
+        try:
+            evaluate_pack(dirs, metrics=(step.family,), settings=step.settings, runtime=runtime)
+        except (AvaeError, RuntimeError) as error:  # RuntimeError: out of memory, say
+            progress.started(
+                f"{step.key} could not be evaluated as a pack ({error}); its runs evaluate alone"
+            )
+            continue
+        seconds = time.perf_counter() - started
+        members = sum(len(task.run.cfg.seeds) for task in group)
+        for task, run_dir in zip(group, dirs, strict=True):
+            share = {step.key: seconds * len(task.run.cfg.seeds) / members}
+            locked_update_index(task.out, task.run.key, summary_entry(run_dir, task.run.cfg), share)

@@ -77,6 +77,9 @@ from avae.training.train import (
 
 # The settings in which a pack's configurations may differ (the dimensions by padding).
 PACKABLE = ("seeds", "dataset", "latent_dim", "noise_dim")
+# The settings in which the runs of an evaluation pack may differ (`avae.evaluation.evaluate.
+# evaluate_pack`): their checkpoints are at their own sizes, and evaluation does not pad.
+SAME_SIZES = ("seeds", "dataset")
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,20 @@ class PackOutcome:
     diverged: DivergenceError | None = None
 
 
-def pack_key(cfg: TrainConfig) -> str:
-    """What a pack's configurations share: every setting but `PACKABLE`, as sorted JSON."""
-    settings = {k: v for k, v in flatten(config_dict(cfg)).items() if k not in PACKABLE}
+def pack_key(cfg: TrainConfig, packable: Sequence[str] = PACKABLE) -> str:
+    """What a pack's configurations share: every setting but `packable`, as sorted JSON."""
+    settings = {k: v for k, v in flatten(config_dict(cfg)).items() if k not in packable}
     return json.dumps(settings, sort_keys=True)
+
+
+def differing_settings(a: TrainConfig, b: TrainConfig, packable: Sequence[str] = PACKABLE) -> str:
+    """The settings other than `packable` in which `a` and `b` differ, as "key a vs b, ..." ("" when
+    they may share a pack)."""
+    first, other = flatten(config_dict(a)), flatten(config_dict(b))
+    keys = sorted(
+        k for k in first.keys() | other.keys() if k not in packable and first.get(k) != other.get(k)
+    )
+    return ", ".join(f"{k} {first.get(k)!r} vs {other.get(k)!r}" for k in keys)
 
 
 def pack_groups(cfgs: Sequence[TrainConfig]) -> list[list[int]]:
@@ -121,12 +134,9 @@ def check_packable(entries: Sequence[PackEntry]) -> None:
     outs = [Path(e.out).resolve() for e in entries]
     if len(set(outs)) != len(outs):
         raise ConfigError("two configurations of a pack train into one directory; give each its own")
-    first = flatten(config_dict(entries[0].cfg))
     for entry in entries[1:]:
-        other = flatten(config_dict(entry.cfg))
-        differing = sorted(k for k in first if k not in PACKABLE and first[k] != other[k])
-        if differing:
-            details = ", ".join(f"{k} {first[k]!r} vs {other[k]!r}" for k in differing)
+        details = differing_settings(entries[0].cfg, entry.cfg)
+        if details:
             raise ConfigError(
                 f"configurations of one pack may differ only in {', '.join(PACKABLE)} ({details}); "
                 "train them in separate packs (avae.training.packs.pack_groups sorts them)"
