@@ -489,3 +489,33 @@ def test_reproduce_evaluates_a_padded_pack_in_evaluation_packs_of_equal_sizes(tm
     assert {latent[d] for dirs in evaluated for d in dirs} == {10, 15}
     for run in runs:
         assert "neg_elbo" in json.loads((tmp_path / run.dir_name / "eval.json").read_text())["metrics"]
+
+
+def test_a_sweep_with_pack_trains_its_points_as_one_padded_pack(tmp_path, monkeypatch, capsys):
+    """`avae sweep --pack` over latent dimensions: the two points train as one padded pack, each
+    equal to its unpacked sweep's run to PADDED_TOLERANCE, sweep.json as without --pack; --pack
+    with the Ray executor is refused before anything is written."""
+    from test_cli import refused  # tests/ is on sys.path
+
+    from avae.cli.commands import main
+    from avae.repro.sweep import SWEEP
+
+    settings = ["--model", "vae", "--epochs", "1", "--seeds", "0,1", "--train-subset", "300"]
+    settings += ["--test-subset", "100", "--grid", "latent_dim=3,5", "--threads", "1", "--no-progress"]
+    packs_trained = []
+    monkeypatch.setattr(
+        runner, "train_pack", lambda entries, **kw: packs_trained.append(entries) or train_pack(entries, **kw)
+    )
+    assert main(["sweep", *settings, "--pack", "--out", str(tmp_path / "packed")]) == 0
+    assert main(["sweep", *settings, "--out", str(tmp_path / "alone")]) == 0
+    assert [len(entries) for entries in packs_trained] == [2]
+    packed, alone = (json.loads((tmp_path / d / SWEEP).read_text())["points"] for d in ("packed", "alone"))
+    assert [p["dir"] for p in packed] == [p["dir"] for p in alone] and len(packed) == 2
+    for point in packed:
+        difference = largest_difference(tmp_path / "packed" / point["dir"], tmp_path / "alone" / point["dir"])
+        assert difference <= PADDED_TOLERANCE
+        assert "neg_elbo" in point["figures"]
+    out = tmp_path / "ray"
+    argv = ["sweep", *settings, "--pack", "--executor", "ray", "--out", str(out)]
+    assert "--pack trains its packs in this process: use it with --executor local" in refused(capsys, argv)
+    assert not out.exists()

@@ -229,6 +229,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         executor=args.executor,
         address=args.address,
+        pack=args.pack,
     )
     return 0
 

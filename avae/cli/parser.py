@@ -55,6 +55,20 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_pack_option(parser: argparse.ArgumentParser, also: str = "") -> None:
+    """--pack, for `avae reproduce` and `avae sweep`."""
+    parser.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="train the runs that differ only in their seeds, data set and latent and noise dimensions "
+        "(padded to the largest) as one model each (a pack), each still into its own directory, and "
+        "evaluate those of equal sizes as one model each too (every run's eval.json as alone); local "
+        f"executor only{also}. Off by default: about 5%% cheaper per member-step on a CPU (within the "
+        "noise), not yet run on a GPU",
+    )
+
+
 def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
     """The whole command line; `handlers` maps each command to the function that runs it."""
     parser = OneLineParser(
@@ -193,17 +207,7 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         action="store_true",
         help="also write TensorBoard scalars and sample grids (needs the [tensorboard] extra)",
     )
-    reproduce.add_argument(
-        "--pack",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="train the runs that differ only in their data set and latent and noise dimensions (padded "
-        "to the largest) as one model each (a pack), each still into its own directory, and evaluate "
-        "those of equal sizes as one model each too (every run's eval.json as alone), before the "
-        "analyses; local executor only, without "
-        "--tensorboard. Off by default: about 5%% cheaper per member-step on a CPU (within the "
-        "noise), not yet run on a GPU",
-    )
+    add_pack_option(reproduce, "; without --tensorboard")
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_runtime_options(reproduce)
     reproduce.set_defaults(func=handlers["reproduce"])
@@ -242,6 +246,7 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]]) ->
         "several nodes, a directory every node reaches at the same path",
     )
     add_executor_options(sweep_cmd)
+    add_pack_option(sweep_cmd)
     sweep_cmd.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_runtime_options(sweep_cmd)
     sweep_cmd.set_defaults(func=handlers["sweep"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,12 @@ from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.costs import estimate_train_seconds
 from avae.repro.execute import Task
-from avae.repro.plan import EvalStep, PlannedRun, missing_metrics
+from avae.repro.plan import EvalStep, PlannedRun, missing_metrics, pack_members
 from avae.repro.progress import PlanProgress, clock
 from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import SWEEP
-from avae.repro.runner import default_jobs, run_tasks, worker_runtime
+from avae.repro.runner import default_jobs, run_tasks, train_in_packs, worker_runtime
 from avae.training.config import MODEL_KEYS, TRAIN_KEYS, Runtime, TrainConfig, field_types
 from avae.training.runs import (
     EVAL,
@@ -124,16 +125,19 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[d
     return points
 
 
-def estimate_seconds(run: PlannedRun, steps: list[EvalStep], out: Path, device: str) -> float:
-    """The cost model's time for what the run still needs: training epochs left and missing metrics."""
+def estimate_seconds(run: PlannedRun, steps: list[EvalStep], out: Path, device: str, pack: int = 0) -> float:
+    """The cost model's time for what the run still needs: training epochs left and missing metrics.
+    `pack`: the members of the pack the run trains in (0: alone), whose training time is shared
+    among its runs by members, as `avae.repro.costs.estimate_run_seconds` shares it."""
     cfg, run_dir = run.cfg, out / run.dir_name
     if read_divergence(run_dir) is not None:
         return 0.0  # not retried
     epoch = checkpoint_epoch(run_dir)
     seconds = 0.0
     if epoch < cfg.epochs:
-        images = cfg.train_subset or 60000
-        seconds += estimate_train_seconds(cfg.model.name, len(cfg.seeds), cfg.epochs - epoch, images, device)
+        images, members = cfg.train_subset or 60000, max(pack, len(cfg.seeds))
+        whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
+        seconds += whole * len(cfg.seeds) / members
     points = cfg.test_subset or 10000
     for step in missing_metrics(run_dir, cfg, steps):
         seconds += metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
@@ -150,14 +154,19 @@ def sweep(
     jobs: int | None = None,
     executor: str = "local",
     address: str | None = None,
+    pack: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate every point of `grid` (or of `KEY=V1,V2` items) over the settings `base`,
     one task per configuration, and write OUT/sweep.json; returns its content. Everything is
-    checked before anything is written."""
+    checked before anything is written. `pack`, as for `avae.repro.reproduce.reproduce`: the
+    configurations that can train together (a grid over seeds, data sets, latent or noise
+    dimensions) train as packs in this process and are evaluated as evaluation packs."""
     runtime = runtime or Runtime()
     jobs = default_jobs(runtime.device) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+    if pack and executor != "local":
+        raise ConfigError("--pack trains its packs in this process: use it with --executor local")
     grid = parse_grid(grid, base) if isinstance(grid, list) else grid
     chosen = parse_metrics(metrics)
     points = plan_sweep(base, grid)
@@ -167,7 +176,11 @@ def sweep(
         raise ConfigError(f"--out {out} is a file; give a directory")
     runs = {run.key: run for _, run in points}  # one task per distinct configuration
     steps = {key: metric_steps(chosen, run.cfg.model.name) for key, run in runs.items()}
-    estimates = {key: estimate_seconds(run, steps[key], out, runtime.device) for key, run in runs.items()}
+    packed = pack_members(list(runs.values()), out) if pack else {}  # each packed run's pack, in members
+    estimates = {
+        key: estimate_seconds(run, steps[key], out, runtime.device, packed.get(key, 0))
+        for key, run in runs.items()
+    }
     parallel = max(1, min(jobs, len(runs)))
     print(
         f"avae sweep: {len(points)} points, {len(runs)} runs, "
@@ -186,7 +199,10 @@ def sweep(
         ray_cluster(executor, address, jobs, worker) as cluster,
         PlanProgress(estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress) as bar,
     ):
-        _, failures = run_tasks(tasks, jobs, bar, cluster)
+        packs = train_in_packs(tasks, bar, replace(worker, threads=runtime.threads)) if pack else None
+        _, failures = run_tasks(packs.tasks if packs else tasks, jobs, bar, cluster)
+    if packs is not None:
+        failures = [*packs.failures, *failures]
     record = sweep_record(points, grid, base, chosen, out)
     write_json(out / SWEEP, record)
     print(sweep_table(record))
