@@ -18,6 +18,7 @@ from avae.cli.parser import build_parser
 from avae.core.graphs import GraphedCall, StaticNoise, count_draws, graphs_wanted, use_device
 from avae.core.nets import MemberRandom
 from avae.likelihood import scoring
+from avae.repro import plan
 from avae.training.config import Runtime, make_config
 from avae.training.steps import autocast, new_state, run_epoch, take_step
 
@@ -164,6 +165,7 @@ def test_protocol_timing_runs_table1_training_then_the_rest_on_one_folder(tmp_pa
         ("full", (), False),
     ]
     assert parsed[0].out == parsed[1].out == str(tmp_path / "protocol-full")
+    assert all(a.pack for a in parsed)  # the protocol times packs unless --no-pack
     assert list(result["phases"]) == ["table1_training", "rest"] and result["returncode"] == 0
     assert result["seconds"] == pytest.approx(sum(p["seconds"] for p in result["phases"].values()))
     text = "\n".join(protocol_lines(result))
@@ -188,3 +190,26 @@ def test_graphed_iteration_equals_eager_on_cuda():
         runs.append((means, state.model.state_dict()))
     (m0, w0), (m1, w1) = runs
     assert all(torch.equal(m0[k], m1[k]) for k in m0) and all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_the_benchmark_times_each_pack_of_a_profiles_table1(tmp_path):
+    """`pack_costs` builds the packs `reproduce --pack` would (one per model and reading, its data
+    sets and latent dimensions padded together) and times each beside an unpadded model of as
+    many members and the reference S; GPU_BENCH.md shows them."""
+    from avae.bench.gpu_packs import pack_costs
+    from avae.bench.gpu_timing import images_for
+    from avae.bench.report import pack_lines
+
+    device = torch.device("cpu")
+    rows = pack_costs("smoke", device, images_for(200, device), 0.0, reference=3, log=lambda *_: None)
+    smoke = plan.runs_for(plan.select("smoke", ("table1",), train_only=True))
+    assert sum(row["configurations"] for row in rows) == len(smoke)
+    assert sum(row["members"] for row in rows) == sum(len(run.cfg.seeds) for run in smoke)
+    assert {row["model"] for row in rows} == {run.cfg.model.name for run in smoke}
+    assert all(row["latent_dims"] == sorted({r.cfg.model.latent_dim for r in smoke}) for row in rows)
+    assert all(row["packed_ms"] > 0 and row["plain_ms"] > 0 and row["reference_members"] == 3 for row in rows)
+    assert all(
+        row["packed_us_per_member"] == pytest.approx(1e3 * row["packed_ms"] / row["members"]) for row in rows
+    )
+    text = "\n".join(pack_lines(rows))
+    assert "## Packs of Table 1" in text and text.count("\n| ") == len(rows) + 1

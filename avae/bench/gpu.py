@@ -15,8 +15,9 @@ Side by side in one run, on one device, each in a short timed window after a war
   against graphed (the IWAE chunk and the AIS transition as CUDA-graph replays);
 - several configurations on one device: N worker processes (as `reproduce --jobs N`) against N
   CUDA streams in one process, training steps per second all together;
-- with `--protocol PROFILE`, the wall time of `avae reproduce --profile PROFILE`: Table 1's training
-  alone, then the rest of the profile.
+- with `--protocol PROFILE`, the packed per-member cost of the packs PROFILE's Table 1 forms
+  (`gpu_packs`), then the wall time of `avae reproduce --profile PROFILE --pack` (`--no-pack`:
+  without packs): Table 1's training alone, then the rest of the profile.
 
 Writes gpu_bench.json and GPU_BENCH.md under --out. Needs no install (PYTHONPATH=.), only torch,
 numpy, scipy, safetensors, tqdm, matplotlib. Without CUDA it stops with a message, unless
@@ -38,6 +39,7 @@ import torch
 from avae.bench.cpu import bf16_accuracy
 from avae.bench.gpu_checks import equivalence
 from avae.bench.gpu_concurrency import concurrency
+from avae.bench.gpu_packs import REFERENCE_MEMBERS, pack_costs
 from avae.bench.gpu_timing import BATCH, cuda_graphs, images_for, sync, timed_steps, train_config
 from avae.bench.report import gpu_markdown
 from avae.core.models import MODELS, build_model
@@ -170,14 +172,18 @@ def _eval_points_per_s(device: torch.device, members: int, points: int, ais_step
     }
 
 
-def protocol_seconds(out: Path, device: torch.device, profile: str, log=print) -> dict[str, Any]:
-    """The wall time of `avae reproduce --profile PROFILE` into OUT/protocol-PROFILE, in two timed
-    child processes: first Table 1's training alone (`--experiments table1 --train-only`: every
-    configuration with its test -ELBO after each epoch), then the whole profile on the same folder,
-    which reuses those runs and adds the rest (training, every figure, every honest metric). The
-    whole protocol's time is the sum. A rerun reuses finished runs: use a fresh OUT to time again."""
+def protocol_seconds(
+    out: Path, device: torch.device, profile: str, log=print, pack: bool = True
+) -> dict[str, Any]:
+    """The wall time of `avae reproduce --profile PROFILE` (with `--pack` unless `pack` is False)
+    into OUT/protocol-PROFILE, in two timed child processes: first Table 1's training alone
+    (`--experiments table1 --train-only`: every configuration with its test -ELBO after each epoch),
+    then the whole profile on the same folder, which reuses those runs and adds the rest (training,
+    every figure, every honest metric). The whole protocol's time is the sum. A rerun reuses
+    finished runs: use a fresh OUT to time again."""
     base = [sys.executable, "-m", "avae", "reproduce", "--profile", profile]
     base += ["--out", str(out / f"protocol-{profile}"), "--device", str(device), "--no-progress"]
+    base += ["--pack"] if pack else []
     phases = {}
     for phase, extra in (("table1_training", ["--experiments", "table1", "--train-only"]), ("rest", [])):
         command = base + extra
@@ -192,7 +198,7 @@ def protocol_seconds(out: Path, device: torch.device, profile: str, log=print) -
         log(f"{phase}: {phases[phase]['seconds']:.0f} s (exit {returncode})")
     total = sum(p["seconds"] for p in phases.values())
     failed = max(p["returncode"] for p in phases.values())
-    return {"profile": profile, "seconds": total, "returncode": failed, "phases": phases}
+    return {"profile": profile, "pack": pack, "seconds": total, "returncode": failed, "phases": phases}
 
 
 def device_of(name: str) -> torch.device:
@@ -213,6 +219,7 @@ def run(
     members=(1, 5, 40),
     log=print,
     protocol: str = "",
+    pack: bool = True,
 ) -> dict[str, Any]:
     device = device_of(device_name)
     window = 0.05 if quick else 1.0
@@ -265,7 +272,9 @@ def run(
         log(f"evaluation: {entry}")
     results["concurrency"] = concurrency(device, quick, window if quick else 5.0, log)
     if protocol:
-        results["protocol"] = protocol_seconds(Path(out), device, protocol, log)
+        reference = counts[-1] if quick else REFERENCE_MEMBERS
+        results["packs"] = pack_costs(protocol, device, x, window, reference, log)
+        results["protocol"] = protocol_seconds(Path(out), device, protocol, log, pack)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / GPU_JSON, results)
@@ -284,11 +293,18 @@ def main(argv: list[str] | None = None) -> int:
         "--protocol",
         default="",
         metavar="PROFILE",
-        help="also time a whole `avae reproduce --profile PROFILE` (e.g. full; needs the data sets)",
+        help="also time the packs of PROFILE's Table 1 and a whole `avae reproduce --profile PROFILE "
+        "--pack` (e.g. full; needs the data sets)",
+    )
+    parser.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the protocol's reproduction with --pack (default) or, with --no-pack, without",
     )
     args = parser.parse_args(argv)
     members = tuple(int(s) for s in args.members.split(","))
-    run(args.out, args.device, args.quick, members, protocol=args.protocol)
+    run(args.out, args.device, args.quick, members, protocol=args.protocol, pack=args.pack)
     return 0
 
 

@@ -299,14 +299,39 @@ def gpu_markdown(r: dict[str, Any]) -> str:
             for kind in ("processes", "streams")
         ]
         lines.append(f"| {c['model']} | {c['members']} | {c['configurations']} | {cells[0]} | {cells[1]} |")
+    if "packs" in r:
+        lines += ["", *pack_lines(r["packs"])]
     if "protocol" in r:
         lines += ["", *protocol_lines(r["protocol"])]
     return "\n".join(lines) + "\n"
 
 
+def pack_lines(packs: list[dict[str, Any]]) -> list[str]:
+    """The packed per-member cost (`avae.bench.gpu_packs.pack_costs`)."""
+    lines = [
+        "## Packs of Table 1 (graphed training step)",
+        "",
+        "| model | configurations | S | latent dims | noise dims | packed ms/step | µs per member-step | "
+        "unpadded, same S, ms/step | µs per member-step at the reference S |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in packs:
+        lines.append(
+            f"| {p['model']} | {p['configurations']} | {p['members']} | "
+            f"{', '.join(map(str, p['latent_dims']))} | {', '.join(map(str, p['noise_dims']))} | "
+            f"{p['packed_ms']:.3f} | {p['packed_us_per_member']:.1f} | {p['plain_ms']:.3f} | "
+            f"{p['reference_us_per_member']:.1f} (S={p['reference_members']}) |"
+        )
+    return lines
+
+
 def protocol_lines(p: dict[str, Any]) -> list[str]:
     """The timed phases of a whole reproduction (`avae.bench.gpu.protocol_seconds`)."""
-    lines = [f"Protocol `{p['profile']}`: {p['seconds']:.0f} s in all (exit {p['returncode']}):", ""]
+    packed = "with --pack" if p.get("pack") else "without --pack"
+    lines = [
+        f"Protocol `{p['profile']}` ({packed}): {p['seconds']:.0f} s in all (exit {p['returncode']}):",
+        "",
+    ]
     return lines + [
         f"- {name.replace('_', ' ')}: {phase['seconds']:.0f} s (exit {phase['returncode']}), "
         f"`{phase['command']}`"
