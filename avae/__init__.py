@@ -13,7 +13,8 @@ evaluation. The command line is `avae --help`; from Python:
 
 from avae.api import TrainedModel, load
 from avae.core.models import MODELS, LatentModel, ModelConfig, register
-from avae.evaluation.evaluate import EvalSettings, evaluate_pack, evaluate_run
+from avae.evaluation.evaluate import EvalSettings, evaluate_run
+from avae.evaluation.packs import evaluate_pack
 from avae.repro.plan import PROFILES
 from avae.repro.reproduce import reproduce as run_profile
 from avae.training.config import Runtime, TrainConfig, make_config

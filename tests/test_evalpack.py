@@ -1,4 +1,4 @@
-"""Evaluation packs (`avae.evaluation.evaluate.evaluate_pack`): several runs of one model that differ
+"""Evaluation packs (`avae.evaluation.packs.evaluate_pack`): several runs of one model that differ
 only in their seeds and data set, evaluated as one member-batched model, each member on its own
 run's test points; every run's eval.json is what `evaluate_run` on that run alone writes."""
 
@@ -13,6 +13,7 @@ from test_packs import SMALL, configs, two_datasets  # noqa: F401 (a fixture)  t
 
 from avae.errors import ConfigError
 from avae.evaluation import evaluate as ev
+from avae.evaluation import packs as evpacks
 from avae.likelihood import scoring
 from avae.training.config import Runtime, make_config
 from avae.training.runs import CHECKPOINT, EVAL, WEIGHTS
@@ -82,12 +83,14 @@ def test_packed_evaluation_equals_each_runs_own(tmp_path, two_datasets, monkeypa
     monkeypatch.setattr(scoring, "ELEMENT_BUDGET", 2 * 20 * 784 * 7)
     pairs = trained_pairs(tmp_path, model)
     calls = []
-    original = ev.compute_entries
-    ev.compute_entries = lambda *a, **kw: calls.append(kw) or original(*a, **kw)
+    original = evpacks.compute_entries
+    evpacks.compute_entries = lambda *a, **kw: calls.append(kw) or original(*a, **kw)
     try:
-        results = ev.evaluate_pack([p for p, _ in pairs], metrics=METRICS, settings=SETTINGS, runtime=QUIET)
+        results = evpacks.evaluate_pack(
+            [p for p, _ in pairs], metrics=METRICS, settings=SETTINGS, runtime=QUIET
+        )
     finally:
-        ev.compute_entries = original
+        evpacks.compute_entries = original
     assert len(calls) == 1  # one model, one call per metric for both runs
     worst: dict[str, float] = {}
     for (packed, alone), result in zip(pairs, results, strict=True):
@@ -125,10 +128,10 @@ def test_bad_packs_are_refused_before_any_work(tmp_path, two_datasets):  # noqa:
     cases.append((runs, f"{runs[1]} has no {CHECKPOINT}"))
     for pack, message in cases:
         with pytest.raises(ConfigError, match=message):
-            ev.evaluate_pack(pack, metrics=("elbo", "ais"), settings=SETTINGS, runtime=QUIET)
+            evpacks.evaluate_pack(pack, metrics=("elbo", "ais"), settings=SETTINGS, runtime=QUIET)
     assert not any((run / EVAL).exists() for run in (*runs, wider, other))  # nothing evaluated
     with pytest.raises(ConfigError, match="unknown metric"):
-        ev.evaluate_pack([runs[0]], metrics="nll")
+        evpacks.evaluate_pack([runs[0]], metrics="nll")
 
 
 def test_reproduce_with_pack_evaluates_each_pack_as_one_model(tmp_path, monkeypatch):
@@ -149,7 +152,7 @@ def test_reproduce_with_pack_evaluates_each_pack_as_one_model(tmp_path, monkeypa
 
     def spy_pack(dirs, **kw):
         packs.append(([d.name for d in dirs], kw["metrics"]))
-        return ev.evaluate_pack(dirs, **kw)
+        return evpacks.evaluate_pack(dirs, **kw)
 
     monkeypatch.setattr(runner, "evaluate_pack", spy_pack)
     monkeypatch.setattr(execute, "evaluate_run", lambda run_dir, **kw: alone.append(kw) or {})
@@ -192,8 +195,8 @@ def test_runs_that_cannot_share_batches_are_evaluated_in_groups(tmp_path, two_da
         shutil.copytree(packed, tmp_path / f"alone{index}")
         pairs.append((packed, tmp_path / f"alone{index}"))
     calls = []
-    original = ev.compute_entries
-    monkeypatch.setattr(ev, "compute_entries", lambda *a, **kw: calls.append(a[2]) or original(*a, **kw))
+    original = evpacks.compute_entries
+    monkeypatch.setattr(evpacks, "compute_entries", lambda *a, **kw: calls.append(a[2]) or original(*a, **kw))
     cases = [
         (("ais",), SETTINGS, [(0, 1, 2)]),  # one model: seeds 0, 1 of MNIST and 2 of Fashion-MNIST
         (("iwae",), SETTINGS, [(0, 1), (2,)]),
@@ -202,7 +205,7 @@ def test_runs_that_cannot_share_batches_are_evaluated_in_groups(tmp_path, two_da
     two_datasets[("fashion-mnist", "test")] = two_datasets[("fashion-mnist", "test")][:60]
     for metrics, settings, groups in cases:
         calls.clear()
-        ev.evaluate_pack([p for p, _ in pairs], metrics=metrics, settings=settings, runtime=QUIET)
+        evpacks.evaluate_pack([p for p, _ in pairs], metrics=metrics, settings=settings, runtime=QUIET)
         assert [tuple(seeds) for seeds in calls] == groups
         for _, alone in pairs:
             ev.evaluate_run(alone, metrics=metrics, settings=settings, runtime=QUIET)

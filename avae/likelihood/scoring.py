@@ -3,7 +3,7 @@ run `avae.likelihood.estimators` on the model in batches, every member at once. 
 per member and test point, [S, N]; `avae.evaluation.evaluate` turns them into eval.json entries.
 
 Test points are either one set for every member, [N, D], or each member's own (`MemberPoints`: the
-members of an evaluation pack, `avae.evaluation.evaluate.evaluate_pack`, come from runs on different
+members of an evaluation pack, `avae.evaluation.packs.evaluate_pack`, come from runs on different
 data sets); a batch is [S, B, D] either way."""
 
 from __future__ import annotations

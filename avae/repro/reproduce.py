@@ -183,7 +183,7 @@ def reproduce(
     `pack` trains the runs that can train together (same settings but for the data set and the
     latent and noise dimensions, which pad) as packs, one model each (`avae.training.packs`), and
     then evaluates such trained runs of equal sizes as evaluation packs
-    (`avae.evaluation.evaluate.evaluate_pack`, each run's eval.json as it would be alone),
+    (`avae.evaluation.packs.evaluate_pack`, each run's eval.json as it would be alone),
     before the runs' analyses and whatever else they need. It is off unless asked
     for: on a CPU a pack measured about 5% cheaper per member-step than its runs apart (within the
     noise; benchmarks/BENCH.md), and on a GPU, where more members per graph is where the speed is,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from avae.errors import AvaeError, ConfigError
-from avae.evaluation.evaluate import evaluate_pack
+from avae.evaluation.packs import evaluate_pack
 from avae.repro.execute import Task, execute_run, locked_update_index, summary_entry
 from avae.repro.plan import EvalStep, missing_metrics, packs_of
 from avae.repro.progress import Outcomes, PlanProgress
@@ -175,7 +175,7 @@ def evaluation_packs(tasks: list[Task]) -> list[list[Task]]:
 
 def evaluate_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) -> None:
     """The figures that the runs of one trained pack still lack, each computed for every run that
-    lacks it by one evaluation pack (`avae.evaluation.evaluate.evaluate_pack`: one model, one call;
+    lacks it by one evaluation pack (`avae.evaluation.packs.evaluate_pack`: one model, one call;
     each run's eval.json as `evaluate_run` writes it). A figure one run alone lacks, and any that an
     evaluation pack could not compute, are left to the run's own task (`execute_run` evaluates what
     eval.json still lacks, so nothing is evaluated twice). Each run's index.json entry is charged

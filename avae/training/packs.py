@@ -77,8 +77,8 @@ from avae.training.train import (
 
 # The settings in which a pack's configurations may differ (the dimensions by padding).
 PACKABLE = ("seeds", "dataset", "latent_dim", "noise_dim")
-# The settings in which the runs of an evaluation pack may differ (`avae.evaluation.evaluate.
-# evaluate_pack`): their checkpoints are at their own sizes, and evaluation does not pad.
+# The settings in which the runs of an evaluation pack may differ (`avae.evaluation.packs`):
+# their checkpoints are at their own sizes, and evaluation does not pad.
 SAME_SIZES = ("seeds", "dataset")
 
 
