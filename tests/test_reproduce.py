@@ -322,11 +322,11 @@ def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monk
     train(replace(run.cfg, epochs=4), tmp_path / run.dir_name, runtime=Runtime(progress=False))
     path = tmp_path / run.dir_name / "metrics.csv"
     rows = read_metrics(path)
-    for row in rows:  # epoch 1 slow (outside the latest 3), then 7, 5, 6 seconds
-        row["seconds"] = {1: 100.0, 2: 7.0, 3: 5.0, 4: 6.0}[row["epoch"]]
+    for row in rows:  # epoch 1 slow (outside the latest 3), then 7, 5 and 600 s (paused, say)
+        row["seconds"] = {1: 100.0, 2: 7.0, 3: 5.0, 4: 600.0}[row["epoch"]]
     write_csv(path, list(rows[0]), [list(row.values()) for row in rows])
     train_s, _ = costs.estimate_run_seconds(run, profile, tmp_path, "cpu")
-    assert train_s == 2 * 6.0  # 2 epochs left at the median of epochs 2-4
+    assert train_s == 2 * 6.0  # 2 epochs left at the lower quartile of epochs 2-4 (their median: 7)
     model_s, _ = costs.estimate_run_seconds(run, profile, tmp_path, "cuda")  # timed on another device
     assert model_s == costs.estimate_train_seconds("vae", 2, 2, 300, "cuda")
 
