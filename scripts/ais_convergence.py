@@ -85,7 +85,8 @@ def run_study(run_dir: Path, args: argparse.Namespace, record: dict, out: Path, 
         for chains in sorted({*args.subchains, args.chains}):
             log_z = torch.logsumexp(log_w[:chains].double(), 0) - math.log(chains)  # [S, N]
             by_chains[str(chains)] = member_summary(-log_z)
-        entry["ais"][str(steps)] = {"by_chains": by_chains, "seconds": round(seconds, 2), "hmc": info}
+        hmc = {key: value for key, value in info.items() if isinstance(value, float)}  # not per member
+        entry["ais"][str(steps)] = {"by_chains": by_chains, "seconds": round(seconds, 2), "hmc": hmc}
         write_json(out, record)
         shown = ", ".join(f"{c} chains {v['mean']:.2f}" for c, v in by_chains.items())
         print(f"{run_dir.name}: AIS {steps} steps: {shown} ({seconds:.1f} s)", flush=True)
