@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from test_packs import two_datasets  # noqa: F401 (a fixture)  tests/ is on sys.path
 from torch.distributions import MultivariateNormal, Normal
 
 from avae.core import objectives as obj
@@ -296,3 +297,35 @@ def test_graphed_estimators_equal_eager_on_cuda():
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5)
     assert results[True][2] == pytest.approx(results[False][2], abs=1e-5)
+
+
+def test_the_ais_convergence_study_writes_every_step_and_chain_count(tmp_path, two_datasets):  # noqa: F811
+    """scripts/ais_convergence.py on a trained run: one entry per step count with the estimate of
+    each chain count (the first c chains), finite, per member; IWAE beside; the HMC statistics as
+    plain numbers (AIS also returns per-member tensors, which JSON cannot hold)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from test_packs import configs  # tests/ is on sys.path
+
+    from avae.training.config import Runtime
+    from avae.training.train import train
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ais_convergence.py"
+    spec = importlib.util.spec_from_file_location("ais_convergence", script)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    run = train(configs("avb", epochs=1)[0], tmp_path / "run", runtime=Runtime(progress=False))
+    out = tmp_path / "ais.json"
+    argv = [str(run), "--points", "4", "--steps", "3,6", "--chains", "3", "--subchains", "1", "--iwae-k", "5"]
+    assert study.main([*argv, "--out", str(out)]) == 0
+    entry = json.loads(out.read_text())[run.name]
+    assert entry["points"] == 4 and entry["model"] == "avb" and math.isfinite(entry["iwae_k5"]["mean"])
+    assert list(entry["ais"]) == ["3", "6"]
+    for steps in entry["ais"].values():
+        assert list(steps["by_chains"]) == ["1", "3"]
+        assert all(
+            math.isfinite(v["mean"]) and len(v["per_member"]) == 2 for v in steps["by_chains"].values()
+        )
+        assert steps["hmc"] and all(isinstance(v, float) for v in steps["hmc"].values())
