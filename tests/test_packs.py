@@ -519,3 +519,28 @@ def test_a_sweep_with_pack_trains_its_points_as_one_padded_pack(tmp_path, monkey
     argv = ["sweep", *settings, "--pack", "--executor", "ray", "--out", str(out)]
     assert "--pack trains its packs in this process: use it with --executor local" in refused(capsys, argv)
     assert not out.exists()
+
+
+def test_a_diverging_configuration_of_a_padded_pack_leaves_the_others_intact(tmp_path, two_datasets):
+    """As for an unpadded pack: the padded configuration (latent 3 in a pack of latent 5) whose
+    member gets a NaN weight is recorded as diverged, its last good checkpoint kept at its own
+    sizes, and the other trains on alone to its unpacked result."""
+    cfgs = padded_configs("vae", 1)
+    train_pack([PackEntry(cfg, tmp_path / f"packed{i}") for i, cfg in enumerate(cfgs)], runtime=QUIET)
+    path = tmp_path / "packed0" / CHECKPOINT
+    tensors, meta = load_checkpoint(path)
+    assert tensors["model.decoder.0.weight"].shape[-1] == 3  # its own latent dimension
+    tensors["model.decoder.0.weight"][0, 0, 0] = float("nan")
+    save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "format"})
+    poisoned = path.read_bytes()
+    cfgs = padded_configs("vae", 2)
+    outcomes = train_pack(
+        [PackEntry(cfg, tmp_path / f"packed{i}") for i, cfg in enumerate(cfgs)], runtime=QUIET, resume=True
+    )
+    assert outcomes[1].diverged is None
+    error = outcomes[0].diverged
+    assert error is not None and (error.epoch, error.member, error.seed) == (2, 0, 0)
+    assert read_divergence(tmp_path / "packed0")["epoch"] == 2 and path.read_bytes() == poisoned
+    assert not (tmp_path / "packed1" / DIVERGED).exists()
+    train(cfgs[1], tmp_path / "alone1", runtime=QUIET)
+    assert largest_difference(tmp_path / "packed1", tmp_path / "alone1") <= PADDED_TOLERANCE
