@@ -334,7 +334,7 @@ def noise_section(record: dict) -> list[str]:
     return [
         "## 4. Do the noise-injected encoders use their noise?",
         "",
-        "VAE+ε and AVAE (joint) at latent 10 (AVAE: MNIST only), 5 members, 1,000 test images, "
+        "VAE+ε and AVAE (joint) at latent 10, 5 members, 1,000 test images, "
         "64 draws of ε₁ per image. "
         "Noise share: the part of q(z|x)'s total variance due to ε₁ (law of total variance: "
         "Var_ε[μ] / (Var_ε[μ] + E_ε[σ²]), "
