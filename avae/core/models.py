@@ -31,6 +31,7 @@ here; `LatentModel`'s docstring states the rules it must follow.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -310,11 +311,15 @@ class LatentModel(nn.Module):
             )
             self.register_buffer("latent_mask", mine[:, None, :], persistent=False)
 
-    def draw(self, noise: MemberRandom, kind: str, rows: int, width: int) -> torch.Tensor:
-        """Standard normals [S, rows, width] over latent or noise (`kind`) coordinates: each member's
-        own width when the members are padded (`pad_members`), else `noise.normal(rows, width)`."""
+    def draw(self, noise: MemberRandom, kind: str, *shape: int) -> torch.Tensor:
+        """Standard normals [S, *shape] whose last dimension holds latent or noise (`kind`)
+        coordinates: each member's own width when the members are padded (`pad_members`), else
+        `noise.normal(*shape)`."""
         widths = self.member_widths[kind]
-        return noise.normal(rows, width) if widths is None else noise.padded_normal(rows, width, widths)
+        if widths is None:
+            return noise.normal(*shape)
+        rows = math.prod(shape[:-1])  # drawn row by row, as the unpacked `normal(*shape)` is
+        return noise.padded_normal(rows, shape[-1], widths).view(self.members, *shape)
 
     @classmethod
     def check_noise_dim(cls, noise_dim: int) -> None:
@@ -426,8 +431,6 @@ class GaussianEncoderModel(LatentModel):
 
     def reparameterise(self, q: Normal, noise: MemberRandom) -> torch.Tensor:
         """z = mu + sigma * eps2 with eps2 from the member's own stream."""
-        if q.loc.dim() != 3:  # (only padded draws need it; every caller passes [S, B, Z])
-            return q.loc + q.scale * noise.normal(*q.loc.shape[1:])
         return q.loc + q.scale * self.draw(noise, "latent", *q.loc.shape[1:])
 
     def elbo_terms(self, x: torch.Tensor, noise: MemberRandom):
