@@ -15,6 +15,7 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,12 +301,44 @@ def classifiers_seconds(profile: Profile, out: Path, device: str) -> float:
     )
 
 
+def host_seconds(training: Iterable[float], device: str) -> float:
+    """The part of a plan's compute that runs on the host rather than on a GPU, given each run's
+    training seconds still to do: on CUDA, each training call's fixed cost (its data to the device,
+    the graphs' capture); nothing on a CPU, where all of it is the host's."""
+    if not device.startswith("cuda"):
+        return 0.0
+    return GPU_TRAIN_CALL_SECONDS * sum(1 for seconds in training if seconds > 0)
+
+
+def runs_at_once(compute: float, host: float, parallel: int, device: str, executor: str) -> float:
+    """How many seconds of the plan's `compute` pass per second of wall time with `parallel` runs
+    at a time. On a CPU (a core each) and under Ray (whose tasks may each have a GPU of their own):
+    `parallel`. Local processes on one CUDA device time-slice it (their kernels do not overlap), so
+    they run side by side only until the GPU is busy: the wall time is the larger of the GPU's part
+    of the work (all but `host`) and the work shared by `parallel`. Measured on one H200: 16
+    processes of the full profile's Table 1 did in 300 s what one process does alone (GPU-bound);
+    8 processes of the quick profile, whose runs are short and mostly the host's, took 93 s for
+    about 810 s of their own time (issue 23)."""
+    if not device.startswith("cuda") or executor != "local" or parallel <= 1 or compute <= 0:
+        return float(parallel)
+    return compute / max(compute - min(host, compute), compute / parallel)
+
+
 def plan_seconds(
-    compute: float, parallel: int, profile: Profile, out: Path, device: str, executor: str, jobs: int
+    compute: float,
+    parallel: int,
+    profile: Profile,
+    out: Path,
+    device: str,
+    executor: str,
+    jobs: int,
+    host: float = 0.0,
 ) -> float:
-    """Wall time of a profile's plan whose runs need `compute` seconds (`estimate_run_seconds`):
-    with the classifiers still to train, shared by `parallel` runs at a time, after the executor
-    has started; nothing when no run has work left."""
+    """Wall time of a profile's plan whose runs need `compute` seconds (`estimate_run_seconds`),
+    `host` of them on the host (`host_seconds`): with the classifiers still to train, `parallel`
+    runs at a time (`runs_at_once`), after the executor has started; nothing when no run has work
+    left."""
     if not compute:
         return 0.0
-    return (compute + classifiers_seconds(profile, out, device)) / parallel + start_seconds(executor, jobs)
+    at_once = runs_at_once(compute, host, parallel, device, executor)
+    return (compute + classifiers_seconds(profile, out, device)) / at_once + start_seconds(executor, jobs)

@@ -62,7 +62,7 @@ class PlanProgress:
     elapsed time, time left and the current run. Off when stderr is not a terminal (or progress is
     off): then each finished run is one printed line."""
 
-    def __init__(self, estimates: dict[str, float], parallel: int, enabled: bool):
+    def __init__(self, estimates: dict[str, float], parallel: float, enabled: bool):
         self.estimates, self.parallel = estimates, parallel
         self.total, self.done, self.current = max(sum(estimates.values()), 1e-9), 0.0, ""
         self.bar = tqdm(

@@ -27,7 +27,7 @@ import torch
 
 from avae.errors import AvaeError, ConfigError
 from avae.io import atomic_write_text, check_writable_dir, read_json, write_json
-from avae.repro.costs import estimate_run_seconds, plan_seconds
+from avae.repro.costs import estimate_run_seconds, host_seconds, plan_seconds, runs_at_once
 from avae.repro.execute import Task
 from avae.repro.plan import (
     PlannedRun,
@@ -90,15 +90,13 @@ def provenance(runtime: Runtime, jobs: int) -> dict[str, Any]:
 
 
 def dry_run_table(
-    runs: list[PlannedRun], profile: Profile, out: Path, device: str, packed: dict[str, int] | None = None
-) -> tuple[str, float]:
-    """The --dry-run table of the runs and their total estimated seconds; `packed`: the members of
-    the pack each packed run trains in (`avae.repro.plan.pack_members`)."""
-    rows, total = [], 0.0
+    runs: list[PlannedRun], profile: Profile, out: Path, parts: dict[str, tuple[float, float]]
+) -> str:
+    """The --dry-run table of the runs with their estimated (training, evaluation) seconds `parts`."""
+    rows = []
     for run in runs:
         status, epoch = status_of(run, profile, out)
-        train_s, eval_s = estimate_run_seconds(run, profile, out, device, pack=(packed or {}).get(run.key, 0))
-        total += train_s + eval_s
+        train_s, eval_s = parts[run.key]
         rows.append(
             [
                 run.dir_name,
@@ -112,7 +110,7 @@ def dry_run_table(
             ]
         )
     header = ["run", "experiments", "seeds", "epochs", "status", "metrics", "train s (est.)", "eval s (est.)"]
-    return format_table(header, rows), total
+    return format_table(header, rows)
 
 
 def status_label(status: RunStatus, epoch: int, run_dir: Path) -> str:
@@ -205,11 +203,17 @@ def reproduce(
     packed = pack_members(runs, out) if pack else {}  # each packed run's pack, in members
     if note := published_note(runs, profile, out, status):
         print(note, file=sys.stderr, flush=True)
+    parts = {
+        run.key: estimate_run_seconds(run, profile, out, runtime.device, pack=packed.get(run.key, 0))
+        for run in runs
+    }
+    estimates = {key: sum(part) for key, part in parts.items()}
+    total = sum(estimates.values())
+    host = host_seconds((train for train, _ in parts.values()), runtime.device)
     if dry_run:
-        table, total = dry_run_table(runs, profile, out, runtime.device, packed)
         parallel = min(jobs, os.cpu_count() or 1)
-        wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs)
-        print(table)
+        wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host)
+        print(dry_run_table(runs, profile, out, parts))
         print(
             f"\n{len(runs)} runs of profile {profile.name!r} on {runtime.device}: about {clock(total)} of "
             f"compute in all (estimate), about {clock(wall)} with --jobs {jobs}"
@@ -223,13 +227,9 @@ def reproduce(
         return []
     check_executor(executor, address, runtime.device)  # before anything is written
     check_writable_dir(out)  # an --out that is a file, or that this user may not write in
-    estimates = {
-        run.key: sum(estimate_run_seconds(run, profile, out, runtime.device, pack=packed.get(run.key, 0)))
-        for run in runs
-    }
     parallel = max(1, min(jobs, len(runs)))
     left = sum(1 for seconds in estimates.values() if seconds)
-    wall = plan_seconds(sum(estimates.values()), parallel, profile, out, runtime.device, executor, jobs)
+    wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host)
     print(
         f"avae reproduce: profile {profile.name!r}, {len(runs)} runs, {left} with work left; about "
         f"{clock(wall)} on {runtime.device} with --jobs {jobs} "
@@ -256,7 +256,9 @@ def reproduce(
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
         PlanProgress(
-            estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress
+            estimates,
+            cluster.slots() if cluster else runs_at_once(total, host, parallel, runtime.device, executor),
+            enabled=runtime.progress,
         ) as progress,
     ):
         packs = train_in_packs(tasks, progress, replace(worker, threads=runtime.threads)) if pack else None

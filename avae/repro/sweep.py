@@ -25,7 +25,7 @@ from avae.evaluation.cost_model import metric_seconds
 from avae.evaluation.evaluate import parse_metrics
 from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
-from avae.repro.costs import estimate_train_seconds
+from avae.repro.costs import estimate_train_seconds, host_seconds, runs_at_once
 from avae.repro.execute import Task
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics, pack_members
 from avae.repro.progress import PlanProgress, clock
@@ -125,23 +125,28 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[d
     return points
 
 
-def estimate_seconds(run: PlannedRun, steps: list[EvalStep], out: Path, device: str, pack: int = 0) -> float:
-    """The cost model's time for what the run still needs: training epochs left and missing metrics.
-    `pack`: the members of the pack the run trains in (0: alone), whose training time is shared
-    among its runs by members, as `avae.repro.costs.estimate_run_seconds` shares it."""
+def estimate_seconds(
+    run: PlannedRun, steps: list[EvalStep], out: Path, device: str, pack: int = 0
+) -> tuple[float, float]:
+    """The cost model's (training, evaluation) seconds for what the run still needs: training
+    epochs left and missing metrics. `pack`: the members of the pack the run trains in (0: alone),
+    whose training time is shared among its runs by members, as
+    `avae.repro.costs.estimate_run_seconds` shares it."""
     cfg, run_dir = run.cfg, out / run.dir_name
     if read_divergence(run_dir) is not None:
-        return 0.0  # not retried
+        return 0.0, 0.0  # not retried
     epoch = checkpoint_epoch(run_dir)
-    seconds = 0.0
+    train = 0.0
     if epoch < cfg.epochs:
         images, members = cfg.train_subset or 60000, max(pack, len(cfg.seeds))
         whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
-        seconds += whole * len(cfg.seeds) / members
+        train = whole * len(cfg.seeds) / members
     points = cfg.test_subset or 10000
-    for step in missing_metrics(run_dir, cfg, steps):
-        seconds += metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
-    return seconds
+    evaluation = sum(
+        metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
+        for step in missing_metrics(run_dir, cfg, steps)
+    )
+    return train, evaluation
 
 
 def sweep(
@@ -177,15 +182,17 @@ def sweep(
     runs = {run.key: run for _, run in points}  # one task per distinct configuration
     steps = {key: metric_steps(chosen, run.cfg.model.name) for key, run in runs.items()}
     packed = pack_members(list(runs.values()), out) if pack else {}  # each packed run's pack, in members
-    estimates = {
+    parts = {
         key: estimate_seconds(run, steps[key], out, runtime.device, packed.get(key, 0))
         for key, run in runs.items()
     }
-    parallel = max(1, min(jobs, len(runs)))
+    estimates = {key: sum(part) for key, part in parts.items()}
+    total, host = sum(estimates.values()), host_seconds((t for t, _ in parts.values()), runtime.device)
+    at_once = runs_at_once(total, host, max(1, min(jobs, len(runs))), runtime.device, executor)
     print(
         f"avae sweep: {len(points)} points, {len(runs)} runs, "
         f"{sum(1 for s in estimates.values() if s)} with work left; about "
-        f"{clock(sum(estimates.values()) / parallel)} on {runtime.device} with --jobs {jobs} (estimate)",
+        f"{clock(total / at_once)} on {runtime.device} with --jobs {jobs} (estimate)",
         flush=True,
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +204,7 @@ def sweep(
     tasks = [Task(run, None, out, worker, steps=steps[key]) for key, run in left.items()]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
-        PlanProgress(estimates, cluster.slots() if cluster else parallel, enabled=runtime.progress) as bar,
+        PlanProgress(estimates, cluster.slots() if cluster else at_once, enabled=runtime.progress) as bar,
     ):
         packs = train_in_packs(tasks, bar, replace(worker, threads=runtime.threads)) if pack else None
         _, failures = run_tasks(packs.tasks if packs else tasks, jobs, bar, cluster)
