@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from avae.evaluation.stats import compare, mean_ci
+from avae.likelihood.scoring import EvalSettings
 from avae.repro.paper import PAPER_TABLE1
 
 NAMES = {"vae": "VAE", "vae-noise": "VAE+ε", "avb": "AVB", "avae": "AVAE", "avb-ac": "AVB-AC"}
@@ -154,6 +155,99 @@ def reduced_ais_section(record: dict | None, full: dict) -> list[str]:
         "retrains of section 3; AVB-AC are the published runs (section 6), whose weights were kept.",
         "",
         *table(["model", "data set", "run", f"IWAE-{settings['iwae_k']}", *labels, gap_label], rows),
+        "",
+    ]
+
+
+def single_member_runs(record: dict | None) -> dict[str, dict]:
+    """The studied runs of an ais_convergence.py file ({} when the file is absent)."""
+    if record is None:
+        return {}
+    return {name: run for name, run in record.items() if isinstance(run, dict) and "ais" in run}
+
+
+def figure(run: dict, steps: str, chains: str) -> float | None:
+    """The study's mean figure at `steps` and `chains`, None where that call did not finish."""
+    entry = run["ais"].get(steps)
+    return None if entry is None else entry["by_chains"][chains]["mean"]
+
+
+def cell(value: float | None) -> str:
+    return "not run" if value is None else f"{value:.2f}"
+
+
+def long_ais_section(record: dict | None) -> list[str]:
+    """The CPU study at the H200 study's settings (1k, 3k and 10k steps, 16 chains, 50 points) on one
+    member of each run the H200 study lacks (ais_convergence_cpu_10k.json); nothing when absent."""
+    runs = single_member_runs(record)
+    if not runs:
+        return []
+    settings = record["settings"]
+    rows = []
+    for name, run in runs.items():
+        cells = [cell(figure(run, s, c)) for s in ("1000", "3000", "10000") for c in ("4", "16")]
+        first, best = figure(run, "1000", "4"), figure(run, "10000", "16")
+        gap = "not run" if best is None else f"{first - best:.2f}"
+        iwae = f"{run['iwae_k' + str(settings['iwae_k'])]['mean']:.2f}"
+        rows.append([NAMES[run["model"]], run["dataset"], f"`{name}`", iwae, *cells, gap])
+    labels = [f"AIS {s}, {c} ch." for s in ("1k", "3k", "10k") for c in (4, 16)]
+    seeds = ", ".join(str(seed) for seed in settings["seeds"])
+    return [
+        "### 1c. The H200 study's settings on the CPU, one member",
+        "",
+        f"The study of section 1 at its own settings (the first {settings['points']} test images; 1,000, "
+        "3,000 and 10,000 steps; 16 chains, the 4-chain figures the first 4 of them; IWAE-"
+        f"{settings['iwae_k']} on the same points) for the runs it lacks, on the 2-core CPU, which can "
+        f"afford it for one member of each run only: the member of training seed {seeds}. A member "
+        "scored alone gets the figures it gets beside the others (its weights and random streams are "
+        "its own). One member's mean over the points, so no interval; the gap is the published "
+        "setting's figure minus the 10k×16 one.",
+        "",
+        *table(["model", "data set", "run", f"IWAE-{settings['iwae_k']}", *labels, "1k×4 − 10k×16"], rows),
+        "",
+    ]
+
+
+def start_section(prior: dict | None, encoder: dict | None, reference: dict | None) -> list[str]:
+    """AIS from the prior against AIS from a Gaussian fitted to the encoder at equal steps and
+    chains, each beside the 10k×16 figure from the prior of section 1c (ais_start_*.json)."""
+    from_prior, from_encoder = single_member_runs(prior), single_member_runs(encoder)
+    if not from_prior or not from_encoder:
+        return []
+    settings = encoder["settings"]
+    steps, chains = [str(s) for s in settings["steps"]], str(settings["chains"])
+    best = single_member_runs(reference)
+    rows = []
+    for name, run in from_encoder.items():
+        if name not in from_prior:
+            continue
+        target = figure(best[name], "10000", "16") if name in best else None
+        pairs = []
+        for s in steps:
+            for start in (from_prior[name], run):
+                value = figure(start, s, chains)
+                if value is None and start is not run and name in best:  # section 1c's first chains
+                    value = figure(best[name], s, chains)
+                known = target is not None and value is not None
+                pairs.append(f"{value:.2f} ({value - target:+.2f})" if known else cell(value))
+        rows.append([NAMES[run["model"]], run["dataset"], f"`{name}`", *pairs, cell(target)])
+    labels = [f"{int(s):,} steps, {start}" for s in steps for start in ("prior", "encoder")]
+    missing = [f"{int(s):,}" for s in steps if int(s) not in prior["settings"]["steps"]]
+    return [
+        "### 1d. Does AIS from the encoder converge faster?",
+        "",
+        "AIS along the geometric path from r(z), a diagonal Gaussian fitted to the encoder, to p(z) p(x|z) "
+        "(r is the model's IWAE proposal: its Gaussian q(z|x), for a noise-injected encoder given one "
+        "draw of ε₁, and for an implicit encoder the Gaussian with the mean and standard deviation of "
+        f"{EvalSettings().avb_samples} of its draws, as AVB's reference code starts AIS), against AIS "
+        "from the prior as published, at equal steps and "
+        f"{chains} chains, on the same {next(iter(from_encoder.values()))['points']} points and member. "
+        "r is normalised and drawn from exactly, so both are unbiased estimates of p(x); in brackets the "
+        "distance to the 10k×16 figure from the prior (section 1c), where it was run. A step count the "
+        f"prior's own call did not run ({', '.join(missing) or 'none'}) is section 1c's figure from its "
+        f"first {chains} chains.",
+        "",
+        *table(["model", "data set", "run", *labels, "prior 10k×16"], rows),
         "",
     ]
 
@@ -476,6 +570,12 @@ def render(folder: Path, published: Path) -> str:
         *ais_section(read(folder / "ais_convergence.json"), published, folder / "h200-retrained"),
         *reduced_ais_section(
             read_if(folder / "ais_convergence_cpu.json"), read(folder / "ais_convergence.json")
+        ),
+        *long_ais_section(read_if(folder / "ais_convergence_cpu_10k.json")),
+        *start_section(
+            read_if(folder / "ais_start_prior.json"),
+            read_if(folder / "ais_start_encoder.json"),
+            read_if(folder / "ais_convergence_cpu_10k.json"),
         ),
         *prefix_section(published),
         *readings_section(folder, published),

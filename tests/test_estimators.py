@@ -329,3 +329,60 @@ def test_the_ais_convergence_study_writes_every_step_and_chain_count(tmp_path, t
             math.isfinite(v["mean"]) and len(v["per_member"]) == 2 for v in steps["by_chains"].values()
         )
         assert steps["hmc"] and all(isinstance(v, float) for v in steps["hmc"].values())
+
+
+def study_script():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ais_convergence.py"
+    spec = importlib.util.spec_from_file_location("ais_convergence", script)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    return study
+
+
+def test_ais_from_a_gaussian_near_the_posterior_is_exact_in_the_limit_and_faster():
+    """The AIS start of scripts/ais_convergence.py --start encoder: the geometric path from a
+    diagonal Gaussian r (here the exact posterior's marginals, as a fitted encoder would be) to
+    p(z) p(x|z) estimates the exact log p(x) of a linear-Gaussian model; at 50 steps, where AIS
+    from the prior is more than a nat low (the test above), it is within a few tenths."""
+    from avae.likelihood.scoring import EvalSettings
+
+    study = study_script()
+    lg = LinearGaussian(members=2, points=8, latent=10, dim=50, sigma=2.0)
+    start = Normal(lg.post_loc, torch.diagonal(lg.post_cov, dim1=1, dim2=2).sqrt().unsqueeze(1))
+    errors = {}
+    for steps in (50, 1000):
+        settings = EvalSettings(ais_steps=steps, ais_chains=8, leapfrog=5)
+        log_w, _ = study.ais_from(start, lg.log_lik, settings, MemberRandom([0, 1], "encoder-start"))
+        errors[steps] = float((est.ais_log_marginal(log_w) - lg.exact).mean())
+    from_prior = float(ais_errors(lg, 50, 8, est.HMCSettings(leapfrog=5), seed=0)[0].mean())
+    assert -0.3 < errors[50] < 0.1 and -0.1 < errors[1000] < 0.1, errors
+    assert from_prior < errors[50] - 0.7, (from_prior, errors)
+
+
+def test_a_member_scored_alone_gets_the_figures_it_gets_beside_the_others(tmp_path, two_datasets):  # noqa: F811
+    """scripts/ais_convergence.py --seeds: the members kept are the run's own, with their own random
+    streams and IWAE's chunks, so they get their figures to rounding (products batched over fewer
+    members may round differently)."""
+    import json
+
+    from test_packs import configs  # tests/ is on sys.path
+
+    from avae.training.config import Runtime
+    from avae.training.train import train
+
+    study = study_script()
+    run = train(configs("vae-noise", epochs=1)[0], tmp_path / "run", runtime=Runtime(progress=False))
+    argv = [str(run), "--points", "3", "--steps", "4", "--chains", "2", "--subchains", "1", "--iwae-k", "5"]
+    figures = {}
+    for seeds in ("", "1"):
+        out = tmp_path / f"ais{seeds}.json"
+        assert study.main([*argv, "--out", str(out), *(["--seeds", seeds] if seeds else [])]) == 0
+        entry = json.loads(out.read_text())[run.name]
+        figures[seeds] = entry["ais"]["4"]["by_chains"]["2"]["per_member"], entry["iwae_k5"]["per_member"]
+    for alone, beside in zip(figures["1"], figures[""], strict=True):
+        assert alone == pytest.approx(beside[1:], rel=1e-6, abs=0)
+    with pytest.raises(SystemExit, match="not seeds of this run"):
+        study.main([*argv, "--out", str(tmp_path / "x.json"), "--seeds", "7"])
