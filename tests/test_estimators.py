@@ -345,20 +345,20 @@ def study_script():
 def test_ais_from_a_gaussian_near_the_posterior_is_exact_in_the_limit_and_faster():
     """The AIS start of scripts/ais_convergence.py --start encoder: the geometric path from a
     diagonal Gaussian r (here the exact posterior's marginals, as a fitted encoder would be) to
-    p(z) p(x|z) estimates the exact log p(x) of a linear-Gaussian model; at 50 steps, where AIS
-    from the prior is more than a nat low (the test above), it is within a few tenths."""
+    p(z) p(x|z) estimates the exact log p(x) of a linear-Gaussian model, within 0.1 nats at 200
+    steps; at 50 steps, where AIS from the prior is more than a nat low, within a few tenths."""
     from avae.likelihood.scoring import EvalSettings
 
     study = study_script()
     lg = LinearGaussian(members=2, points=8, latent=10, dim=50, sigma=2.0)
     start = Normal(lg.post_loc, torch.diagonal(lg.post_cov, dim1=1, dim2=2).sqrt().unsqueeze(1))
     errors = {}
-    for steps in (50, 1000):
+    for steps in (50, 200):
         settings = EvalSettings(ais_steps=steps, ais_chains=8, leapfrog=5)
         log_w, _ = study.ais_from(start, lg.log_lik, settings, MemberRandom([0, 1], "encoder-start"))
         errors[steps] = float((est.ais_log_marginal(log_w) - lg.exact).mean())
     from_prior = float(ais_errors(lg, 50, 8, est.HMCSettings(leapfrog=5), seed=0)[0].mean())
-    assert -0.3 < errors[50] < 0.1 and -0.1 < errors[1000] < 0.1, errors
+    assert -0.3 < errors[50] < 0.1 and -0.1 < errors[200] < 0.1, errors
     assert from_prior < errors[50] - 0.7, (from_prior, errors)
 
 
