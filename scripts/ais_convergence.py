@@ -14,6 +14,11 @@ published AIS figures are too pessimistic by at least that much.
     PYTHONPATH=. python scripts/ais_convergence.py RUN_DIR [RUN_DIR ...] --points 50 \
         --steps 1000,3000,10000 --chains 16 --subchains 4 --device cuda --out ais.json
 
+`--seeds` scores only some members of each run (their figures are those they get beside the
+others, to rounding), for a study too long for every member on a CPU. `--start encoder` starts AIS
+from a Gaussian fitted to the encoder instead of the prior (`ais_from`; the comparison of
+results/measurement, section 1d; the published figures start from the prior).
+
 Results are written after every (run, steps) pair, so a run cut short keeps what it finished.
 """
 

@@ -115,12 +115,19 @@ def later_move(full: dict) -> float:
     return max(a - b for a, b in zip(figure["3000"], figure["10000"], strict=True))
 
 
+def studied_runs(record: dict | None) -> dict[str, dict]:
+    """The studied runs of an ais_convergence.py file ({} when the file is absent)."""
+    if record is None:
+        return {}
+    return {name: run for name, run in record.items() if isinstance(run, dict) and "ais" in run}
+
+
 def reduced_ais_section(record: dict | None, full: dict) -> list[str]:
     """The reduced AIS study on the CPU (ais_convergence_cpu.json): the runs the H200 study (`full`)
     lacks, at 1,000 and 3,000 steps with up to 8 chains; nothing when the file is absent."""
     if record is None:
         return []
-    runs = {name: run for name, run in record.items() if isinstance(run, dict) and "ais" in run}
+    runs = studied_runs(record)
     settings = record["settings"]
     steps, chains = [str(s) for s in settings["steps"]], str(settings["chains"])
     widths = sorted({*map(str, settings["subchains"]), chains}, key=int)
@@ -160,13 +167,6 @@ def reduced_ais_section(record: dict | None, full: dict) -> list[str]:
     ]
 
 
-def single_member_runs(record: dict | None) -> dict[str, dict]:
-    """The studied runs of an ais_convergence.py file ({} when the file is absent)."""
-    if record is None:
-        return {}
-    return {name: run for name, run in record.items() if isinstance(run, dict) and "ais" in run}
-
-
 def figure(run: dict, steps: str, chains: str) -> float | None:
     """The study's mean figure at `steps` and `chains`, None where that call did not finish."""
     entry = run["ais"].get(steps)
@@ -180,7 +180,7 @@ def cell(value: float | None) -> str:
 def long_ais_section(record: dict | None) -> list[str]:
     """The CPU study at the H200 study's settings (1k, 3k and 10k steps, 16 chains, 50 points) on one
     member of each run the H200 study lacks (ais_convergence_cpu_10k.json); nothing when absent."""
-    runs = single_member_runs(record)
+    runs = studied_runs(record)
     if not runs:
         return []
     settings = record["settings"]
@@ -212,12 +212,12 @@ def long_ais_section(record: dict | None) -> list[str]:
 def start_section(prior: dict | None, encoder: dict | None, reference: dict | None) -> list[str]:
     """AIS from the prior against AIS from a Gaussian fitted to the encoder at equal steps and
     chains, each beside the 10k×16 figure from the prior of section 1c (ais_start_*.json)."""
-    from_prior, from_encoder = single_member_runs(prior), single_member_runs(encoder)
+    from_prior, from_encoder = studied_runs(prior), studied_runs(encoder)
     if not from_prior or not from_encoder:
         return []
     settings = encoder["settings"]
     steps, chains = [str(s) for s in settings["steps"]], str(settings["chains"])
-    best = single_member_runs(reference)
+    best = studied_runs(reference)
     rows = []
     for name, run in from_encoder.items():
         if name not in from_prior:
