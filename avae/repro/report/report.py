@@ -12,7 +12,7 @@ from avae.core.models import MODELS
 from avae.errors import ConfigError
 from avae.io import atomic_write_text, read_json
 from avae.repro.costs import estimate_run_seconds
-from avae.repro.paper import DATASET_LABELS, dataset_label
+from avae.repro.paper import DATASET_LABELS, PAPER_LATENTS, dataset_label
 from avae.repro.plan import PROFILES, get_profile, runs_for
 from avae.repro.report.caveats import convergence_warning, divergence_note
 from avae.repro.report.claims import claims_section
@@ -20,6 +20,7 @@ from avae.repro.report.curves import curves_section
 from avae.repro.report.findings import findings_section
 from avae.repro.report.sweep_report import write_sweep_report
 from avae.repro.report.tables import (
+    EVALUATE_EACH_RUN,
     analysis_section,
     grid_section,
     honest_section,
@@ -62,9 +63,7 @@ def fill_command(profile: str | None, out: Path) -> str:
     """The command that fills a report's gaps with the settings and test points of its other rows,
     with the cost model's estimate of its time (DIR is this report's directory)."""
     if profile not in PROFILES:
-        return (
-            "Fill them with `avae evaluate` / `avae analyse` on each run, with the settings in its eval.json."
-        )
+        return EVALUATE_EACH_RUN
     planned = get_profile(profile)
     seconds = sum(
         sum(estimate_run_seconds(run, planned, out, "cpu", measured=False)) for run in runs_for(planned)
@@ -73,6 +72,12 @@ def fill_command(profile: str | None, out: Path) -> str:
         f"`avae reproduce --profile {profile} --out DIR` fills them with the same settings and test points "
         f"(about {seconds / 60:.0f} min of one CPU core by the cost model; runs without checkpoints retrain)."
     )
+
+
+def honest_latents(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """The latent sizes whose runs the profile evaluates with IWAE and AIS (all of the paper's where
+    reproduce.json does not say)."""
+    return tuple(manifest.get("settings", {}).get("honest_latents", PAPER_LATENTS))
 
 
 def write_report(out: str | Path) -> Path:
@@ -104,7 +109,7 @@ def write_report(out: str | Path) -> Path:
         header_section(runs, datasets, manifest.get("profile", "unknown (no reproduce.json)"))
         + train_only_note(manifest),
         table1_section(table, datasets, figdir),
-        honest_section(table, datasets, figdir, iwae_key, fill),
+        honest_section(table, datasets, figdir, iwae_key, fill, honest_latents(manifest)),
         findings_section(table, datasets, figdir, iwae_key),
         curves_section(table, datasets, figdir, "fig6"),
         curves_section(table, datasets, figdir, "fig7"),

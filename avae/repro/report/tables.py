@@ -24,6 +24,11 @@ def table_rows(dataset: str, latent: int) -> list[RowKey]:
     return [key for model in MODELS for key in rows_of(dataset, model, latent)]
 
 
+def latents_of(table: Table, dataset: str) -> list[int]:
+    """The paper's latent sizes that `dataset` has runs at, in the paper's order."""
+    return [z for z in PAPER_LATENTS if any(k.dataset == dataset and k.latent == z for k in table)]
+
+
 def cell(values: list[float] | None, missing: str = "-") -> str:
     return stats.fmt_ci(values) if values else missing
 
@@ -40,7 +45,7 @@ def table1_section(table: Table, datasets: list[str], figdir: Path) -> str:
     ]
     csv_rows = []
     for dataset in datasets:
-        latents = [z for z in PAPER_LATENTS if any(k.dataset == dataset and k.latent == z for k in table)]
+        latents = latents_of(table, dataset)
         header = ["model"] + [f"z={z} {part}" for z in latents for part in ("own", "critic", "paper")]
         rows = []
         for key in table_rows(dataset, 10):
@@ -85,10 +90,17 @@ def budget_note(table: Table, dataset: str) -> str:
     )
 
 
+EVALUATE_EACH_RUN = (
+    "Fill them with `avae evaluate` / `avae analyse` on each run, with the settings in its eval.json."
+)
 HONEST_FIGURES = (("neg_elbo", "own"), ("neg_critic", "critic"), ("iwae_k1", "IWAE-1"))
 
 
-def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: str, fill: str) -> str:
+def honest_section(
+    table: Table, datasets: list[str], figdir: Path, iwae_key: str, fill: str, latents: tuple[int, ...]
+) -> str:
+    """IWAE and AIS tables at each of `latents` (those the profile evaluates honestly), and the runs
+    there that still lack AIS."""
     iwae_name = iwae_key.replace("iwae_k", "IWAE-")
     lines = [
         "## Honest figures on shared test points",
@@ -99,33 +111,22 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
         "model, unlike the paper's figure. Every figure of a table below is averaged over the same test "
         "points (the first N test images), so a row can be read across. Mean ± 95% CI over seeds.",
     ]
-    csv_rows, missing = [], []
+    csv_rows = []
     for dataset in datasets:
-        for key_name, label in ((iwae_key, iwae_name), ("ais", "AIS")):
-            points = shared_points(table, dataset, key_name)
-            if points is None:
-                continue
-            figures = [*HONEST_FIGURES, (iwae_key, iwae_name)] + (
-                [("ais", "AIS")] if key_name == "ais" else []
-            )
-            rows = []
-            for key in (k for k in table_rows(dataset, 10) if k in table):
-                run = table[key]
-                values = [run.metric(name, points) for name, _ in figures]
-                gap = "diverged" if run.divergence else "-"
-                rows.append([row_label(key.model, key.reading), *(cell(v, gap) for v in values)])
-                for (name, _), v in zip(figures, values, strict=True):
-                    mean, half = stats.mean_ci(v) if v else (float("nan"), float("nan"))
-                    csv_rows.append([dataset, key.model, key.reading, points, name, len(v or []), mean, half])
-            title = (
-                f"### {dataset_label(dataset)}, latent 10: the first {points} test images ({label} points)"
-            )
-            lines += ["", title, "", format_table(["model", *(f for _, f in figures)], rows)]
-        missing += [
-            table[k].dir.name
-            for k in table_rows(dataset, 10)
-            if k in table and not table[k].entry("ais") and not table[k].divergence
-        ]
+        for latent in (z for z in latents_of(table, dataset) if z in latents):
+            for key_name in (iwae_key, "ais"):
+                text, rows = honest_table(table, dataset, latent, key_name, iwae_key)
+                lines += text
+                csv_rows += rows
+    lacking = [
+        key
+        for dataset in datasets
+        for latent in latents_of(table, dataset)
+        for key in table_rows(dataset, latent)
+        if key in table and not table[key].entry("ais") and not table[key].divergence
+    ]
+    planned = [table[k].dir.name for k in lacking if k.latent in latents]
+    unplanned = sorted({k.latent for k in lacking if k.latent not in latents})
     if any(
         entry is not None and not entry.is_log_likelihood
         for entry in (r.entry("neg_elbo") for r in table.values())
@@ -136,17 +137,47 @@ def honest_section(table: Table, datasets: list[str], figdir: Path, iwae_key: st
             "setting), which is not a normalised density on [0, 1]^784, so the figures are comparable "
             "between models but are not log-likelihoods.",
         ]
-    if missing:
+    if planned:
+        lines += ["", f"Not evaluated with AIS: {', '.join(planned)}. {fill}"]
+    if unplanned:
+        count = sum(k.latent in unplanned for k in lacking)
         lines += [
             "",
-            f"Not evaluated with AIS: {', '.join(missing)}. {fill}",
+            f"Not evaluated with AIS, since the profile plans IWAE and AIS at latent "
+            f"{' and '.join(map(str, latents)) or 'none'} only: {count} run(s) at latent "
+            f"{' and '.join(map(str, unplanned))}. `avae evaluate RUN_DIR --metrics iwae,ais` adds them to "
+            "a run (with `--subset` and `--ais-steps` as the runs above were evaluated, to compare).",
         ]
     write_csv(
         figdir / "honest.csv",
-        ["dataset", "model", "reading", "points", "metric", "seeds", "mean", "ci95"],
+        ["dataset", "model", "reading", "latent_dim", "points", "metric", "seeds", "mean", "ci95"],
         csv_rows,
     )
     return "\n".join([*lines, "", "CSV: [report/honest.csv](report/honest.csv)"])
+
+
+def honest_table(
+    table: Table, dataset: str, latent: int, key_name: str, iwae_key: str
+) -> tuple[list[str], list[list[Any]]]:
+    """The Markdown lines and CSV rows of one honest table: every run of `dataset` at `latent` on the
+    test points that all of them have `key_name` (IWAE or AIS) on; nothing if none has it."""
+    points = shared_points(table, dataset, key_name, latent)
+    if points is None:
+        return [], []
+    iwae = (iwae_key, iwae_key.replace("iwae_k", "IWAE-"))
+    figures = [*HONEST_FIGURES, iwae] + ([("ais", "AIS")] if key_name == "ais" else [])
+    rows, csv_rows = [], []
+    for key in (k for k in table_rows(dataset, latent) if k in table):
+        run = table[key]
+        values = [run.metric(name, points) for name, _ in figures]
+        gap = "diverged" if run.divergence else "-"
+        rows.append([row_label(key.model, key.reading), *(cell(v, gap) for v in values)])
+        for (name, _), v in zip(figures, values, strict=True):
+            mean, half = stats.mean_ci(v) if v else (float("nan"), float("nan"))
+            csv_rows.append([dataset, key.model, key.reading, latent, points, name, len(v or []), mean, half])
+    label = "AIS" if key_name == "ais" else iwae[1]
+    title = f"### {dataset_label(dataset)}, latent {latent}: the first {points} test images ({label} points)"
+    return ["", title, "", format_table(["model", *(f for _, f in figures)], rows)], csv_rows
 
 
 def grid_section(
