@@ -141,10 +141,10 @@ def honest_section(
         lines += ["", f"Not evaluated with AIS: {', '.join(planned)}. {fill}"]
     if unplanned:
         count = sum(k.latent in unplanned for k in lacking)
+        where = f"at latent {' and '.join(map(str, latents))} only" if latents else "at no latent size"
         lines += [
             "",
-            f"Not evaluated with AIS, since the profile plans IWAE and AIS at latent "
-            f"{' and '.join(map(str, latents)) or 'none'} only: {count} run(s) at latent "
+            f"Not evaluated with AIS, since the profile plans IWAE and AIS {where}: {count} run(s) at latent "
             f"{' and '.join(map(str, unplanned))}. `avae evaluate RUN_DIR --metrics iwae,ais` adds them to "
             "a run (with `--subset` and `--ais-steps` as the runs above were evaluated, to compare).",
         ]
