@@ -68,7 +68,7 @@ def test_findings_are_paired_differences_on_the_ais_points(tmp_path):
     # VAE+eps - VAE on AIS: d = (-10, -10, -10): no variation, so no interval and no verdict
     assert "| -10.00 | not tested (zero variance) |" in text
     rows = (tmp_path / "findings.csv").read_text().splitlines()
-    assert rows[0].startswith("dataset,question,model,reading") and len(rows) > 5
+    assert rows[0].startswith("dataset,latent_dim,question,model,reading") and len(rows) > 5
 
 
 @pytest.mark.parametrize(
@@ -103,3 +103,26 @@ def test_every_column_of_the_pattern_and_every_claim_test_uses_common_test_point
     assert row.split(" | ")[2].startswith("+10.67 [") and row.split(" | ")[3].startswith("+2.00 [")
     test = claim_test(avb, noise, "iwae_k1000")  # claims: 104 - (105, 106, 107) on the 50 points
     assert test["diff"] == pytest.approx(-2.0) and test["test"] == "paired t"
+
+
+def test_each_latent_with_ais_figures_gets_its_own_answers_against_the_papers_gap_there(tmp_path):
+    """Runs at latents 10 and 15 with AIS, and at 20 without: two blocks, the pattern's paper column at
+    each latent's own Table 1 gap (MNIST VAE+eps - AVAE: 107.3 - 93.08 at 10, 109.4 - 96.9 at 15)."""
+    figures = {"neg_elbo": [110.0, 111.0, 112.0], "iwae_k1000": [105, 106, 107], "ais": [100, 101, 103]}
+    critic = {**figures, "neg_critic": [100.0, 102.0, 101.0]}
+    table = {}
+    for latent in (10, 15):
+        table[rows_of("mnist", "vae-noise", latent)[0]] = run_with(figures, tmp_path)
+        table[rows_of("mnist", "avae", latent)[0]] = run_with(critic, tmp_path)
+    table[rows_of("mnist", "vae-noise", 20)[0]] = run_with({"neg_elbo": [110.0, 111.0, 112.0]}, tmp_path)
+    text = findings_section(table, ["mnist"], tmp_path, "iwae_k1000")
+    blocks = text.split("### ")[1:]
+    assert [block.splitlines()[0] for block in blocks] == [
+        "MNIST, latent 10: the first 50 test images",
+        "MNIST, latent 15: the first 50 test images",
+    ]
+    assert "| AVAE (joint) | +14.22 | +10.00 [" in blocks[0]
+    assert "| AVAE (joint) | +12.50 | +10.00 [" in blocks[1]
+    rows = (tmp_path / "findings.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,latent_dim,question")
+    assert {row.split(",")[1] for row in rows[1:]} == {"10", "15"}

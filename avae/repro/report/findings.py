@@ -1,5 +1,5 @@
-"""What the runs of a reproduction show at latent 10, as answers to four questions a reader asks
-of the paper (the report's "What the runs show"):
+"""What the runs of a reproduction show at each latent size with AIS figures, as answers to four
+questions a reader asks of the paper (the report's "What the runs show"):
 
 1. Does AVAE beat VAE+eps on the honest figures (IWAE, AIS), not only on its own?
 2. Does the paper's pattern (AVAE and AVB well ahead of VAE+eps) appear under the
@@ -23,19 +23,18 @@ from avae.evaluation import stats
 from avae.io import write_csv
 from avae.repro.paper import PAPER_TABLE1, RowKey, dataset_label, rows_of
 from avae.repro.report.figures import format_table
-from avae.repro.report.tables import Table
+from avae.repro.report.tables import Table, latents_of
 from avae.repro.results import RunResult, shared_points
 
 Tests = dict[tuple[str, RowKey, RowKey, str], dict[str, Any] | None]  # (question, a, b, figure) -> test
 Figures = tuple[tuple[str, str], ...]  # (eval.json key, column name)
-LATENT = 10
 
 METHOD = (
-    "Latent 10. Each figure is a per-seed difference, lower is better (negative: the first named is "
-    "better), mean and 95% CI over seeds (paired where the runs share their seeds), with every figure of "
-    "a table on the same test points: the AIS points. The intervals are not corrected for multiple "
-    "comparisons (the claims section below holds the corrected tests). An answer says *better* or "
-    "*worse* only where the 95% CI excludes zero."
+    "At each latent size with AIS figures. Each figure is a per-seed difference, lower is better "
+    "(negative: the first named is better), mean and 95% CI over seeds (paired where the runs share "
+    "their seeds), with every figure of a table on the same test points: the AIS points. The intervals "
+    "are not corrected for multiple comparisons (the claims section below holds the corrected tests). "
+    "An answer says *better* or *worse* only where the 95% CI excludes zero."
 )
 
 
@@ -69,8 +68,8 @@ def answer(test: dict[str, Any] | None, better: str = "better", worse: str = "wo
     return "no difference resolved"
 
 
-def one(dataset: str, model: str) -> RowKey:
-    return rows_of(dataset, model, LATENT)[0]
+def one(dataset: str, model: str, latent: int) -> RowKey:
+    return rows_of(dataset, model, latent)[0]
 
 
 def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: str) -> str:
@@ -78,24 +77,30 @@ def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: 
     iwae_name = iwae_key.replace("iwae_k", "IWAE-")
     figures = (("neg_elbo", "own figure"), (iwae_key, iwae_name), ("ais", "AIS"))
     lines, csv_rows = ["## What the runs show", "", METHOD], []
-    for dataset in datasets:
-        points = shared_points(table, dataset, "ais", LATENT)
+    for dataset, latent in ((d, z) for d in datasets for z in latents_of(table, d)):
+        points = shared_points(table, dataset, "ais", latent)
         if points is None:
             continue
-        lines += ["", f"### {dataset_label(dataset)}: the first {points} test images"]
+        lines += ["", f"### {dataset_label(dataset)}, latent {latent}: the first {points} test images"]
         pairs = [  # (question, first, second, figure of the first, figure of the second)
             *(
-                ("1. AVAE against VAE+eps", avae, one(dataset, "vae-noise"), metric, metric)
-                for avae in rows_of(dataset, "avae", LATENT)
+                ("1. AVAE against VAE+eps", avae, one(dataset, "vae-noise", latent), metric, metric)
+                for avae in rows_of(dataset, "avae", latent)
                 for metric, _ in figures
             ),
             *(
                 ("3. own figure against AIS", key, key, "neg_elbo", "ais")
                 for model in MODELS
-                for key in rows_of(dataset, model, LATENT)
+                for key in rows_of(dataset, model, latent)
             ),
             *(
-                ("4. VAE+eps against VAE", one(dataset, "vae-noise"), one(dataset, "vae"), metric, metric)
+                (
+                    "4. VAE+eps against VAE",
+                    one(dataset, "vae-noise", latent),
+                    one(dataset, "vae", latent),
+                    metric,
+                    metric,
+                )
                 for metric, _ in figures
             ),
         ]
@@ -108,6 +113,7 @@ def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: 
                     csv_rows.append(
                         [
                             dataset,
+                            latent,
                             question,
                             first.model,
                             first.reading,
@@ -119,14 +125,15 @@ def findings_section(table: Table, datasets: list[str], figdir: Path, iwae_key: 
                             *csv_numbers(test),
                         ]
                     )
-        lines += question_one(dataset, table, tests, figures)
-        lines += pattern_lines(table, dataset, iwae_key, points)
-        lines += question_three(dataset, table, tests)
-        lines += question_four(dataset, table, tests, figures)
+        lines += question_one(dataset, latent, table, tests, figures)
+        lines += pattern_lines(table, dataset, latent, iwae_key, points)
+        lines += question_three(dataset, latent, table, tests)
+        lines += question_four(dataset, latent, table, tests, figures)
     write_csv(
         figdir / "findings.csv",
         [
             "dataset",
+            "latent_dim",
             "question",
             "model",
             "reading",
@@ -149,10 +156,10 @@ def csv_numbers(test: dict[str, Any]) -> list[float]:
     return [test["diff"], test["ci_low"], test["ci_high"], test["p"]]
 
 
-def question_one(dataset: str, table: Table, tests: Tests, figures: Figures) -> list[str]:
-    base = one(dataset, "vae-noise")
+def question_one(dataset: str, latent: int, table: Table, tests: Tests, figures: Figures) -> list[str]:
+    base = one(dataset, "vae-noise", latent)
     rows = []
-    for avae in (k for k in rows_of(dataset, "avae", LATENT) if k in table and base in table):
+    for avae in (k for k in rows_of(dataset, "avae", latent) if k in table and base in table):
         cells = [tests.get(("1. AVAE against VAE+eps", avae, base, metric)) for metric, _ in figures]
         verdict = answer(cells[-1], "yes, better", "no, worse")
         if table[avae].divergence:
@@ -165,10 +172,10 @@ def question_one(dataset: str, table: Table, tests: Tests, figures: Figures) -> 
     return ["", "**1. Does AVAE beat VAE+eps on the honest figures?**", "", format_table(header, rows)]
 
 
-def question_three(dataset: str, table: Table, tests: Tests) -> list[str]:
+def question_three(dataset: str, latent: int, table: Table, tests: Tests) -> list[str]:
     rows = []
     for model in MODELS:
-        for key in (k for k in rows_of(dataset, model, LATENT) if k in table):
+        for key in (k for k in rows_of(dataset, model, latent) if k in table):
             test = tests.get(("3. own figure against AIS", key, key, "neg_elbo"))
             if test is not None:
                 verdict = answer(test, "below AIS: optimistic, not a bound", "above AIS: a looser bound")
@@ -183,8 +190,8 @@ def question_three(dataset: str, table: Table, tests: Tests) -> list[str]:
     ]
 
 
-def question_four(dataset: str, table: Table, tests: Tests, figures: Figures) -> list[str]:
-    first, second = one(dataset, "vae-noise"), one(dataset, "vae")
+def question_four(dataset: str, latent: int, table: Table, tests: Tests, figures: Figures) -> list[str]:
+    first, second = one(dataset, "vae-noise", latent), one(dataset, "vae", latent)
     if first not in table or second not in table:
         return []
     cells = [tests.get(("4. VAE+eps against VAE", first, second, metric)) for metric, _ in figures]
@@ -194,19 +201,19 @@ def question_four(dataset: str, table: Table, tests: Tests, figures: Figures) ->
     return ["", "**4. Is noise injection worth anything?**", "", format_table(header, rows)]
 
 
-def pattern_lines(table: Table, dataset: str, iwae_key: str, points: int) -> list[str]:
+def pattern_lines(table: Table, dataset: str, latent: int, iwae_key: str, points: int) -> list[str]:
     """2. Does the paper's Table 1 pattern (AVAE and AVB well ahead of VAE+eps) appear under the
     discriminator-based figures and disappear under the honest ones? Per-seed gaps with 95% CIs,
     every figure on the first `points` test images (the AIS points)."""
-    base = table.get(one(dataset, "vae-noise"))
+    base = table.get(one(dataset, "vae-noise", latent))
     if dataset not in PAPER_TABLE1:
         return []  # the user's own data: the paper has no figure to compare with
     if base is None:
         return ["", "**2. Does the paper's pattern appear?** Not answered: no VAE+eps run."]
     rows = []
     for model in ("avae", "avb"):
-        paper_gap = PAPER_TABLE1[dataset]["vae-noise"][10] - PAPER_TABLE1[dataset][model][10]
-        for key in (k for k in rows_of(dataset, model, LATENT) if k in table):
+        paper_gap = PAPER_TABLE1[dataset]["vae-noise"][latent] - PAPER_TABLE1[dataset][model][latent]
+        for key in (k for k in rows_of(dataset, model, latent) if k in table):
             run, cells = table[key], []
             for figure, base_figure in (("neg_critic", "neg_elbo"), (iwae_key, iwae_key), ("ais", "ais")):
                 test = difference(base, base_figure, run, figure, points)  # VAE+eps - model: the gap
