@@ -1,5 +1,5 @@
-"""What the runs of a reproduction show at each latent size with AIS figures, as answers to four
-questions a reader asks of the paper (the report's "What the runs show"):
+"""What the runs of a reproduction show at each of the paper's latent sizes with AIS figures, as
+answers to four questions a reader asks of the paper (the report's "What the runs show"):
 
 1. Does AVAE beat VAE+eps on the honest figures (IWAE, AIS), not only on its own?
 2. Does the paper's pattern (AVAE and AVB well ahead of VAE+eps) appear under the
@@ -30,11 +30,11 @@ Tests = dict[tuple[str, RowKey, RowKey, str], dict[str, Any] | None]  # (questio
 Figures = tuple[tuple[str, str], ...]  # (eval.json key, column name)
 
 METHOD = (
-    "At each latent size with AIS figures. Each figure is a per-seed difference, lower is better "
-    "(negative: the first named is better), mean and 95% CI over seeds (paired where the runs share "
-    "their seeds), with every figure of a table on the same test points: the AIS points. The intervals "
-    "are not corrected for multiple comparisons (the claims section below holds the corrected tests). "
-    "An answer says *better* or *worse* only where the 95% CI excludes zero."
+    "At each of the paper's latent sizes with AIS figures. Each figure is a per-seed difference, lower "
+    "is better (negative: the first named is better), mean and 95% CI over seeds (paired where the runs "
+    "share their seeds), with every figure of a table on the same test points: the AIS points. The "
+    "intervals are not corrected for multiple comparisons (the claims section below holds the "
+    "corrected tests). An answer says *better* or *worse* only where the 95% CI excludes zero."
 )
 
 
@@ -167,7 +167,10 @@ def question_one(dataset: str, latent: int, table: Table, tests: Tests, figures:
         rows.append([f"{row_label(avae.model, avae.reading)} - VAE+eps", *map(diff_cell, cells), verdict])
     if not rows:
         title = "**1. Does AVAE beat VAE+eps on the honest figures?**"
-        return ["", f"{title} Not answered: no AVAE or VAE+eps run."]
+        avae_here = any(k in table for k in rows_of(dataset, "avae", latent))
+        present = {"AVAE": avae_here, "VAE+eps": base in table}
+        lacking = " and no ".join(name for name, here in present.items() if not here)
+        return ["", f"{title} Not answered: no {lacking} run at latent {latent}."]
     header = ["difference", *(name for _, name in figures), "beats VAE+eps on AIS?"]
     return ["", "**1. Does AVAE beat VAE+eps on the honest figures?**", "", format_table(header, rows)]
 
@@ -206,8 +209,8 @@ def pattern_lines(table: Table, dataset: str, latent: int, iwae_key: str, points
     discriminator-based figures and disappear under the honest ones? Per-seed gaps with 95% CIs,
     every figure on the first `points` test images (the AIS points)."""
     base = table.get(one(dataset, "vae-noise", latent))
-    if dataset not in PAPER_TABLE1:
-        return []  # the user's own data: the paper has no figure to compare with
+    if latent not in PAPER_TABLE1.get(dataset, {}).get("vae-noise", {}):
+        return []  # the user's own data, or a latent size the paper has no figure at
     if base is None:
         return ["", "**2. Does the paper's pattern appear?** Not answered: no VAE+eps run."]
     rows = []
