@@ -104,7 +104,7 @@ def family_rows(
         interval = (
             "-" if test["ci_low"] != test["ci_low"] else f"[{test['ci_low']:+.2f}, {test['ci_high']:+.2f}]"
         )
-        paper = paper_gain(better, worse)
+        paper = paper_gain(better, worse) if metric == "neg_elbo" else None  # Table 1 is in nats of ELBO
         excludes = excluded_gain(test, paper) if result == "unclear" else "-"
         on_iwae = "-"
         if h is not None:
