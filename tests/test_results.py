@@ -150,6 +150,7 @@ def test_the_paper_report_gives_ais_at_every_latent_it_has_runs_at():
     from scipy import stats as scipy_stats
 
     from avae.core.models import row_label
+    from avae.repro.paper import dataset_label
 
     folder = RESULTS / "paper"
     text = (folder / "report.md").read_text()
@@ -164,9 +165,8 @@ def test_the_paper_report_gives_ais_at_every_latent_it_has_runs_at():
         config = json.loads((eval_path.parent / "config.json").read_text())["config"]
         model = config["model"]
         label = row_label(model["name"], model["adv_update"] if model["name"] == "avae" else "")
-        dataset = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[config["dataset"]]
-        where = f"{dataset}, latent {model['latent_dim']}: the first {ais['points']} test images"
-        heading = f"### {where} (AIS points)"
+        where = f"{dataset_label(config['dataset'])}, latent {model['latent_dim']}"
+        heading = f"### {where}: the first {ais['points']} test images (AIS points)"
         table = text.split(heading)[1].split("\n### ")[0]
         row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
         assert row.rstrip(" |").endswith(f"{sum(values) / len(values):.2f} ± {half:.2f}"), row
