@@ -18,7 +18,7 @@ import pytest
 from avae.cli.commands import main
 from avae.errors import AvaeError, ConfigError, DivergenceError
 from avae.io import read_json, write_csv
-from avae.repro import costs, execute, plan, runner
+from avae.repro import costs, execute, plan, probe, runner
 from avae.repro.paper import Experiment
 from avae.repro.plan import PROFILES, Profile, runs_for
 from avae.repro.publish import finished_runs, publish
@@ -164,17 +164,20 @@ def test_a_dry_run_for_cuda_on_a_machine_without_one_says_so(tmp_path, capsys, m
     assert "note: this machine has no CUDA device; the estimate is for cuda on another machine" in printed.err
 
 
-def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, capsys):
+def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, capsys, monkeypatch):
     """Profile 'paper': paper-z10's published run folders (no checkpoints) are left as they are
     (they lack the reconstruction term, which needs their weights), the separate reading's
     divergence stays recorded, AVB-AC is trained anew (its moments no longer include z), and the
     runs left start with Fig. 6's noise sizes, then the paper's four models; AVB-AC and the separate
     reading come last."""
+    monkeypatch.setattr(probe, "time_steps", lambda cfg: 0.1)  # not timed here: tests/test_probe.py
+    monkeypatch.setattr(probe, "iwae_rate", lambda: 3.6e4)  # does that
     out = tmp_path / "paper"
     for run_dir in (ROOT / "results" / "paper-z10").glob("*/config.json"):
         shutil.copytree(run_dir.parent, out / run_dir.parent.name)
     assert main(["reproduce", "--profile", "paper", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr()
+    assert "IWAE's rate (evaluation 1.00x the cost model's time) timed here on" in printed.out
     rows = [line.split(" | ") for line in printed.out.splitlines() if "-z" in line]
     status = {row[0].strip("| "): row[4] for row in rows}
     assert sum(s.startswith("published, without weights") for s in status.values()) == 9

@@ -3,10 +3,14 @@ bar's time remaining and a report's "fill" estimate.
 
 Training is timed, in this order of preference, by the run's own latest epochs (a resumed run), by
 finished runs in the same --out that cost the same (`Measured`), and by the fitted per-step cost of
-`avae bench`. Evaluation is timed by what alike runs' parts took (index.json), else by the
-estimators' own cost model (`avae.evaluation.cost_model.metric_seconds`). Each training, evaluation
-and analysis call has a fixed cost besides its steps, and a plan as a whole more (`plan_seconds`):
-training the feature classifiers and starting the executor (worker processes, Ray).
+`avae bench`. On a CPU, training that these put above PROBE_ABOVE_SECONDS is also timed by a few of
+the run's own steps on this machine (`avae.repro.probe`), and the slower figure counts: epochs timed
+earlier may have run on another machine. Evaluation is timed by what alike runs' parts took
+(index.json), else by the estimators' own cost model (`avae.evaluation.cost_model.metric_seconds`);
+on a CPU, when that model puts it above PROBE_ABOVE_SECONDS, each part is the larger of the two
+after the model is scaled to this machine's measured IWAE rate. Each
+training, evaluation and analysis call has a fixed cost besides its steps, and a plan as a whole more
+(`plan_seconds`): training the feature classifiers and starting the executor (worker processes, Ray).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from avae.evaluation.cost_model import decoder_rate, device_kind, metric_seconds
 from avae.io import read_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.plan import EvalStep, PlannedRun, Profile, RunStatus, eval_steps, missing_metrics, status_of
+from avae.repro.probe import PROBE_ABOVE_SECONDS, Probe
 from avae.repro.results import INDEX
 from avae.training.config import TrainConfig, make_config
 from avae.training.runs import CONFIG, METRICS, read_metrics
@@ -119,6 +124,11 @@ def gpu_step_seconds(model: str, members: int, bench: Path = GPU_BENCH_JSON) -> 
     return 1.05 * (a + b * members)
 
 
+# A training epoch's test pass (its test -ELBO) per test image, as a share of a training step's cost
+# per training image: a forward pass only (bench.json, 5 members: 0.2 for AVB, 0.39 for the VAE).
+TEST_PASS_SHARE = 0.3
+
+
 def estimate_train_seconds(
     model: str,
     members: int,
@@ -137,7 +147,7 @@ def estimate_train_seconds(
     if fitted is None:
         a_ms, b_ms = builtin_step_ms(model)
         a, b = a_ms / 1e3, b_ms / 1e3
-        eval_s = 0.1 * steps * (a + b * members) * 10000 / train_images
+        eval_s = TEST_PASS_SHARE * steps * (a + b * members) * SPLIT_SIZES["test"] / train_images
     else:
         a, b = fitted
         eval_s = members * max(e["test_pass_s_per_10k"] / e["members"] for e in entries)
@@ -218,40 +228,60 @@ def costs_alike(cfg: TrainConfig, run_dir: Path, device: str) -> bool:
 
 
 def estimate_eval_seconds(
-    run: PlannedRun, profile: Profile, device: str, steps: list[EvalStep], measured: Measured | None = None
+    run: PlannedRun,
+    profile: Profile,
+    device: str,
+    steps: list[EvalStep],
+    measured: Measured | None = None,
+    probe: Probe | None = None,
 ) -> float:
     """Evaluation and analysis time of the steps a run still needs: what alike runs took for each
     part (`measured`), else the cost model's figure (each part a call of its own, as `execute_run`
-    makes them)."""
+    makes them). On a CPU, when the cost model puts the whole over PROBE_ABOVE_SECONDS, `probe`
+    scales its figures to this machine's IWAE rate, and each part is the larger of that and what
+    alike runs took (which may have been timed on another machine)."""
     test, members = test_points(run.cfg), len(run.cfg.seeds)
     took = measured.part_seconds if measured else {}
-    seconds = sum(
-        took.get(step.key)
-        or (
-            EVAL_CALL_SECONDS
-            + metric_seconds(
-                step.family,
-                EvalSettings(**{**step.settings, "k": (1, profile.iwae_k)}),
-                test,
-                members,
-                device,
-            )
+    modelled = {
+        step.key: EVAL_CALL_SECONDS
+        + metric_seconds(
+            step.family,
+            EvalSettings(**{**step.settings, "k": (1, profile.iwae_k)}),
+            test,
+            members,
+            device,
         )
         for step in steps
-    )
-    analysis = took.get("analysis") or (
-        ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
-    )
-    return seconds + analysis
+    }
+    modelled["analysis"] = ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
+    if probe is None or device_kind(device) != "cpu" or sum(modelled.values()) <= PROBE_ABOVE_SECONDS:
+        return sum(took.get(key) or seconds for key, seconds in modelled.items())
+    factor = probe.eval_factor()
+    return sum(max(took.get(key) or 0.0, factor * seconds) for key, seconds in modelled.items())
+
+
+def probed_train_seconds(probe: Probe, cfg: TrainConfig, members: int, epochs: int, images: int) -> float:
+    """`estimate_train_seconds` with the step timed on this machine by `probe`."""
+    steps = images // cfg.batch_size
+    per_epoch = steps * probe.step_seconds(cfg, members) * (1 + TEST_PASS_SHARE * test_points(cfg) / images)
+    return epochs * per_epoch + TRAIN_CALL_SECONDS
 
 
 def estimate_run_seconds(
-    run: PlannedRun, profile: Profile, out: Path, device: str, measured: bool = True, pack: int = 0
+    run: PlannedRun,
+    profile: Profile,
+    out: Path,
+    device: str,
+    measured: bool = True,
+    pack: int = 0,
+    probe: Probe | None = None,
 ) -> tuple[float, float]:
     """(training, evaluation) seconds the run still needs; with `measured`, timed by the run's own
-    latest epochs, else by alike runs in `out` (`Measured`), else by the cost model. `pack`: the
-    members of the pack the run trains in (`avae.training.packs`; 0: alone), whose cost the cost
-    model shares among its runs by members (a packed run's metrics.csv records its share)."""
+    latest epochs, else by alike runs in `out` (`Measured`), else by the cost model; on a CPU,
+    `probe` times long training on this machine too (the slower figure counts) and scales a long
+    evaluation's cost model (`estimate_eval_seconds`). `pack`: the members of the pack the run
+    trains in (`avae.training.packs`; 0: alone), whose cost the cost model shares among its runs by
+    members (a packed run's metrics.csv records its share)."""
     status, epoch = status_of(run, profile, out)
     if status in (RunStatus.FINISHED, RunStatus.DIVERGED, RunStatus.PUBLISHED):
         return 0.0, 0.0
@@ -259,19 +289,22 @@ def estimate_run_seconds(
     alike = Measured.alike(run, out, device) if measured else None
     train_s = 0.0
     if epoch < cfg.epochs:
+        left, members = cfg.epochs - epoch, max(pack, len(cfg.seeds))
+        images, share = cfg.train_subset or SPLIT_SIZES["train"], len(cfg.seeds) / members
         own = measured_epoch_seconds(out / run.dir_name, device) if measured and epoch else None
         per_epoch = own or (alike.epoch_seconds if alike else None)
         if per_epoch:
-            train_s = (cfg.epochs - epoch) * per_epoch
+            train_s = left * per_epoch
         else:
-            members = max(pack, len(cfg.seeds))
-            images = cfg.train_subset or 60000
-            whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
-            train_s = whole * len(cfg.seeds) / members
+            train_s = estimate_train_seconds(cfg.model.name, members, left, images, device) * share
+        if probe is not None and device_kind(device) == "cpu" and train_s / share > PROBE_ABOVE_SECONDS:
+            # Timed here too: epochs timed earlier may have run on another machine; the slower counts.
+            probed = probed_train_seconds(probe, cfg, members, left, images) * share
+            train_s = max(train_s, probed) if per_epoch else probed
     if not profile.evaluate:
         return train_s, 0.0
     todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))
-    return train_s, estimate_eval_seconds(run, profile, device, todo, alike)
+    return train_s, estimate_eval_seconds(run, profile, device, todo, alike, probe)
 
 
 def classifier_seconds(epochs: int, images: int, device: str) -> float:

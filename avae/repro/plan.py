@@ -134,7 +134,9 @@ PROFILES: dict[str, Profile] = {
         description="the whole paper at paper scale with paper-z10's evaluation: every experiment "
         "(latent 10, 15 and 20; noise 5, 10 and 15), 5 seeds, 100 epochs on all 60,000 training "
         "images; IWAE and AIS on every run, and the reconstruction term. Its latent-10, noise-10 runs "
-        "are paper-z10's: copy results/paper-z10's run folders into --out and they are reused as "
+        "are paper-z10's: copy results/paper-z10 whole into --out (`cp -r results/paper-z10/. OUT/`, "
+        "so that its index.json and reproduce.json carry the parts' seconds and the sessions on into "
+        "what `avae publish` writes) and they are reused as "
         "published (without the reconstruction term, which needs their weights), but for AVB-AC, "
         "trained anew since its moments no longer include z",
         latent_dims=PAPER_LATENTS,

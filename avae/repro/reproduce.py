@@ -41,6 +41,7 @@ from avae.repro.plan import (
     select,
     status_of,
 )
+from avae.repro.probe import Probe
 from avae.repro.progress import PlanProgress, clock
 from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
@@ -203,10 +204,18 @@ def reproduce(
     packed = pack_members(runs, out) if pack else {}  # each packed run's pack, in members
     if note := published_note(runs, profile, out, status):
         print(note, file=sys.stderr, flush=True)
+    if not dry_run:  # before any run is timed or anything is written
+        check_executor(executor, address, runtime.device)
+        check_writable_dir(out)  # an --out that is a file, or that this user may not write in
+    # Steps are timed on this machine: not for a Ray cluster elsewhere, whose nodes may differ.
+    probe = None if executor == "ray" and address else Probe(worker_runtime(runtime, jobs, executor).threads)
     parts = {
-        run.key: estimate_run_seconds(run, profile, out, runtime.device, pack=packed.get(run.key, 0))
+        run.key: estimate_run_seconds(
+            run, profile, out, runtime.device, pack=packed.get(run.key, 0), probe=probe
+        )
         for run in runs
     }
+    timed = probe.said() if probe else ""  # what the estimate timed on this machine
     estimates = {key: sum(part) for key, part in parts.items()}
     total = sum(estimates.values())
     host = host_seconds((train for train, _ in parts.values()), runtime.device)
@@ -216,7 +225,7 @@ def reproduce(
         print(dry_run_table(runs, profile, out, parts))
         print(
             f"\n{len(runs)} runs of profile {profile.name!r} on {runtime.device}: about {clock(total)} of "
-            f"compute in all (estimate), about {clock(wall)} with --jobs {jobs}"
+            f"compute in all (estimate{timed}), about {clock(wall)} with --jobs {jobs}"
         )
         if runtime.device.startswith("cuda") and not torch.cuda.is_available():
             print(
@@ -225,15 +234,13 @@ def reproduce(
                 file=sys.stderr,
             )
         return []
-    check_executor(executor, address, runtime.device)  # before anything is written
-    check_writable_dir(out)  # an --out that is a file, or that this user may not write in
     parallel = max(1, min(jobs, len(runs)))
     left = sum(1 for seconds in estimates.values() if seconds)
     wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host)
     print(
         f"avae reproduce: profile {profile.name!r}, {len(runs)} runs, {left} with work left; about "
         f"{clock(wall)} on {runtime.device} with --jobs {jobs} "
-        "(estimate from the cost model; --dry-run lists every run)",
+        f"(estimate from the cost model{timed}; --dry-run lists every run)",
         flush=True,
     )
     out.mkdir(parents=True, exist_ok=True)

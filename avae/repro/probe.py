@@ -1,0 +1,127 @@
+"""Timing a plan's work on this machine before it starts, for the cost model (avae.repro.costs) on
+a CPU: a few of a run's own training steps (`Probe.step_seconds`), and IWAE's decoder passes per
+second against the rate the evaluation cost model was measured at (`Probe.eval_factor`), both with
+the torch threads each run's worker process will have.
+
+Why: the cost model's CPU figures were measured on one machine, and machines of one name differ.
+On 2026-12-05 a 2-core "AMD EPYC" of this project ran the paper profile's AVB at 96-106 s an epoch
+(one thread per process, --jobs 2), where the same profile had run at 36-40 s an epoch on an earlier
+machine of the same name, and the benchmark-fitted cost model (benchmarks/bench.json, 2 threads)
+said 22 s. A probe of AVB's own steps there said 94 s (`avae reproduce --dry-run`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from avae.core.models import build_model
+from avae.evaluation.cost_model import decoder_rate
+from avae.likelihood.scoring import EvalSettings, iwae_points
+from avae.training.config import Runtime, TrainConfig, make_config
+from avae.training.steps import new_state, run_epoch
+
+# Training steps timed per window, and windows; the fastest window counts, as other work on the
+# machine while it is timed only slows a window down (see avae.repro.costs.measured_epoch_seconds).
+PROBE_STEPS, PROBE_WINDOWS = 3, 3
+PROBE_POINTS, PROBE_K = 50, 100  # IWAE-100 on 50 points of an untrained VAE (fastest window)
+# A probe costs a few seconds, so only work the cost model puts above this is probed: a plan of
+# short runs (the tests', the smoke and quick profiles) keeps the cost model's own figures.
+PROBE_ABOVE_SECONDS = 600.0
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU threads set to `threads` inside the block (0: leave them), restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def seconds_of(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+@dataclass
+class Probe:
+    """Times of this machine, measured once each and kept: `threads` is what each run's process
+    will use (`avae.repro.runner.worker_runtime`; 0: torch's setting here)."""
+
+    threads: int = 0
+    steps: dict[tuple, float] = field(default_factory=dict)
+    factor: float | None = None
+
+    def step_seconds(self, cfg: TrainConfig, members: int) -> float:
+        """Seconds of one training step of `members` seeds of the run's model (its networks, batch
+        and precision): the fastest of PROBE_WINDOWS windows of PROBE_STEPS steps on random images,
+        after a warm-up. The first run of a model times it for all its latent and noise sizes: timed
+        at latent 10 and 20 in turn here (5 members, one thread, two runs beside it), VAE took 81-129
+        and 81-95 ms a step, AVB 163-206 and 185-189 ms: the size changed less than the noise did."""
+        key = (step_shape(cfg), members)
+        if key not in self.steps:
+            probe_cfg = replace(cfg, seeds=tuple(range(members)))
+            with torch_threads(self.threads):
+                self.steps[key] = time_steps(probe_cfg)
+        return self.steps[key]
+
+    def said(self) -> str:
+        """What was timed here, for an estimate's message ("" when nothing was)."""
+        timed = [f"the training steps of {len(self.steps)} configuration(s)"] if self.steps else []
+        if self.factor is not None:
+            timed.append(f"IWAE's rate (evaluation {self.factor:.2f}x the cost model's time)")
+        threads = self.threads or torch.get_num_threads()
+        return f", with {' and '.join(timed)} timed here on {threads} thread(s)" if timed else ""
+
+    def eval_factor(self) -> float:
+        """How many times longer evaluation takes here than the cost model's CPU rates say: their
+        measured IWAE rate (`avae.evaluation.cost_model`: IWAE-1000, 500 points, 3 members) over
+        the rate of IWAE-PROBE_K on PROBE_POINTS points of an untrained VAE, one member, here. The
+        smaller probe runs at the larger one's rate: on this project's CPU on 2026-12-05 it gave
+        2.6e4 passes a second, and IWAE-1000 on 100 points 2.7e4 (one member) and 2.3e4 (five)."""
+        if self.factor is None:
+            with torch_threads(self.threads):
+                self.factor = decoder_rate("cpu") / iwae_rate()
+        return self.factor
+
+
+STEP_SETTINGS = ("pixels", "batch_size", "disc_steps", "precision")  # the run's, beside its model's
+
+
+def step_shape(cfg: TrainConfig) -> tuple:
+    """What a training step's cost depends on: the model's settings but its latent and noise sizes,
+    and the run's STEP_SETTINGS (not its data set, learning rates, epochs or seeds)."""
+    model = [(f.name, getattr(cfg.model, f.name)) for f in fields(cfg.model)]
+    kept = [(name, value) for name, value in model if name not in ("latent_dim", "noise_dim")]
+    return (*kept, *((name, getattr(cfg, name)) for name in STEP_SETTINGS))
+
+
+def time_steps(cfg: TrainConfig) -> float:
+    state = new_state(cfg, torch.device("cpu"))
+    images = torch.rand(
+        cfg.batch_size * PROBE_STEPS, cfg.model.data_dim, generator=torch.Generator().manual_seed(0)
+    )
+    runtime = Runtime(device="cpu", progress=False)
+    run_epoch(state, cfg, images[: 2 * cfg.batch_size], runtime)  # warm-up
+    windows = [seconds_of(lambda: run_epoch(state, cfg, images, runtime)) for _ in range(PROBE_WINDOWS)]
+    return min(windows) / PROBE_STEPS
+
+
+def iwae_rate() -> float:
+    """Decoder passes per second and member of IWAE-PROBE_K here, after a warm-up call."""
+    cfg = make_config({"model": "vae"})
+    model = build_model(cfg.model, (0,)).requires_grad_(False)
+    x = torch.rand(PROBE_POINTS, cfg.model.data_dim, generator=torch.Generator().manual_seed(1))
+    settings = EvalSettings(k=(PROBE_K,), batch_size=PROBE_POINTS)
+    iwae_points(model, x[:2], (0,), settings)  # warm-up
+    windows = [seconds_of(lambda: iwae_points(model, x, (0,), settings)) for _ in range(PROBE_WINDOWS)]
+    return PROBE_POINTS * PROBE_K / min(windows)

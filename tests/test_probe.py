@@ -1,0 +1,129 @@
+"""Timing a plan's work on this machine (avae.repro.probe) and where the cost model uses it: a long
+CPU run is timed by its own steps, a short one by the cost model, and a run timed elsewhere counts
+only where it is slower than this machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avae.repro import costs, probe
+from avae.repro.plan import RunStatus, eval_steps, get_profile, runs_for
+from avae.training.config import make_config
+
+STEP, FACTOR = 0.05, 2.0  # the fixed probe's seconds per step and evaluation factor
+
+
+class FixedProbe(probe.Probe):
+    """A probe whose times are known exactly; `calls` counts what it was asked."""
+
+    def __init__(self, step: float = STEP, factor: float = FACTOR) -> None:
+        super().__init__(threads=1)
+        self.step, self.fixed, self.calls = step, factor, 0
+
+    def step_seconds(self, cfg, members):
+        self.calls += 1
+        return self.step * members / 5  # STEP for five members, in proportion to them
+
+    def eval_factor(self):
+        self.calls += 1
+        return self.fixed
+
+
+def paper_run(name: str):
+    paper = get_profile("paper")
+    (run,) = [run for run in runs_for(paper) if run.dir_name.startswith(name)]
+    return paper, run
+
+
+def test_a_probe_times_a_models_steps_once_with_the_workers_threads(monkeypatch):
+    seen = []
+
+    def fake_time_steps(cfg):
+        seen.append((torch.get_num_threads(), cfg.seeds, cfg.model.latent_dim))
+        return 0.25
+
+    monkeypatch.setattr(probe, "time_steps", fake_time_steps)
+    monkeypatch.setattr(probe, "iwae_rate", lambda: seen.append(torch.get_num_threads()) or 1.8e4)
+    before = torch.get_num_threads()
+    timer = probe.Probe(threads=1)
+    cfg = make_config({"model": "avb", "seeds": (7, 8)})
+    other_latent = make_config({"model": "avb", "latent_dim": 20, "dataset": "fashion-mnist"})
+    assert timer.step_seconds(cfg, 3) == timer.step_seconds(other_latent, 3) == 0.25
+    assert timer.step_seconds(make_config({"model": "avb", "disc_steps": 2}), 3) == 0.25
+    # timed once per step shape, on the worker's thread count, with 3 members
+    assert seen == [(1, (0, 1, 2), 10), (1, (0, 1, 2), 10)]
+    assert timer.eval_factor() == timer.eval_factor() == pytest.approx(3.6e4 / 1.8e4)
+    assert seen[2:] == [1] and torch.get_num_threads() == before
+    assert "the training steps of 2 configuration(s) and IWAE's rate (evaluation 2.00x" in timer.said()
+    assert probe.Probe().said() == ""
+
+
+def test_a_real_probe_times_steps_and_iwae_within_sense():
+    cfg = make_config({"model": "avb", "seeds": (0,), "batch_size": 10, "hidden": [8]})
+    step = probe.time_steps(cfg)
+    assert 0 < step < 1.0  # a step of a tiny AVB on 10 images: milliseconds, not seconds
+    assert 1e3 < probe.iwae_rate() < 1e8  # decoder passes a second on one thread
+
+
+def test_a_long_cpu_run_is_timed_by_its_steps_here_and_its_evaluation_scaled():
+    paper, run = paper_run("vae-mnist-z15")
+    timer = FixedProbe()
+    train_s, eval_s = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cpu", probe=timer)
+    # 100 epochs of 600 steps, each epoch's test pass 0.3 x 10,000 / 60,000 of it, and the call
+    assert train_s == pytest.approx(100 * 600 * STEP * (1 + 0.3 * 10000 / 60000) + costs.TRAIN_CALL_SECONDS)
+    modelled = costs.estimate_eval_seconds(run, paper, "cpu", eval_steps(run, paper))
+    assert modelled > probe.PROBE_ABOVE_SECONDS
+    assert eval_s == pytest.approx(FACTOR * modelled)
+    calls = timer.calls
+    on_gpu = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cuda", probe=timer)
+    assert timer.calls == calls and on_gpu == costs.estimate_run_seconds(run, paper, costs.Path("/x"), "cuda")
+
+
+def test_a_packed_run_is_timed_by_its_packs_steps_and_takes_its_share():
+    paper, run = paper_run("vae-mnist-z15")
+    timer, out = FixedProbe(), costs.Path("/nonexistent")
+    train_s, _ = costs.estimate_run_seconds(run, paper, out, "cpu", pack=20, probe=timer)
+    pack_s = costs.probed_train_seconds(timer, run.cfg, 20, 100, 60000)  # the pack's 20 members' steps
+    assert train_s == pytest.approx(pack_s * 5 / 20)
+    assert pack_s > 3.9 * costs.probed_train_seconds(timer, run.cfg, 5, 100, 60000)
+
+
+def test_a_short_run_keeps_the_cost_models_figures_and_is_not_probed(tmp_path):
+    smoke = get_profile("smoke")
+    timer = FixedProbe()
+    for run in runs_for(smoke):
+        assert costs.estimate_run_seconds(run, smoke, tmp_path, "cpu", probe=timer) == (
+            costs.estimate_run_seconds(run, smoke, tmp_path, "cpu")
+        )
+    assert timer.calls == 0
+
+
+@pytest.mark.parametrize("step,slower", [(STEP, "here"), (1e-4, "elsewhere")])
+def test_a_run_timed_elsewhere_counts_only_where_it_is_slower_than_this_machine(monkeypatch, step, slower):
+    paper, run = paper_run("vae-mnist-z15")
+    steps = eval_steps(run, paper)
+    took = {s.key: 10.0 for s in steps} | {steps[0].key: 1e5, "analysis": 5000.0}  # two parts slower
+    measured = costs.Measured(epoch_seconds=20.0, part_seconds=took)
+    monkeypatch.setattr(costs.Measured, "alike", classmethod(lambda cls, *args: measured))
+    timer = FixedProbe(step=step)
+    train_s, eval_s = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cpu", probe=timer)
+    probed = costs.probed_train_seconds(timer, run.cfg, 5, 100, 60000)
+    assert (probed > 100 * 20.0) == (slower == "here")
+    assert train_s == max(probed, 100 * 20.0)
+    analysis = costs.estimate_eval_seconds(run, paper, "cpu", [])
+    modelled = {s.key: costs.estimate_eval_seconds(run, paper, "cpu", [s]) - analysis for s in steps}
+    expected = sum(max(took[key], FACTOR * m) for key, m in modelled.items()) + max(5000.0, FACTOR * analysis)
+    assert eval_s == pytest.approx(expected)
+    assert 1e5 + 5000.0 < expected  # the first part and the analysis are the alike run's
+
+
+@pytest.mark.parametrize("step", [STEP, 1e-4])
+def test_a_resumed_runs_own_epochs_count_only_where_slower_than_this_machine(monkeypatch, step):
+    paper, run = paper_run("vae-mnist-z15")
+    monkeypatch.setattr(costs, "status_of", lambda *args: (RunStatus.RESUME, 40))
+    monkeypatch.setattr(costs, "measured_epoch_seconds", lambda *args: 20.0)  # its own latest epochs
+    timer = FixedProbe(step=step)
+    train_s, _ = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cpu", probe=timer)
+    assert train_s == max(60 * 20.0, costs.probed_train_seconds(timer, run.cfg, 5, 60, 60000))
+    assert costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cpu")[0] == 60 * 20.0
