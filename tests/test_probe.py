@@ -1,6 +1,6 @@
-"""Timing a plan's work on this machine (avae.repro.probe) and where the cost model uses it: a long
-CPU run is timed by its own steps, a short one by the cost model, and a run timed elsewhere counts
-only where it is slower than this machine."""
+"""Timing a plan's work on this machine (avae.repro.probe) and where the cost model and the sweep's
+estimate use it: a long CPU run is timed by its own steps, a short one by the cost model, and a run
+timed elsewhere counts only where it is slower than this machine."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from avae.repro import costs, probe
 from avae.repro.plan import RunStatus, eval_steps, get_profile, runs_for
+from avae.repro.sweep import estimate_seconds, metric_steps, plan_sweep
 from avae.training.config import make_config
 
 STEP, FACTOR = 0.05, 2.0  # the fixed probe's seconds per step and evaluation factor
@@ -127,3 +128,28 @@ def test_a_resumed_runs_own_epochs_count_only_where_slower_than_this_machine(mon
     train_s, _ = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cpu", probe=timer)
     assert train_s == max(60 * 20.0, costs.probed_train_seconds(timer, run.cfg, 5, 60, 60000))
     assert costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cpu")[0] == 60 * 20.0
+
+
+def sweep_run(**settings):
+    ((_, run),) = plan_sweep({"model": "avb", "seeds": (0, 1, 2, 3, 4), **settings}, {"epochs": [100]})
+    return run, metric_steps(("elbo", "iwae", "ais"), "avb")
+
+
+def test_a_long_sweep_run_on_a_cpu_is_timed_by_its_steps_here_and_its_evaluation_scaled():
+    run, steps = sweep_run()
+    timer, out = FixedProbe(), costs.Path("/nonexistent")
+    train_s, eval_s = estimate_seconds(run, steps, out, "cpu", probe=timer)
+    assert train_s == pytest.approx(100 * 600 * STEP * (1 + 0.3 * 10000 / 60000) + costs.TRAIN_CALL_SECONDS)
+    modelled = estimate_seconds(run, steps, out, "cpu")
+    assert modelled[1] > probe.PROBE_ABOVE_SECONDS and eval_s == pytest.approx(FACTOR * modelled[1])
+    assert modelled[0] != pytest.approx(train_s)  # without the probe, the cost model's own figure
+    calls = timer.calls
+    assert estimate_seconds(run, steps, out, "cuda", probe=timer) == estimate_seconds(run, steps, out, "cuda")
+    assert timer.calls == calls  # nothing is timed for a GPU
+
+
+def test_a_short_sweep_run_keeps_the_cost_models_figures_and_is_not_probed():
+    run, steps = sweep_run(epochs=1, train_subset=1000, test_subset=100)
+    timer, out = FixedProbe(), costs.Path("/nonexistent")
+    assert estimate_seconds(run, steps, out, "cpu", probe=timer) == estimate_seconds(run, steps, out, "cpu")
+    assert timer.calls == 0

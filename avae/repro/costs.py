@@ -254,10 +254,19 @@ def estimate_eval_seconds(
         for step in steps
     }
     modelled["analysis"] = ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
-    if probe is None or device_kind(device) != "cpu" or sum(modelled.values()) <= PROBE_ABOVE_SECONDS:
+    factor = eval_factor(probe, device, sum(modelled.values()))
+    if factor is None:
         return sum(took.get(key) or seconds for key, seconds in modelled.items())
-    factor = probe.eval_factor()
     return sum(max(took.get(key) or 0.0, factor * seconds) for key, seconds in modelled.items())
+
+
+def eval_factor(probe: Probe | None, device: str, modelled: float) -> float | None:
+    """How many times the cost model's evaluation figure (`modelled` seconds in all) it takes on
+    this machine: on a CPU, when the figure is over PROBE_ABOVE_SECONDS, `probe`'s measured factor;
+    otherwise None (the figure stands, and nothing is timed)."""
+    if probe is None or device_kind(device) != "cpu" or modelled <= PROBE_ABOVE_SECONDS:
+        return None
+    return probe.eval_factor()
 
 
 def probed_train_seconds(probe: Probe, cfg: TrainConfig, members: int, epochs: int, images: int) -> float:
@@ -265,6 +274,22 @@ def probed_train_seconds(probe: Probe, cfg: TrainConfig, members: int, epochs: i
     steps = images // cfg.batch_size
     per_epoch = steps * probe.step_seconds(cfg, members) * (1 + TEST_PASS_SHARE * test_points(cfg) / images)
     return epochs * per_epoch + TRAIN_CALL_SECONDS
+
+
+def train_seconds_here(
+    train_s: float, timed: bool, probe: Probe | None, cfg: TrainConfig, members: int, epochs: int, device: str
+) -> float:
+    """The training figure `train_s` (the run's share of `members` members, for `epochs` epochs),
+    checked on this machine: on a CPU, when the whole pack's figure is over PROBE_ABOVE_SECONDS,
+    `probe` times the run's own steps. A figure `timed` from epochs that ran (the run's own or
+    alike runs') counts only where slower, since they may have run on another machine; a modelled
+    one is replaced."""
+    share = len(cfg.seeds) / members
+    if probe is None or device_kind(device) != "cpu" or train_s / share <= PROBE_ABOVE_SECONDS:
+        return train_s
+    images = cfg.train_subset or SPLIT_SIZES["train"]
+    probed = probed_train_seconds(probe, cfg, members, epochs, images) * share
+    return max(train_s, probed) if timed else probed
 
 
 def estimate_run_seconds(
@@ -297,10 +322,7 @@ def estimate_run_seconds(
             train_s = left * per_epoch
         else:
             train_s = estimate_train_seconds(cfg.model.name, members, left, images, device) * share
-        if probe is not None and device_kind(device) == "cpu" and train_s / share > PROBE_ABOVE_SECONDS:
-            # Timed here too: epochs timed earlier may have run on another machine; the slower counts.
-            probed = probed_train_seconds(probe, cfg, members, left, images) * share
-            train_s = max(train_s, probed) if per_epoch else probed
+        train_s = train_seconds_here(train_s, bool(per_epoch), probe, cfg, members, left, device)
     if not profile.evaluate:
         return train_s, 0.0
     todo = missing_metrics(out / run.dir_name, cfg, eval_steps(run, profile))

@@ -20,14 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from avae.core.models import MODELS, ModelConfig
+from avae.data.datasets import SPLIT_SIZES
 from avae.errors import AvaeError, ConfigError
 from avae.evaluation.cost_model import metric_seconds
 from avae.evaluation.evaluate import parse_metrics
 from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
-from avae.repro.costs import estimate_train_seconds, host_seconds, runs_at_once
+from avae.repro.costs import (
+    estimate_train_seconds,
+    eval_factor,
+    host_seconds,
+    runs_at_once,
+    train_seconds_here,
+)
 from avae.repro.execute import Task
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics, pack_members
+from avae.repro.probe import Probe
 from avae.repro.progress import PlanProgress, clock
 from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
@@ -126,27 +134,34 @@ def plan_sweep(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[d
 
 
 def estimate_seconds(
-    run: PlannedRun, steps: list[EvalStep], out: Path, device: str, pack: int = 0
+    run: PlannedRun,
+    steps: list[EvalStep],
+    out: Path,
+    device: str,
+    pack: int = 0,
+    probe: Probe | None = None,
 ) -> tuple[float, float]:
     """The cost model's (training, evaluation) seconds for what the run still needs: training
     epochs left and missing metrics. `pack`: the members of the pack the run trains in (0: alone),
     whose training time is shared among its runs by members, as
-    `avae.repro.costs.estimate_run_seconds` shares it."""
+    `avae.repro.costs.estimate_run_seconds` shares it. On a CPU, `probe` times long training on
+    this machine and scales long evaluation to its IWAE rate, as for `avae reproduce`."""
     cfg, run_dir = run.cfg, out / run.dir_name
     if read_divergence(run_dir) is not None:
         return 0.0, 0.0  # not retried
     epoch = checkpoint_epoch(run_dir)
     train = 0.0
     if epoch < cfg.epochs:
-        images, members = cfg.train_subset or 60000, max(pack, len(cfg.seeds))
+        images, members = cfg.train_subset or SPLIT_SIZES["train"], max(pack, len(cfg.seeds))
         whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
-        train = whole * len(cfg.seeds) / members
-    points = cfg.test_subset or 10000
+        modelled = whole * len(cfg.seeds) / members
+        train = train_seconds_here(modelled, False, probe, cfg, members, cfg.epochs - epoch, device)
+    points = cfg.test_subset or SPLIT_SIZES["test"]
     evaluation = sum(
         metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
         for step in missing_metrics(run_dir, cfg, steps)
     )
-    return train, evaluation
+    return train, evaluation * (eval_factor(probe, device, evaluation) or 1.0)
 
 
 def sweep(
@@ -182,8 +197,11 @@ def sweep(
     runs = {run.key: run for _, run in points}  # one task per distinct configuration
     steps = {key: metric_steps(chosen, run.cfg.model.name) for key, run in runs.items()}
     packed = pack_members(list(runs.values()), out) if pack else {}  # each packed run's pack, in members
+    worker = worker_runtime(runtime, jobs, executor)
+    # Steps are timed on this machine: not for a Ray cluster elsewhere, whose nodes may differ.
+    probe = None if executor == "ray" and address else Probe(worker.threads)
     parts = {
-        key: estimate_seconds(run, steps[key], out, runtime.device, packed.get(key, 0))
+        key: estimate_seconds(run, steps[key], out, runtime.device, packed.get(key, 0), probe)
         for key, run in runs.items()
     }
     estimates = {key: sum(part) for key, part in parts.items()}
@@ -192,11 +210,11 @@ def sweep(
     print(
         f"avae sweep: {len(points)} points, {len(runs)} runs, "
         f"{sum(1 for s in estimates.values() if s)} with work left; about "
-        f"{clock(total / at_once)} on {runtime.device} with --jobs {jobs} (estimate)",
+        f"{clock(total / at_once)} on {runtime.device} with --jobs {jobs} "
+        f"(estimate{probe.said() if probe else ''})",
         flush=True,
     )
     out.mkdir(parents=True, exist_ok=True)
-    worker = worker_runtime(runtime, jobs, executor)
     diverged = {key for key, run in runs.items() if read_divergence(out / run.dir_name) is not None}
     for key in diverged:  # the same settings diverge again at the same step
         print(f"avae sweep: {runs[key].dir_name} diverged earlier and is not retried", file=sys.stderr)
