@@ -470,6 +470,36 @@ def test_reproduce_in_a_terminal_shows_a_bar_with_time_left_within_seconds(tmp_p
     assert "[1/" not in text[: bar.start()], "the bar appeared only after a run had ended"
 
 
+def test_a_plan_without_a_terminal_logs_where_it_stands_every_so_often(capsys):
+    """In a log (stderr not a terminal, as for a run in the background), each finished run is a
+    line, and every `log_every` seconds a line gives the runs done, the time elapsed and the time
+    left at the pace so far; with progress off, only the finished runs' lines."""
+    import time
+
+    from avae.repro.progress import PlanProgress
+
+    bar = PlanProgress({"a": 30.0, "b": 10.0}, 1, enabled=True, log_every=0.05)
+    bar.started("training b")
+    bar.finished("a", "[1/2] a: trained, 5 s")  # before the ticker starts, so its line comes first
+    with bar:
+        time.sleep(0.4)
+        assert bar.left() == pytest.approx(bar.elapsed() * 10.0 / 30.0, rel=0.05)  # a quarter left
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[1/2] a: trained, 5 s" and len(lines) >= 3
+    assert all(
+        re.fullmatch(
+            r"[\d:]{8} 1 of 2 runs done, 0:0\d elapsed, ~0:0\d left \(estimate\), "
+            r"now: training b",
+            line,
+        )
+        for line in lines[1:]
+    ), lines
+    with PlanProgress({"a": 30.0}, 1, enabled=False, log_every=0.05) as quiet:
+        time.sleep(0.2)
+        quiet.finished("a", "[1/1] a: trained, 5 s")
+    assert capsys.readouterr().out == "[1/1] a: trained, 5 s\n"
+
+
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
     from avae.repro.runner import default_jobs
 

@@ -57,14 +57,27 @@ def log_failure(task: Task, error: BaseException) -> Path:
     return path
 
 
+# Where stderr is not a terminal (a run in the background, its output in a log), a line on the
+# plan's progress is printed this often, so that a log of hours-long runs says where they stand.
+LOG_EVERY_SECONDS = 600.0
+
+
 class PlanProgress:
     """One bar over a reproduction's planned work, each run weighted by its estimated cost, with
-    elapsed time, time left and the current run. Off when stderr is not a terminal (or progress is
-    off): then each finished run is one printed line."""
+    elapsed time, time left and the current run. Where stderr is not a terminal the bar is off: each
+    finished run is one printed line, and every `log_every` seconds one line says how many runs are
+    done, the time elapsed and the time left. With progress off, only the finished runs' lines."""
 
-    def __init__(self, estimates: dict[str, float], parallel: float, enabled: bool):
+    def __init__(
+        self,
+        estimates: dict[str, float],
+        parallel: float,
+        enabled: bool,
+        log_every: float = LOG_EVERY_SECONDS,
+    ):
         self.estimates, self.parallel = estimates, parallel
         self.total, self.done, self.current = max(sum(estimates.values()), 1e-9), 0.0, ""
+        self.runs_done, self.began = 0, time.monotonic()
         self.bar = tqdm(
             total=self.total,
             desc="reproduce",
@@ -72,6 +85,8 @@ class PlanProgress:
             disable=None if enabled else True,  # None: off unless stderr is a terminal
             ncols=shutil.get_terminal_size().columns,  # 80 where a terminal reports no width
         )
+        self.log_every = log_every if enabled and self.bar.disable else None
+        self.logged = self.began
         self.stop = threading.Event()
         self.ticker = threading.Thread(target=self.tick, daemon=True)
 
@@ -86,14 +101,28 @@ class PlanProgress:
         self.bar.close()
 
     def tick(self) -> None:
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(min(1.0, self.log_every or 1.0)):
             self.refresh()
+            if self.log_every is not None and time.monotonic() - self.logged >= self.log_every:
+                self.logged = time.monotonic()
+                print(self.status_line(), flush=True)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
 
     def left(self) -> float:
-        elapsed = self.bar.format_dict["elapsed"]
+        elapsed = self.elapsed()
         if self.done > 0:  # the pace so far, on the cost model's weights
             return elapsed * (self.total - self.done) / self.done
         return max(0.0, self.total / self.parallel - elapsed)
+
+    def status_line(self) -> str:
+        """Where the plan stands, for a log: the time of day, runs done, time elapsed and left."""
+        return (
+            f"{time.strftime('%H:%M:%S')} {self.runs_done} of {len(self.estimates)} runs done, "
+            f"{clock(self.elapsed())} elapsed, ~{clock(self.left())} left (estimate)"
+            + (f", now: {self.current}" if self.current else "")
+        )
 
     def refresh(self) -> None:
         self.bar.set_postfix_str(f"~{clock(self.left())} left (estimate), now: {self.current}", refresh=True)
@@ -104,6 +133,7 @@ class PlanProgress:
 
     def finished(self, key: str, line: str) -> None:
         self.done += self.estimates.get(key, 0.0)
+        self.runs_done += 1
         if self.bar.disable:
             print(line, flush=True)
         else:
