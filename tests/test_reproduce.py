@@ -498,6 +498,9 @@ def test_a_plan_without_a_terminal_logs_where_it_stands_every_so_often(capsys):
         time.sleep(0.2)
         quiet.finished("a", "[1/1] a: trained, 5 s")
     assert capsys.readouterr().out == "[1/1] a: trained, 5 s\n"
+    overdue = PlanProgress({"a": 0.1, "b": 0.1}, 2, enabled=True)  # 0.1 s planned for both
+    time.sleep(0.2)
+    assert overdue.left_text() == "past the estimate of 0:00" and overdue.left() == 0.0
 
 
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):

@@ -120,12 +120,19 @@ class PlanProgress:
         """Where the plan stands, for a log: the time of day, runs done, time elapsed and left."""
         return (
             f"{time.strftime('%H:%M:%S')} {self.runs_done} of {len(self.estimates)} runs done, "
-            f"{clock(self.elapsed())} elapsed, ~{clock(self.left())} left (estimate)"
+            f"{clock(self.elapsed())} elapsed, {self.left_text()}"
             + (f", now: {self.current}" if self.current else "")
         )
 
+    def left_text(self) -> str:
+        """The time left, or, while no run has finished and the estimate has passed, that estimate."""
+        planned = self.total / self.parallel
+        if self.done == 0 and self.elapsed() > planned:
+            return f"past the estimate of {clock(planned)}"
+        return f"~{clock(self.left())} left (estimate)"
+
     def refresh(self) -> None:
-        self.bar.set_postfix_str(f"~{clock(self.left())} left (estimate), now: {self.current}", refresh=True)
+        self.bar.set_postfix_str(f"{self.left_text()}, now: {self.current}", refresh=True)
 
     def started(self, name: str) -> None:
         self.current = name
