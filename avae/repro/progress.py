@@ -65,8 +65,9 @@ LOG_EVERY_SECONDS = 600.0
 class PlanProgress:
     """One bar over a reproduction's planned work, each run weighted by its estimated cost, with
     elapsed time, time left and the current run. Where stderr is not a terminal the bar is off: each
-    finished run is one printed line, and every `log_every` seconds one line says how many runs are
-    done, the time elapsed and the time left. With progress off, only the finished runs' lines."""
+    finished run is one printed line, and every `log_every` seconds one line says how many runs have
+    ended (finished or failed), the time elapsed and the time left. With progress off, only the
+    finished runs' lines. `estimates`: the seconds of each run that will be run, by key."""
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class PlanProgress:
     ):
         self.estimates, self.parallel = estimates, parallel
         self.total, self.done, self.current = max(sum(estimates.values()), 1e-9), 0.0, ""
+        self.planned = sum(estimates.values()) / parallel  # wall seconds, as the plan's estimate said
         self.runs_done, self.began = 0, time.monotonic()
         self.bar = tqdm(
             total=self.total,
@@ -87,6 +89,7 @@ class PlanProgress:
         )
         self.log_every = log_every if enabled and self.bar.disable else None
         self.logged = self.began
+        self.printing = threading.Lock()  # the ticker's lines and the finished runs' lines, whole
         self.stop = threading.Event()
         self.ticker = threading.Thread(target=self.tick, daemon=True)
 
@@ -105,7 +108,7 @@ class PlanProgress:
             self.refresh()
             if self.log_every is not None and time.monotonic() - self.logged >= self.log_every:
                 self.logged = time.monotonic()
-                print(self.status_line(), flush=True)
+                self.log_line(self.status_line())
 
     def elapsed(self) -> float:
         return time.monotonic() - self.began
@@ -117,18 +120,17 @@ class PlanProgress:
         return max(0.0, self.total / self.parallel - elapsed)
 
     def status_line(self) -> str:
-        """Where the plan stands, for a log: the time of day, runs done, time elapsed and left."""
+        """Where the plan stands, for a log: the time of day, runs ended, time elapsed and left."""
         return (
-            f"{time.strftime('%H:%M:%S')} {self.runs_done} of {len(self.estimates)} runs done, "
+            f"{time.strftime('%H:%M:%S')} {self.runs_done} of {len(self.estimates)} runs ended, "
             f"{clock(self.elapsed())} elapsed, {self.left_text()}"
             + (f", now: {self.current}" if self.current else "")
         )
 
     def left_text(self) -> str:
         """The time left, or, while no run has finished and the estimate has passed, that estimate."""
-        planned = self.total / self.parallel
-        if self.done == 0 and self.elapsed() > planned:
-            return f"past the estimate of {clock(planned)}"
+        if self.done == 0 and 0 < self.planned < self.elapsed():
+            return f"past the estimate of {clock(self.planned)}"
         return f"~{clock(self.left())} left (estimate)"
 
     def refresh(self) -> None:
@@ -142,11 +144,15 @@ class PlanProgress:
         self.done += self.estimates.get(key, 0.0)
         self.runs_done += 1
         if self.bar.disable:
-            print(line, flush=True)
+            self.log_line(line)
         else:
             self.bar.write(line)
             self.bar.update(self.estimates.get(key, 0.0))
             self.refresh()
+
+    def log_line(self, line: str) -> None:
+        with self.printing:
+            print(line, flush=True)
 
 
 def clock(seconds: float) -> str:

@@ -263,7 +263,7 @@ def reproduce(
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
         PlanProgress(
-            estimates,
+            {task.run.key: estimates[task.run.key] for task in tasks},
             cluster.slots() if cluster else runs_at_once(total, host, parallel, runtime.device, executor),
             enabled=runtime.progress,
         ) as progress,

@@ -222,7 +222,11 @@ def sweep(
     tasks = [Task(run, None, out, worker, steps=steps[key]) for key, run in left.items()]
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
-        PlanProgress(estimates, cluster.slots() if cluster else at_once, enabled=runtime.progress) as bar,
+        PlanProgress(
+            {key: estimates[key] for key in left},
+            cluster.slots() if cluster else at_once,
+            enabled=runtime.progress,
+        ) as bar,
     ):
         packs = train_in_packs(tasks, bar, replace(worker, threads=runtime.threads)) if pack else None
         _, failures = run_tasks(packs.tasks if packs else tasks, jobs, bar, cluster)
