@@ -371,6 +371,46 @@ def test_parallel_jobs_share_one_index(tmp_path, monkeypatch):
     assert re.search(r"\| analysis \d+, (classifier \d+, )?neg_elbo \d+, train \d+ \|", runs)
 
 
+class Stopped(Exception):
+    """The session's end, in the middle of a run."""
+
+
+def test_a_run_stopped_part_way_keeps_the_seconds_it_spent_in_the_index(tmp_path, monkeypatch):
+    """index.json is charged as each part ends (training: each epoch), so a session stopped in the
+    middle of training, or of the evaluation, keeps what it spent; the next session adds to it."""
+    profile = tiny_profile(monkeypatch, epochs=3)
+    (run,) = runs_for(profile)
+    task = execute.Task(run, profile, tmp_path, Runtime(progress=False, threads=1))
+    real_train = execute.train
+
+    def train_stopped_after_epoch_2(*args, on_epoch, **kwargs):
+        def then_stop(epoch, rows, model):
+            on_epoch(epoch, rows, model)
+            if epoch == 2:
+                raise Stopped
+
+        real_train(*args, on_epoch=then_stop, **kwargs)
+
+    monkeypatch.setattr(execute, "train", train_stopped_after_epoch_2)
+    with pytest.raises(Stopped):
+        execute.execute_run(task)
+    (entry,) = read_json(tmp_path / "index.json")["runs"].values()
+    epochs = {row["epoch"]: row["seconds"] for row in read_metrics(tmp_path / run.dir_name / "metrics.csv")}
+    assert entry["trained_epochs"] == 2 and list(entry["seconds"]) == ["train"]
+    assert entry["seconds"]["train"] >= sum(epochs.values()) - 0.1  # both epochs, and their setup
+    monkeypatch.setattr(execute, "train", real_train)
+
+    def stop(*args, **kwargs):
+        raise Stopped
+
+    monkeypatch.setattr(execute, "analyse_run", stop)
+    with pytest.raises(Stopped):  # the next session: epoch 3, the metric and classifier, stopped
+        execute.execute_run(task)
+    (after,) = read_json(tmp_path / "index.json")["runs"].values()
+    assert after["trained_epochs"] == 3 and set(after["seconds"]) == {"train", "neg_elbo", "classifier"}
+    assert after["seconds"]["train"] > entry["seconds"]["train"]  # added to the first session's
+
+
 def test_a_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
     """Regression: the smoke profile's AVAE run wrote a 13696-byte safetensors header (first byte 0x80),
     which the pickle check mistook for a pickle."""

@@ -81,35 +81,61 @@ def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+class PartClock:
+    """The seconds a run's parts take, each charged to OUT/index.json as soon as it is spent (the
+    training at each epoch's end), so that a session stopped part-way keeps what it spent."""
+
+    def __init__(self, task: Task) -> None:
+        self.task, self.mark = task, time.perf_counter()
+
+    def charge(self, part: str) -> None:
+        """Charge the seconds since the last mark to `part`, and mark now."""
+        now, run_dir = time.perf_counter(), self.task.out / self.task.run.dir_name
+        entry = summary_entry(run_dir, self.task.run.cfg)
+        locked_update_index(self.task.out, self.task.run.key, entry, {part: now - self.mark})
+        self.mark = now
+
+    def skip(self) -> None:
+        """Charge the seconds since the last mark to nothing (waiting for another run's work)."""
+        self.mark = time.perf_counter()
+
+
 def execute_run(task: Task) -> dict[str, Any]:
     """Train (or resume), evaluate and analyse one planned run; index.json accumulates the seconds
-    each part took, over every session that worked on the run."""
+    each part took, over every session that worked on the run, as each part (or training epoch)
+    ends (`PartClock`)."""
     cfg, run_dir, runtime = task.run.cfg, task.out / task.run.dir_name, task.runtime
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    started, seconds = time.perf_counter(), {}
+    started, clock = time.perf_counter(), PartClock(task)
     trained = trained_epoch(run_dir) < cfg.epochs
     if trained:
-        callback = tensorboard_callback(run_dir, cfg) if task.tensorboard else None
-        train(cfg, run_dir, resume=True, runtime=runtime, on_epoch=callback)
-        seconds["train"] = time.perf_counter() - started
+        tensorboard = tensorboard_callback(run_dir, cfg) if task.tensorboard else None
+
+        def on_epoch(epoch: int, rows: list[dict[str, Any]], model) -> None:
+            clock.charge("train")
+            if tensorboard is not None:
+                tensorboard(epoch, rows, model)
+
+        train(cfg, run_dir, resume=True, runtime=runtime, on_epoch=on_epoch)
+        clock.charge("train")  # after the last epoch: the run's card and sample grids
     evaluated = []
     for step in missing_metrics(run_dir, cfg, task.eval_plan()):
-        part = time.perf_counter()
         evaluate_run(run_dir, metrics=(step.family,), settings=step.settings, runtime=runtime)
         evaluated.append(step.key)
-        seconds[step.key] = time.perf_counter() - part
+        clock.charge(step.key)
     if task.profile is not None and task.profile.evaluate and not analysis_done(run_dir, cfg):
-        part = time.perf_counter()
         classifier = prepare_classifier(task.profile, task.out, cfg.dataset, runtime)
         if classifier.trained:
-            seconds["classifier"] = time.perf_counter() - part
-        part = time.perf_counter()
+            clock.charge("classifier")
+        else:
+            clock.skip()  # another run trained it: waiting for it is not this run's cost
         samples = task.profile.analysis_samples
         analyse_run(run_dir, classifier=classifier.path, samples=samples, runtime=runtime)
         evaluated.append("analysis")
-        seconds["analysis"] = time.perf_counter() - part
-    locked_update_index(task.out, task.run.key, summary_entry(run_dir, cfg), seconds)
+        clock.charge("analysis")
+    if not evaluated and not trained:  # a finished run, reused: its entry, nothing spent
+        locked_update_index(task.out, task.run.key, summary_entry(run_dir, cfg))
     return {
         "dir": task.run.dir_name,
         "trained": trained or task.packed,
