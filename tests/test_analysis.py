@@ -152,3 +152,34 @@ def test_avae_is_measured_and_models_without_a_gaussian_head_on_noise_are_refuse
             noise_usage(noise_model(implicit), x, SEEDS)
     with pytest.raises(ConfigError, match="at least 2 draws"):
         noise_usage(noise_model(), x, SEEDS, draws=1)
+
+
+def test_the_classifier_is_trained_once_and_a_run_that_waited_for_it_did_not_train_it(tmp_path, monkeypatch):
+    """Existence is checked under the lock: a run that waited while another process trained the
+    classifier reports that it did not train it (so its seconds are not charged twice)."""
+    from contextlib import contextmanager
+
+    from avae.evaluation import analysis
+
+    trained = []
+
+    def tiny_training(dataset, **kwargs):
+        trained.append(dataset)
+        return nn.Sequential(nn.Linear(2, 2)), {"accuracy": 1.0}
+
+    monkeypatch.setattr(analysis, "train_classifier", tiny_training)
+    first = tmp_path / "first.safetensors"
+    assert analysis.train_classifier_once(first, "mnist") is True
+    assert analysis.train_classifier_once(first, "mnist") is False and trained == ["mnist"]
+    waited = tmp_path / "waited.safetensors"
+    real_lock = analysis.file_lock
+
+    @contextmanager
+    def lock_taken_after_another_process_wrote_it(path):
+        waited.write_bytes(first.read_bytes())  # the other process finished while this one waited
+        with real_lock(path):
+            yield
+
+    monkeypatch.setattr(analysis, "file_lock", lock_taken_after_another_process_wrote_it)
+    assert analysis.train_classifier_once(waited, "fashion-mnist") is False and trained == ["mnist"]
+    assert analysis.ensure_classifier(waited, "fashion-mnist") == waited

@@ -76,13 +76,23 @@ def ensure_classifier(
 ) -> Path:
     """The feature classifier of `dataset`, trained once and cached as safetensors at `path`; an
     existing file is reused. A file lock keeps parallel workers from training it twice."""
+    train_classifier_once(path, dataset, epochs=epochs, subset=subset, runtime=runtime)
+    return Path(path)
+
+
+def train_classifier_once(
+    path: str | Path, dataset: str, *, epochs: int = 3, subset: int = 0, runtime: Runtime | None = None
+) -> bool:
+    """`ensure_classifier`'s work; True when this call trained the classifier, False when it was
+    there already or another process trained it while this one waited for the lock."""
     path = Path(path)
     with file_lock(path.with_suffix(".lock")):
-        if not path.exists():
-            net, meta = train_classifier(dataset, epochs=epochs, subset=subset, runtime=runtime or Runtime())
-            tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            atomic_write_bytes(path, save(tensors, metadata={"avae_classifier": json.dumps(meta)}))
-    return path
+        if path.exists():
+            return False
+        net, meta = train_classifier(dataset, epochs=epochs, subset=subset, runtime=runtime or Runtime())
+        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        atomic_write_bytes(path, save(tensors, metadata={"avae_classifier": json.dumps(meta)}))
+    return True
 
 
 def train_classifier(

@@ -14,7 +14,7 @@ import torch
 
 from avae.core.nets import MemberRandom
 from avae.errors import ConfigError
-from avae.evaluation.analysis import analyse_run, classifier_path, ensure_classifier
+from avae.evaluation.analysis import analyse_run, classifier_path, train_classifier_once
 from avae.evaluation.evaluate import evaluate_run
 from avae.io import file_lock, read_json, write_json
 from avae.repro.plan import EvalStep, PlannedRun, Profile, analysis_done, eval_steps, missing_metrics
@@ -147,7 +147,7 @@ def execute_run(task: Task) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Classifier:
     path: Path
-    trained: bool  # by this call (else it was cached)
+    trained: bool  # by this call (else it was cached, or another run trained it meanwhile)
 
 
 def prepare_classifier(profile: Profile, out: Path, dataset: str, runtime: Runtime) -> Classifier:
@@ -155,10 +155,9 @@ def prepare_classifier(profile: Profile, out: Path, dataset: str, runtime: Runti
     (under a file lock, so parallel runs train it once) and cached in OUT; no run waits for it
     before its own training."""
     path = classifier_path(out, dataset)
-    cached = path.exists()
     epochs, subset = profile.classifier_epochs, profile.classifier_subset
-    ensure_classifier(path, dataset, epochs=epochs, subset=subset, runtime=runtime)
-    return Classifier(path, trained=not cached)
+    trained = train_classifier_once(path, dataset, epochs=epochs, subset=subset, runtime=runtime)
+    return Classifier(path, trained)
 
 
 def tensorboard_callback(run_dir: Path, cfg: TrainConfig):
