@@ -379,6 +379,7 @@ def test_a_run_stopped_part_way_keeps_the_seconds_it_spent_in_the_index(tmp_path
     """index.json is charged as each part ends (training: each epoch), so a session stopped in the
     middle of training, or of the evaluation, keeps what it spent; the next session adds to it."""
     profile = tiny_profile(monkeypatch, epochs=3)
+    monkeypatch.setattr(execute, "TRAIN_CHARGE_SECONDS", 0.0)  # at each epoch's end
     (run,) = runs_for(profile)
     task = execute.Task(run, profile, tmp_path, Runtime(progress=False, threads=1))
     real_train = execute.train

@@ -81,9 +81,16 @@ def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+# Training is charged to index.json at the first epoch's end after this many seconds, and at the
+# training call's end: a stop loses at most this much of it, and short epochs (a GPU's) do not each
+# rewrite the shared index under its lock.
+TRAIN_CHARGE_SECONDS = 60.0
+
+
 class PartClock:
     """The seconds a run's parts take, each charged to OUT/index.json as soon as it is spent (the
-    training at each epoch's end), so that a session stopped part-way keeps what it spent."""
+    training every TRAIN_CHARGE_SECONDS, at an epoch's end), so that a session stopped part-way
+    keeps what it spent."""
 
     def __init__(self, task: Task) -> None:
         self.task, self.mark = task, time.perf_counter()
@@ -102,8 +109,8 @@ class PartClock:
 
 def execute_run(task: Task) -> dict[str, Any]:
     """Train (or resume), evaluate and analyse one planned run; index.json accumulates the seconds
-    each part took, over every session that worked on the run, as each part (or training epoch)
-    ends (`PartClock`)."""
+    each part took, over every session that worked on the run, as each part ends (training: every
+    TRAIN_CHARGE_SECONDS; `PartClock`)."""
     cfg, run_dir, runtime = task.run.cfg, task.out / task.run.dir_name, task.runtime
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
@@ -113,7 +120,8 @@ def execute_run(task: Task) -> dict[str, Any]:
         tensorboard = tensorboard_callback(run_dir, cfg) if task.tensorboard else None
 
         def on_epoch(epoch: int, rows: list[dict[str, Any]], model) -> None:
-            clock.charge("train")
+            if time.perf_counter() - clock.mark >= TRAIN_CHARGE_SECONDS:
+                clock.charge("train")
             if tensorboard is not None:
                 tensorboard(epoch, rows, model)
 
