@@ -15,6 +15,7 @@ from avae.core.graphs import StaticNoise
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError
+from avae.io import read_json
 from avae.repro import costs, execute, plan, runner
 from avae.repro.paper import Experiment
 from avae.repro.plan import Profile, runs_for
@@ -231,6 +232,8 @@ def test_reproduce_with_pack_trains_each_run_as_it_would_alone(tmp_path, monkeyp
     quiet = Runtime(progress=False)
     results = reproduce(profile, tmp_path / "packed", runtime=quiet, train_only=True, pack=True)
     assert [r["trained"] for r in results] == [True, True]
+    spent = [entry["seconds"] for entry in read_json(tmp_path / "packed" / "index.json")["runs"].values()]
+    assert len(spent) == 2 and spent[0] == spent[1] and spent[0]["train"] > 0  # the pack's, by members
     reproduce(profile, tmp_path / "alone", runtime=quiet, train_only=True, pack=False)
     assert [[e.out.name for e in entries] for entries in packs] == [[run.dir_name for run in runs]]
     for run in runs:

@@ -20,7 +20,7 @@ import torch
 from avae.errors import AvaeError, ConfigError
 from avae.evaluation.packs import evaluate_pack
 from avae.repro.execute import Task, execute_run, locked_update_index, summary_entry
-from avae.repro.plan import EvalStep, missing_metrics, packs_of
+from avae.repro.plan import EvalStep, PlannedRun, missing_metrics, packs_of
 from avae.repro.progress import Outcomes, PlanProgress
 from avae.repro.ray_cluster import RayCluster
 from avae.training.config import Runtime
@@ -134,7 +134,8 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
     the trained runs that could pack as evaluation packs (`evaluation_packs`, `evaluate_in_packs`);
     each run is then left with what is still missing (its analysis) alone. A run that diverges in
     its pack is recorded as diverged, as an unpacked run would be, and fails; a pack that cannot
-    start (another process trains one of its runs) leaves its runs to train alone."""
+    start (another process trains one of its runs) leaves its runs to train alone. Each run's
+    index.json entry is charged its members' share of the pack's training seconds."""
     by_key = {task.run.key: task for task in tasks}
     out = tasks[0].out if tasks else Path()
     done = PackRound([])
@@ -142,11 +143,13 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
         members = sum(len(run.cfg.seeds) for run in group)
         progress.started(f"a pack of {len(group)} runs, {members} members: {group[0].dir_name}, ...")
         entries = [PackEntry(run.cfg, out / run.dir_name) for run in group]
+        started = time.perf_counter()
         try:
             outcomes = train_pack(entries, resume=True, runtime=runtime)
         except ConfigError as error:
             progress.started(f"a pack could not start ({error}); its runs train alone")
             continue
+        charge_by_members(group, out, "train", time.perf_counter() - started)
         for run, outcome in zip(group, outcomes, strict=True):
             if outcome.diverged is None:
                 by_key[run.key] = replace(by_key[run.key], packed=True)
@@ -158,6 +161,15 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
         evaluate_in_packs(tasks_of_pack, progress, runtime)
     done.tasks = list(by_key.values())
     return done
+
+
+def charge_by_members(runs: list[PlannedRun], out: Path, part: str, seconds: float) -> None:
+    """Charge `seconds` spent on `part` of a pack of `runs` to each run's index.json entry, shared by
+    members."""
+    members = sum(len(run.cfg.seeds) for run in runs)
+    for run in runs:
+        share = {part: seconds * len(run.cfg.seeds) / members}
+        locked_update_index(out, run.key, summary_entry(out / run.dir_name, run.cfg), share)
 
 
 def evaluation_packs(tasks: list[Task]) -> list[list[Task]]:
@@ -199,8 +211,4 @@ def evaluate_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtim
                 f"{step.key} could not be evaluated as a pack ({error}); its runs evaluate alone"
             )
             continue
-        seconds = time.perf_counter() - started
-        members = sum(len(task.run.cfg.seeds) for task in group)
-        for task, run_dir in zip(group, dirs, strict=True):
-            share = {step.key: seconds * len(task.run.cfg.seeds) / members}
-            locked_update_index(task.out, task.run.key, summary_entry(run_dir, task.run.cfg), share)
+        charge_by_members([task.run for task in group], group[0].out, step.key, time.perf_counter() - started)
