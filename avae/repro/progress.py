@@ -117,7 +117,7 @@ class PlanProgress:
         elapsed = self.elapsed()
         if self.done > 0:  # the pace so far, on the cost model's weights
             return elapsed * (self.total - self.done) / self.done
-        return max(0.0, self.total / self.parallel - elapsed)
+        return max(0.0, self.planned - elapsed)
 
     def status_line(self) -> str:
         """Where the plan stands, for a log: the time of day, runs ended, time elapsed and left."""

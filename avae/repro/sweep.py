@@ -155,7 +155,15 @@ def estimate_seconds(
         images, members = cfg.train_subset or SPLIT_SIZES["train"], max(pack, len(cfg.seeds))
         whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
         modelled = whole * len(cfg.seeds) / members
-        train = train_seconds_here(modelled, False, probe, cfg, members, cfg.epochs - epoch, device)
+        train = train_seconds_here(
+            modelled,
+            timed=False,
+            probe=probe,
+            cfg=cfg,
+            members=members,
+            epochs=cfg.epochs - epoch,
+            device=device,
+        )
     points = cfg.test_subset or SPLIT_SIZES["test"]
     evaluation = sum(
         metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
