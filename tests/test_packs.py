@@ -246,6 +246,41 @@ def test_reproduce_with_pack_trains_each_run_as_it_would_alone(tmp_path, monkeyp
     assert len(packs) == 1
 
 
+class Stopped(Exception):
+    """The session's end, in the middle of a pack's training."""
+
+
+def test_a_pack_stopped_part_way_keeps_its_training_seconds_in_the_index(tmp_path, monkeypatch):
+    """A pack's training is charged to its runs' index.json entries as epochs end, by members, so
+    a session stopped in the middle of the pack keeps what it spent; the next session adds to it."""
+    profile = two_dataset_profile(monkeypatch, epochs=3)
+    monkeypatch.setattr(execute, "TRAIN_CHARGE_SECONDS", 0.0)  # at each epoch's end
+    out, quiet = tmp_path / "out", Runtime(progress=False)
+
+    def train_pack_stopped_after_epoch_2(entries, *, on_epoch, **kw):
+        def then_stop(epoch, rows, model):
+            on_epoch(epoch, rows, model)
+            if epoch == 2:
+                raise Stopped
+
+        return train_pack(entries, on_epoch=then_stop, **kw)
+
+    monkeypatch.setattr(runner, "train_pack", train_pack_stopped_after_epoch_2)
+    with pytest.raises(Stopped):
+        reproduce(profile, out, runtime=quiet, train_only=True, pack=True)
+    entries = read_json(out / "index.json")["runs"]
+    assert len(entries) == 2
+    for entry in entries.values():
+        epochs = {row["epoch"]: row["seconds"] for row in read_metrics(out / entry["dir"] / METRICS)}
+        assert entry["trained_epochs"] == 2 and list(entry["seconds"]) == ["train"]
+        assert entry["seconds"]["train"] >= sum(epochs.values()) - 0.1  # its share of both epochs
+    monkeypatch.setattr(runner, "train_pack", train_pack)
+    reproduce(profile, out, runtime=quiet, train_only=True, pack=True)  # the next session: epoch 3
+    for key, after in read_json(out / "index.json")["runs"].items():
+        assert after["trained_epochs"] == 3
+        assert after["seconds"]["train"] > entries[key]["seconds"]["train"]
+
+
 def test_a_run_diverging_in_a_reproduce_pack_fails_alone(tmp_path, monkeypatch):
     profile = two_dataset_profile(monkeypatch, epochs=2)
     mnist, fashion = runs_for(profile)

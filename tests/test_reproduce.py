@@ -412,6 +412,20 @@ def test_a_run_stopped_part_way_keeps_the_seconds_it_spent_in_the_index(tmp_path
     assert after["seconds"]["train"] > entry["seconds"]["train"]  # added to the first session's
 
 
+def test_the_training_callback_charges_at_most_every_interval_then_calls_the_next(monkeypatch):
+    """`PartClock.on_epoch` charges "train" only once TRAIN_CHARGE_SECONDS have passed, and always
+    calls the callback it wraps (TensorBoard's) with the epoch's arguments."""
+    booked, called = [], []
+    clock = execute.PartClock(lambda part, seconds: booked.append((part, seconds)))
+    callback = clock.on_epoch(lambda epoch, rows, model: called.append((epoch, rows, model)))
+    monkeypatch.setattr(execute, "TRAIN_CHARGE_SECONDS", 3600.0)
+    callback(1, [{"a": 1}], "model")
+    assert booked == [] and called == [(1, [{"a": 1}], "model")]
+    monkeypatch.setattr(execute, "TRAIN_CHARGE_SECONDS", 0.0)
+    callback(2, [], None)
+    assert [part for part, _ in booked] == ["train"] and booked[0][1] >= 0 and len(called) == 2
+
+
 def test_a_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
     """Regression: the smoke profile's AVAE run wrote a 13696-byte safetensors header (first byte 0x80),
     which the pickle check mistook for a pickle."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,25 +87,50 @@ def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
 # rewrite the shared index under its lock.
 TRAIN_CHARGE_SECONDS = 60.0
 
+EpochCallback = Callable[[int, list[dict[str, Any]], Any], None]  # (epoch, its rows, model)
+
 
 class PartClock:
     """The seconds a run's parts take, each charged to OUT/index.json as soon as it is spent (the
-    training every TRAIN_CHARGE_SECONDS, at an epoch's end), so that a session stopped part-way
-    keeps what it spent."""
+    training every TRAIN_CHARGE_SECONDS, at an epoch's end: `on_epoch`), so that a session stopped
+    part-way keeps what it spent. `book(part, seconds)` records them: one run's entry (`of_run`),
+    or a pack's runs by members (`avae.repro.runner.charge_by_members`)."""
 
-    def __init__(self, task: Task) -> None:
-        self.task, self.mark = task, time.perf_counter()
+    def __init__(self, book: Callable[[str, float], None]) -> None:
+        self.book, self.mark = book, time.perf_counter()
+
+    @classmethod
+    def of_run(cls, task: Task) -> PartClock:
+        """A clock charging one task's run."""
+        run_dir = task.out / task.run.dir_name
+
+        def book(part: str, seconds: float) -> None:
+            entry = summary_entry(run_dir, task.run.cfg)
+            locked_update_index(task.out, task.run.key, entry, {part: seconds})
+
+        return cls(book)
 
     def charge(self, part: str) -> None:
         """Charge the seconds since the last mark to `part`, and mark now."""
-        now, run_dir = time.perf_counter(), self.task.out / self.task.run.dir_name
-        entry = summary_entry(run_dir, self.task.run.cfg)
-        locked_update_index(self.task.out, self.task.run.key, entry, {part: now - self.mark})
+        now = time.perf_counter()
+        self.book(part, now - self.mark)
         self.mark = now
 
     def skip(self) -> None:
         """Charge the seconds since the last mark to nothing (waiting for another run's work)."""
         self.mark = time.perf_counter()
+
+    def on_epoch(self, then: EpochCallback | None = None) -> EpochCallback:
+        """A training callback (`train`'s on_epoch) that charges "train" at an epoch's end once
+        TRAIN_CHARGE_SECONDS have passed since the last charge, then calls `then`, if given."""
+
+        def charge_then(epoch: int, rows: list[dict[str, Any]], model) -> None:
+            if time.perf_counter() - self.mark >= TRAIN_CHARGE_SECONDS:
+                self.charge("train")
+            if then is not None:
+                then(epoch, rows, model)
+
+        return charge_then
 
 
 def execute_run(task: Task) -> dict[str, Any]:
@@ -114,18 +140,11 @@ def execute_run(task: Task) -> dict[str, Any]:
     cfg, run_dir, runtime = task.run.cfg, task.out / task.run.dir_name, task.runtime
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    started, clock = time.perf_counter(), PartClock(task)
+    started, clock = time.perf_counter(), PartClock.of_run(task)
     trained = trained_epoch(run_dir) < cfg.epochs
     if trained:
         tensorboard = tensorboard_callback(run_dir, cfg) if task.tensorboard else None
-
-        def on_epoch(epoch: int, rows: list[dict[str, Any]], model) -> None:
-            if time.perf_counter() - clock.mark >= TRAIN_CHARGE_SECONDS:
-                clock.charge("train")
-            if tensorboard is not None:
-                tensorboard(epoch, rows, model)
-
-        train(cfg, run_dir, resume=True, runtime=runtime, on_epoch=on_epoch)
+        train(cfg, run_dir, resume=True, runtime=runtime, on_epoch=clock.on_epoch(tensorboard))
         clock.charge("train")  # after the last epoch: the run's card and sample grids
     evaluated = []
     for step in missing_metrics(run_dir, cfg, task.eval_plan()):

@@ -19,7 +19,7 @@ import torch
 
 from avae.errors import AvaeError, ConfigError
 from avae.evaluation.packs import evaluate_pack
-from avae.repro.execute import Task, execute_run, locked_update_index, summary_entry
+from avae.repro.execute import PartClock, Task, execute_run, locked_update_index, summary_entry
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics, packs_of
 from avae.repro.progress import Outcomes, PlanProgress
 from avae.repro.ray_cluster import RayCluster
@@ -135,7 +135,8 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
     each run is then left with what is still missing (its analysis) alone. A run that diverges in
     its pack is recorded as diverged, as an unpacked run would be, and fails; a pack that cannot
     start (another process trains one of its runs) leaves its runs to train alone. Each run's
-    index.json entry is charged its members' share of the pack's training seconds."""
+    index.json entry is charged its members' share of the pack's training seconds as they are
+    spent (`PartClock`), so a session stopped in the middle of a pack keeps them."""
     by_key = {task.run.key: task for task in tasks}
     out = tasks[0].out if tasks else Path()
     done = PackRound([])
@@ -143,13 +144,13 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
         members = sum(len(run.cfg.seeds) for run in group)
         progress.started(f"a pack of {len(group)} runs, {members} members: {group[0].dir_name}, ...")
         entries = [PackEntry(run.cfg, out / run.dir_name) for run in group]
-        started = time.perf_counter()
+        clock = PartClock(lambda part, seconds, group=group: charge_by_members(group, out, part, seconds))
         try:
-            outcomes = train_pack(entries, resume=True, runtime=runtime)
+            outcomes = train_pack(entries, resume=True, runtime=runtime, on_epoch=clock.on_epoch())
         except ConfigError as error:
             progress.started(f"a pack could not start ({error}); its runs train alone")
             continue
-        charge_by_members(group, out, "train", time.perf_counter() - started)
+        clock.charge("train")
         for run, outcome in zip(group, outcomes, strict=True):
             if outcome.diverged is None:
                 by_key[run.key] = replace(by_key[run.key], packed=True)

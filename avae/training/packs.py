@@ -181,10 +181,12 @@ def member_slices(entries: Sequence[PackEntry]) -> list[slice]:
 
 
 def train_pack(
-    entries: Sequence[PackEntry], *, resume: bool = False, runtime: Runtime | None = None
+    entries: Sequence[PackEntry], *, resume: bool = False, runtime: Runtime | None = None, on_epoch=None
 ) -> list[PackOutcome]:
     """Train the configurations of `entries` as one model, each into its own run directory (as
-    `train` would, with the same files), and return how each ended, in order.
+    `train` would, with the same files), and return how each ended, in order. `on_epoch(epoch, rows,
+    model)`, if given, is called after each epoch, as `train` calls it (rows: the first
+    configuration's).
 
     A configuration whose member diverges is recorded as diverged (diverged.json, its checkpoint of
     the epoch before kept) and the pack goes on without it from the others' last checkpoints."""
@@ -200,7 +202,7 @@ def train_pack(
     live = list(entries)
     while live:
         try:
-            train_pack_once(live, resume, runtime)
+            train_pack_once(live, resume, runtime, on_epoch)
             break
         except DivergenceError as error:
             slot = owner(slots_of(live), error.member)
@@ -271,7 +273,7 @@ class PackFigure:
         return figures.gather(0, self.test_of[None]).squeeze(0)
 
 
-def train_pack_once(entries: list[PackEntry], resume: bool, runtime: Runtime) -> None:
+def train_pack_once(entries: list[PackEntry], resume: bool, runtime: Runtime, on_epoch=None) -> None:
     """One attempt at a pack: every run directory locked, the pack's state restored from its
     configurations' checkpoints (or new), trained to the configurations' epochs."""
     device = use_device(runtime.device)
@@ -315,7 +317,7 @@ def train_pack_once(entries: list[PackEntry], resume: bool, runtime: Runtime) ->
         for test_pass in figure.passes:
             stack.enter_context(test_pass.unit)
         label = f"pack of {len(entries)} {cfg.model.name} S={len(state.seeds)}"
-        train_epochs(state, runs, data.train, figure, runtime, label)
+        train_epochs(state, runs, data.train, figure, runtime, label, on_epoch)
         for entry in entries:  # each from its own checkpoint, as an unpacked run would be
             _, model, _ = load_run(entry.out, str(device))
             finish_run(model, entry.cfg.seeds, entry.out)
