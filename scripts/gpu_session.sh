@@ -8,7 +8,8 @@
 #   5. FRESH runs of the profile with its whole evaluation, while time is left.
 # Everything but checkpoints comes back as OUT/runs.tgz; weights of the retrained runs as
 # OUT/w-<run>.safetensors for the runs in $BACK (default: RETRAIN; 8 files at most come back from a
-# device session). TRAIN_CAP caps step 1 (default 2/5 of DEADLINE); AIS_STEPS sets step 4's steps.
+# device session). TRAIN_CAP caps step 1 (default 2/5 of DEADLINE); AIS_STEPS sets step 4's steps;
+# JOBS sets step 5's --jobs (default 1), and PACK=1 trains its runs as packs (--pack).
 #
 #   scripts/gpu_session.sh OUT PROFILE DEVICE "RETRAIN..." "AIS_RUNS..." "FRESH..." [DEADLINE] [DATA_DIR]
 #
@@ -58,7 +59,7 @@ if ((${#ais_dirs[@]})); then
         --chains 16 --subchains 4 --device "$device" --deadline "$((budget - 40))" --out "$out/ais_convergence.json"
 fi
 [[ -n "$fresh" ]] && capped "$(left)" "$py" -m avae reproduce --profile "$profile" --out "$work/runs" \
-    --runs "${fresh// /,}" --device "$device" --jobs 1 --no-progress
+    --runs "${fresh// /,}" --device "$device" --jobs "${JOBS:-1}" ${PACK:+--pack} --no-progress
 say "packing"
 (cd "$work/runs" && tar --exclude=checkpoint.safetensors --exclude=model.safetensors --exclude='*.lock' \
     -czf "$out/runs.tgz" .)

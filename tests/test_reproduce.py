@@ -563,6 +563,47 @@ def test_a_plan_without_a_terminal_logs_where_it_stands_every_so_often(capsys):
     nothing_left.bar.close()
 
 
+def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_path, monkeypatch):
+    """`TrainingWatch` credits each run with its share of its training estimate by the epochs it
+    has trained since the plan began (read from its run directory, at most every `every` seconds);
+    the plan counts that work until the run ends, then the run's whole estimate, once."""
+    from avae.io import write_csv
+    from avae.repro.progress import PlanProgress, Training, TrainingWatch
+
+    run_dir = tmp_path / "a"
+    run_dir.mkdir()
+
+    def trained_to(epoch: int) -> None:
+        rows = [[e, m, 1.0] for e in range(1, epoch + 1) for m in (0, 1)]
+        write_csv(run_dir / "metrics.csv", ["epoch", "member", "seconds"], rows)
+
+    trained_to(2)  # resumed at epoch 2 of 10; its 8 epochs left estimated at 80 s
+    watch = TrainingWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=0.0)
+    assert watch() == {"a": 0.0}
+    trained_to(5)
+    assert watch() == {"a": 30.0}
+    trained_to(12)  # past its epochs: never more than its estimate
+    assert watch() == {"a": 80.0}
+    trained_to(5)
+    plan = PlanProgress({"a": 100.0, "b": 100.0}, 1, enabled=False, watch=watch)
+    assert plan.work_done() == 30.0
+    before, left, after = plan.elapsed(), plan.left(), plan.elapsed()
+    assert before * 170 / 30 <= left <= after * 170 / 30
+    plan.finished("a", "[1/2] a: trained")
+    assert plan.work_done() == 100.0  # the run's whole estimate, not also its epochs
+    plan.bar.close()
+    cached = TrainingWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=3600.0)
+    assert cached() == {"a": 30.0}
+    trained_to(6)
+    assert cached() == {"a": 30.0}  # read again only after `every` seconds
+
+    profile = tiny_profile(monkeypatch, epochs=3, datasets=("mnist", "fashion-mnist"))
+    first, second = runs_for(profile)
+    tasks = [execute.Task(run, profile, tmp_path, Runtime(progress=False)) for run in (first, second)]
+    built = TrainingWatch.of_tasks(tasks, {first.key: 12.0, second.key: 0.0})  # second: nothing to train
+    assert built.runs == {first.key: Training(tmp_path / first.dir_name, 0, 3, 12.0)}
+
+
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):
     from avae.repro.runner import default_jobs
 

@@ -8,7 +8,8 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from avae.errors import AvaeError
 from avae.repro.execute import Task
+from avae.training.runs import trained_epoch
 
 
 class Outcomes:
@@ -62,12 +64,66 @@ def log_failure(task: Task, error: BaseException) -> Path:
 LOG_EVERY_SECONDS = 600.0
 
 
+@dataclass(frozen=True)
+class Training:
+    """One run's training as its plan estimated it: its run directory, the epoch it started this
+    plan at, the epochs it trains to, and the estimated seconds of those epochs."""
+
+    run_dir: Path
+    start: int
+    epochs: int
+    seconds: float
+
+
+# A plan reads its runs' epochs (each checkpoint's header) at most this often.
+WATCH_EVERY_SECONDS = 30.0
+
+
+class TrainingWatch:
+    """The estimated seconds of training each run has done since its plan began, by key: its share
+    of its training estimate by the epochs it has trained since (its run directory's epoch, read at
+    most every `every` seconds), so that a plan's time left moves within hours-long runs."""
+
+    def __init__(self, runs: Mapping[str, Training], every: float = WATCH_EVERY_SECONDS):
+        self.runs, self.every = dict(runs), every
+        self.read_at = -float("inf")
+        self.seen: dict[str, float] = {}
+
+    @classmethod
+    def of_tasks(cls, tasks: list[Task], training_seconds: Mapping[str, float]) -> TrainingWatch:
+        """A watch over the tasks' runs that have training left (`training_seconds`, by key)."""
+        runs = {}
+        for task in tasks:
+            seconds, run_dir = training_seconds.get(task.run.key, 0.0), task.out / task.run.dir_name
+            start = trained_epoch(run_dir)
+            if seconds > 0 and start < task.run.cfg.epochs:
+                runs[task.run.key] = Training(run_dir, start, task.run.cfg.epochs, seconds)
+        return cls(runs)
+
+    def __call__(self) -> dict[str, float]:
+        if time.monotonic() - self.read_at >= self.every:
+            self.read_at = time.monotonic()
+            self.seen = {key: self.done(run) for key, run in self.runs.items()}
+        return self.seen
+
+    @staticmethod
+    def done(run: Training) -> float:
+        try:
+            epoch = trained_epoch(run.run_dir)
+        except (AvaeError, OSError, ValueError):  # a run directory being written: no news
+            return 0.0
+        fraction = (epoch - run.start) / (run.epochs - run.start)
+        return run.seconds * min(1.0, max(0.0, fraction))
+
+
 class PlanProgress:
     """One bar over a reproduction's planned work, each run weighted by its estimated cost, with
     elapsed time, time left and the current run. Where stderr is not a terminal the bar is off: each
     finished run is one printed line, and every `log_every` seconds one line says how many runs have
     ended (finished or failed), the time elapsed and the time left. With progress off, only the
-    finished runs' lines. `estimates`: the seconds of each run that will be run, by key."""
+    finished runs' lines. `estimates`: the seconds of each run that will be run, by key. `watch`,
+    if given, says how many of those seconds each unfinished run has done so far (`TrainingWatch`):
+    the bar and the time left count them, not only the runs that ended."""
 
     def __init__(
         self,
@@ -75,9 +131,11 @@ class PlanProgress:
         parallel: float,
         enabled: bool,
         log_every: float = LOG_EVERY_SECONDS,
+        watch: Callable[[], Mapping[str, float]] | None = None,
     ):
-        self.estimates, self.parallel = estimates, parallel
+        self.estimates, self.parallel, self.watch = estimates, parallel, watch
         self.total, self.done, self.current = max(sum(estimates.values()), 1e-9), 0.0, ""
+        self.ended: set[str] = set()
         self.planned = sum(estimates.values()) / parallel  # wall seconds, as the plan's estimate said
         self.runs_done, self.began = 0, time.monotonic()
         self.bar = tqdm(
@@ -113,10 +171,16 @@ class PlanProgress:
     def elapsed(self) -> float:
         return time.monotonic() - self.began
 
+    def work_done(self) -> float:
+        """The estimated seconds of the plan done: the runs that ended, and what the watch says the
+        others have done so far."""
+        partial = self.watch() if self.watch is not None else {}
+        return self.done + sum(seconds for key, seconds in partial.items() if key not in self.ended)
+
     def left(self) -> float:
-        elapsed = self.elapsed()
-        if self.done > 0:  # the pace so far, on the cost model's weights
-            return elapsed * (self.total - self.done) / self.done
+        elapsed, work = self.elapsed(), self.work_done()
+        if work > 0:  # the pace so far, on the cost model's weights
+            return elapsed * max(0.0, self.total - work) / work
         return max(0.0, self.planned - elapsed)
 
     def status_line(self) -> str:
@@ -129,11 +193,12 @@ class PlanProgress:
 
     def left_text(self) -> str:
         """The time left, or, while no run has finished and the estimate has passed, that estimate."""
-        if self.done == 0 and 0 < self.planned < self.elapsed():
+        if self.work_done() == 0 and 0 < self.planned < self.elapsed():
             return f"past the estimate of {clock(self.planned)}"
         return f"~{clock(self.left())} left (estimate)"
 
     def refresh(self) -> None:
+        self.bar.n = min(self.total, self.work_done())
         self.bar.set_postfix_str(f"{self.left_text()}, now: {self.current}", refresh=True)
 
     def started(self, name: str) -> None:
@@ -142,12 +207,12 @@ class PlanProgress:
 
     def finished(self, key: str, line: str) -> None:
         self.done += self.estimates.get(key, 0.0)
+        self.ended.add(key)
         self.runs_done += 1
         if self.bar.disable:
             self.log_line(line)
         else:
             self.bar.write(line)
-            self.bar.update(self.estimates.get(key, 0.0))
             self.refresh()
 
     def log_line(self, line: str) -> None:

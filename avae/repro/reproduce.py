@@ -42,7 +42,7 @@ from avae.repro.plan import (
     status_of,
 )
 from avae.repro.probe import Probe
-from avae.repro.progress import PlanProgress, clock
+from avae.repro.progress import PlanProgress, TrainingWatch, clock
 from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import MANIFEST
@@ -266,6 +266,7 @@ def reproduce(
             {task.run.key: estimates[task.run.key] for task in tasks},
             cluster.slots() if cluster else runs_at_once(total, host, parallel, runtime.device, executor),
             enabled=runtime.progress,
+            watch=TrainingWatch.of_tasks(tasks, {key: train for key, (train, _) in parts.items()}),
         ) as progress,
     ):
         packs = train_in_packs(tasks, progress, replace(worker, threads=runtime.threads)) if pack else None

@@ -36,7 +36,7 @@ from avae.repro.costs import (
 from avae.repro.execute import Task
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics, pack_members
 from avae.repro.probe import Probe
-from avae.repro.progress import PlanProgress, clock
+from avae.repro.progress import PlanProgress, TrainingWatch, clock
 from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import SWEEP
@@ -234,6 +234,7 @@ def sweep(
             {key: estimates[key] for key in left},
             cluster.slots() if cluster else at_once,
             enabled=runtime.progress,
+            watch=TrainingWatch.of_tasks(tasks, {key: train for key, (train, _) in parts.items()}),
         ) as bar,
     ):
         packs = train_in_packs(tasks, bar, replace(worker, threads=runtime.threads)) if pack else None
