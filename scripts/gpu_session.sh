@@ -59,7 +59,7 @@ if ((${#ais_dirs[@]})); then
         --chains 16 --subchains 4 --device "$device" --deadline "$((budget - 40))" --out "$out/ais_convergence.json"
 fi
 [[ -n "$fresh" ]] && capped "$(left)" "$py" -m avae reproduce --profile "$profile" --out "$work/runs" \
-    --runs "${fresh// /,}" --device "$device" --jobs "${JOBS:-1}" ${PACK:+--pack} --no-progress
+    --runs "${fresh// /,}" --device "$device" --jobs "${JOBS:-1}" $([[ ${PACK:-0} == 1 ]] && echo --pack) --no-progress
 say "packing"
 (cd "$work/runs" && tar --exclude=checkpoint.safetensors --exclude=model.safetensors --exclude='*.lock' \
     -czf "$out/runs.tgz" .)

@@ -265,9 +265,18 @@ def test_a_pack_stopped_part_way_keeps_its_training_seconds_in_the_index(tmp_pat
 
         return train_pack(entries, on_epoch=then_stop, **kw)
 
+    booked = []
+    real_charge = runner.charge_by_members
+
+    def charge_and_note(runs, out, part, seconds):
+        booked.append(part)
+        real_charge(runs, out, part, seconds)
+
     monkeypatch.setattr(runner, "train_pack", train_pack_stopped_after_epoch_2)
+    monkeypatch.setattr(runner, "charge_by_members", charge_and_note)
     with pytest.raises(Stopped):
         reproduce(profile, out, runtime=quiet, train_only=True, pack=True)
+    assert booked == ["train", "train"]  # at the end of epochs 1 and 2, before the stop
     entries = read_json(out / "index.json")["runs"]
     assert len(entries) == 2
     for entry in entries.values():

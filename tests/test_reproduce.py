@@ -423,7 +423,10 @@ def test_the_training_callback_charges_at_most_every_interval_then_calls_the_nex
     assert booked == [] and called == [(1, [{"a": 1}], "model")]
     monkeypatch.setattr(execute, "TRAIN_CHARGE_SECONDS", 0.0)
     callback(2, [], None)
-    assert [part for part, _ in booked] == ["train"] and booked[0][1] >= 0 and len(called) == 2
+    assert [part for part, _ in booked] == ["train"] and len(called) == 2
+    monkeypatch.setattr(execute, "TRAIN_CHARGE_SECONDS", 3600.0)  # the charge marked the clock anew
+    callback(3, [], None)
+    assert len(booked) == 1 and len(called) == 3
 
 
 def test_a_checkpoint_whose_header_length_starts_with_0x80_loads(tmp_path):
@@ -567,7 +570,6 @@ def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_p
     """`TrainingWatch` credits each run with its share of its training estimate by the epochs it
     has trained since the plan began (read from its run directory, at most every `every` seconds);
     the plan counts that work until the run ends, then the run's whole estimate, once."""
-    from avae.io import write_csv
     from avae.repro.progress import PlanProgress, Training, TrainingWatch
 
     run_dir = tmp_path / "a"
@@ -582,9 +584,12 @@ def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_p
     assert watch() == {"a": 0.0}
     trained_to(5)
     assert watch() == {"a": 30.0}
+    (run_dir / "metrics.csv").write_text("epoch,member\nnot a number,0\n")  # being written
+    assert watch() == {"a": 30.0}  # what was seen before
     trained_to(12)  # past its epochs: never more than its estimate
     assert watch() == {"a": 80.0}
     trained_to(5)
+    watch = TrainingWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=0.0)
     plan = PlanProgress({"a": 100.0, "b": 100.0}, 1, enabled=False, watch=watch)
     assert plan.work_done() == 30.0
     before, left, after = plan.elapsed(), plan.left(), plan.elapsed()
@@ -600,8 +605,10 @@ def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_p
     profile = tiny_profile(monkeypatch, epochs=3, datasets=("mnist", "fashion-mnist"))
     first, second = runs_for(profile)
     tasks = [execute.Task(run, profile, tmp_path, Runtime(progress=False)) for run in (first, second)]
-    built = TrainingWatch.of_tasks(tasks, {first.key: 12.0, second.key: 0.0})  # second: nothing to train
+    built = TrainingWatch.of_tasks(tasks, {first.key: (12.0, 5.0), second.key: (0.0, 5.0)})  # 2nd: none
     assert built.runs == {first.key: Training(tmp_path / first.dir_name, 0, 3, 12.0)}
+    with pytest.raises(ValueError, match="no training left"):
+        TrainingWatch({"a": Training(run_dir, 10, 10, 80.0)})
 
 
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):

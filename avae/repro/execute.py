@@ -23,7 +23,7 @@ from avae.repro.results import INDEX
 from avae.training.config import Runtime, TrainConfig
 from avae.training.images import image_grid
 from avae.training.runs import EVAL, metric_entries, trained_epoch
-from avae.training.train import train
+from avae.training.train import EpochCallback, train
 
 
 @dataclass
@@ -86,8 +86,6 @@ def summary_entry(run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
 # training call's end: a stop loses at most this much of it, and short epochs (a GPU's) do not each
 # rewrite the shared index under its lock.
 TRAIN_CHARGE_SECONDS = 60.0
-
-EpochCallback = Callable[[int, list[dict[str, Any]], Any], None]  # (epoch, its rows, model)
 
 
 class PartClock:

@@ -59,6 +59,10 @@ def log_failure(task: Task, error: BaseException) -> Path:
     return path
 
 
+# The time left is the plan's estimate until this share of its estimated work is done, then the pace
+# so far (early on, the pace would be mostly the runs' start: loading data, building models).
+PACE_AFTER = 0.02
+
 # Where stderr is not a terminal (a run in the background, its output in a log), a line on the
 # plan's progress is printed this often, so that a log of hours-long runs says where they stand.
 LOG_EVERY_SECONDS = 600.0
@@ -84,17 +88,20 @@ class TrainingWatch:
     of its training estimate by the epochs it has trained since (its run directory's epoch, read at
     most every `every` seconds), so that a plan's time left moves within hours-long runs."""
 
-    def __init__(self, runs: Mapping[str, Training], every: float = WATCH_EVERY_SECONDS):
+    def __init__(self, runs: Mapping[str, Training], every: float = WATCH_EVERY_SECONDS) -> None:
+        if bad := [key for key, run in runs.items() if run.start >= run.epochs]:
+            raise ValueError(f"runs with no training left cannot be watched: {bad}")
         self.runs, self.every = dict(runs), every
         self.read_at = -float("inf")
         self.seen: dict[str, float] = {}
 
     @classmethod
-    def of_tasks(cls, tasks: list[Task], training_seconds: Mapping[str, float]) -> TrainingWatch:
-        """A watch over the tasks' runs that have training left (`training_seconds`, by key)."""
+    def of_tasks(cls, tasks: list[Task], parts: Mapping[str, tuple[float, float]]) -> TrainingWatch:
+        """A watch over the tasks' runs that have training left (`parts`: each run's estimated
+        (training, evaluation) seconds, by key)."""
         runs = {}
         for task in tasks:
-            seconds, run_dir = training_seconds.get(task.run.key, 0.0), task.out / task.run.dir_name
+            seconds, run_dir = parts.get(task.run.key, (0.0, 0.0))[0], task.out / task.run.dir_name
             start = trained_epoch(run_dir)
             if seconds > 0 and start < task.run.cfg.epochs:
                 runs[task.run.key] = Training(run_dir, start, task.run.cfg.epochs, seconds)
@@ -103,15 +110,20 @@ class TrainingWatch:
     def __call__(self) -> dict[str, float]:
         if time.monotonic() - self.read_at >= self.every:
             self.read_at = time.monotonic()
-            self.seen = {key: self.done(run) for key, run in self.runs.items()}
+            self.seen = {key: self.done(key) for key in self.runs}
         return self.seen
 
-    @staticmethod
-    def done(run: Training) -> float:
+    def done(self, key: str) -> float:
+        """The estimated seconds of training run `key` has done since its plan began; what was
+        seen before, where its run directory cannot be read now (being written) or its training
+        was already all done."""
+        run, before = self.runs[key], self.seen.get(key, 0.0)
+        if before >= run.seconds:
+            return before
         try:
             epoch = trained_epoch(run.run_dir)
-        except (AvaeError, OSError, ValueError):  # a run directory being written: no news
-            return 0.0
+        except (AvaeError, OSError, ValueError):  # no news
+            return before
         fraction = (epoch - run.start) / (run.epochs - run.start)
         return run.seconds * min(1.0, max(0.0, fraction))
 
@@ -177,9 +189,15 @@ class PlanProgress:
         partial = self.watch() if self.watch is not None else {}
         return self.done + sum(seconds for key, seconds in partial.items() if key not in self.ended)
 
-    def left(self) -> float:
-        elapsed, work = self.elapsed(), self.work_done()
-        if work > 0:  # the pace so far, on the cost model's weights
+    def paced(self, work: float) -> bool:
+        """Whether enough work is done for the pace so far to give the time left."""
+        return work > 0 and work >= PACE_AFTER * self.total
+
+    def left(self, work: float | None = None) -> float:
+        """The wall seconds left: at the pace so far, on the cost model's weights, once enough work
+        is done (`paced`), else what is left of the plan's estimate."""
+        elapsed, work = self.elapsed(), self.work_done() if work is None else work
+        if self.paced(work):
             return elapsed * max(0.0, self.total - work) / work
         return max(0.0, self.planned - elapsed)
 
@@ -187,27 +205,30 @@ class PlanProgress:
         """Where the plan stands, for a log: the time of day, runs ended, time elapsed and left."""
         return (
             f"{time.strftime('%H:%M:%S')} {self.runs_done} of {len(self.estimates)} runs ended, "
-            f"{clock(self.elapsed())} elapsed, {self.left_text()}"
+            f"{clock(self.elapsed())} elapsed, {self.left_text(self.work_done())}"
             + (f", now: {self.current}" if self.current else "")
         )
 
-    def left_text(self) -> str:
-        """The time left, or, while no run has finished and the estimate has passed, that estimate."""
-        if self.work_done() == 0 and 0 < self.planned < self.elapsed():
+    def left_text(self, work: float | None = None) -> str:
+        """The time left, or, while too little work is done to pace it (`paced`) and the estimate
+        has passed, that estimate."""
+        work = self.work_done() if work is None else work
+        if not self.paced(work) and 0 < self.planned < self.elapsed():
             return f"past the estimate of {clock(self.planned)}"
-        return f"~{clock(self.left())} left (estimate)"
+        return f"~{clock(self.left(work))} left (estimate)"
 
     def refresh(self) -> None:
-        self.bar.n = min(self.total, self.work_done())
-        self.bar.set_postfix_str(f"{self.left_text()}, now: {self.current}", refresh=True)
+        work = self.work_done()
+        self.bar.n = min(self.total, work)
+        self.bar.set_postfix_str(f"{self.left_text(work)}, now: {self.current}", refresh=True)
 
     def started(self, name: str) -> None:
         self.current = name
         self.refresh()
 
     def finished(self, key: str, line: str) -> None:
+        self.ended.add(key)  # first: the ticker never counts its epochs and its estimate at once
         self.done += self.estimates.get(key, 0.0)
-        self.ended.add(key)
         self.runs_done += 1
         if self.bar.disable:
             self.log_line(line)

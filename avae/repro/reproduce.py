@@ -266,7 +266,7 @@ def reproduce(
             {task.run.key: estimates[task.run.key] for task in tasks},
             cluster.slots() if cluster else runs_at_once(total, host, parallel, runtime.device, executor),
             enabled=runtime.progress,
-            watch=TrainingWatch.of_tasks(tasks, {key: train for key, (train, _) in parts.items()}),
+            watch=TrainingWatch.of_tasks(tasks, parts),
         ) as progress,
     ):
         packs = train_in_packs(tasks, progress, replace(worker, threads=runtime.threads)) if pack else None

@@ -5,6 +5,7 @@ a time, with how many threads each. `avae reproduce` and `avae sweep` plan the r
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -144,7 +145,7 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
         members = sum(len(run.cfg.seeds) for run in group)
         progress.started(f"a pack of {len(group)} runs, {members} members: {group[0].dir_name}, ...")
         entries = [PackEntry(run.cfg, out / run.dir_name) for run in group]
-        clock = PartClock(lambda part, seconds, group=group: charge_by_members(group, out, part, seconds))
+        clock = PartClock(functools.partial(charge_by_members, group, out))
         try:
             outcomes = train_pack(entries, resume=True, runtime=runtime, on_epoch=clock.on_epoch())
         except ConfigError as error:
@@ -166,7 +167,8 @@ def train_in_packs(tasks: list[Task], progress: PlanProgress, runtime: Runtime) 
 
 def charge_by_members(runs: list[PlannedRun], out: Path, part: str, seconds: float) -> None:
     """Charge `seconds` spent on `part` of a pack of `runs` to each run's index.json entry, shared by
-    members."""
+    members among the runs still in the pack (one that diverged in it is charged no more)."""
+    runs = [run for run in runs if read_divergence(out / run.dir_name) is None] or runs
     members = sum(len(run.cfg.seeds) for run in runs)
     for run in runs:
         share = {part: seconds * len(run.cfg.seeds) / members}

@@ -234,7 +234,7 @@ def sweep(
             {key: estimates[key] for key in left},
             cluster.slots() if cluster else at_once,
             enabled=runtime.progress,
-            watch=TrainingWatch.of_tasks(tasks, {key: train for key, (train, _) in parts.items()}),
+            watch=TrainingWatch.of_tasks(tasks, parts),
         ) as bar,
     ):
         packs = train_in_packs(tasks, bar, replace(worker, threads=runtime.threads)) if pack else None

@@ -65,6 +65,7 @@ from avae.training.resume import cpu_threads_of, merge_payloads, own_dims, resiz
 from avae.training.runs import LOCK, load_run, prepare_run_dir
 from avae.training.steps import MemberImages, TrainingState, new_state
 from avae.training.train import (
+    EpochCallback,
     RunSlot,
     examples,
     finish_run,
@@ -181,12 +182,16 @@ def member_slices(entries: Sequence[PackEntry]) -> list[slice]:
 
 
 def train_pack(
-    entries: Sequence[PackEntry], *, resume: bool = False, runtime: Runtime | None = None, on_epoch=None
+    entries: Sequence[PackEntry],
+    *,
+    resume: bool = False,
+    runtime: Runtime | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> list[PackOutcome]:
     """Train the configurations of `entries` as one model, each into its own run directory (as
     `train` would, with the same files), and return how each ended, in order. `on_epoch(epoch, rows,
-    model)`, if given, is called after each epoch, as `train` calls it (rows: the first
-    configuration's).
+    model)`, if given, is called after each epoch, as `train` calls it (rows: those of the first
+    configuration still in the pack; model: the whole pack's).
 
     A configuration whose member diverges is recorded as diverged (diverged.json, its checkpoint of
     the epoch before kept) and the pack goes on without it from the others' last checkpoints."""
@@ -273,7 +278,9 @@ class PackFigure:
         return figures.gather(0, self.test_of[None]).squeeze(0)
 
 
-def train_pack_once(entries: list[PackEntry], resume: bool, runtime: Runtime, on_epoch=None) -> None:
+def train_pack_once(
+    entries: list[PackEntry], resume: bool, runtime: Runtime, on_epoch: EpochCallback | None = None
+) -> None:
     """One attempt at a pack: every run directory locked, the pack's state restored from its
     configurations' checkpoints (or new), trained to the configurations' epochs."""
     device = use_device(runtime.device)

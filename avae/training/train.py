@@ -60,6 +60,10 @@ from avae.training.runs import (
 )
 from avae.training.steps import MemberImages, TrainingState, divergence, new_state, run_epoch
 
+# What `train` and `train_pack` call after each epoch's checkpoint: (epoch, the epoch's rows of the
+# (first) run, the model). For loggers and clocks: it must not change the model.
+EpochCallback = Callable[[int, list[dict[str, Any]], LatentModel], None]
+
 
 def train(
     cfg: TrainConfig,
@@ -67,7 +71,7 @@ def train(
     *,
     resume: bool = False,
     runtime: Runtime | None = None,
-    on_epoch=None,
+    on_epoch: EpochCallback | None = None,
 ) -> Path:
     """Train every member of `cfg` into the run directory `out`; return `out`.
 
@@ -170,7 +174,7 @@ def train_epochs(
     figure: Callable[[], torch.Tensor],
     runtime: Runtime,
     label: str,
-    on_epoch=None,
+    on_epoch: EpochCallback | None = None,
 ) -> None:
     """Train `state` up to the runs' epochs (one setting for all: the loop reads only settings a
     pack's configurations share), each epoch writing every run's rows, metrics.csv and checkpoint
