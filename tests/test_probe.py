@@ -4,6 +4,8 @@ timed elsewhere counts only where it is slower than this machine."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -40,12 +42,12 @@ def paper_run(name: str):
 def test_a_probe_times_a_models_steps_once_with_the_workers_threads(monkeypatch):
     seen = []
 
-    def fake_time_steps(cfg):
+    def fake_time_steps(cfg, stopwatch):
         seen.append((torch.get_num_threads(), cfg.seeds, cfg.model.latent_dim))
         return 0.25
 
     monkeypatch.setattr(probe, "time_steps", fake_time_steps)
-    monkeypatch.setattr(probe, "iwae_rate", lambda: seen.append(torch.get_num_threads()) or 1.8e4)
+    monkeypatch.setattr(probe, "iwae_rate", lambda stopwatch: seen.append(torch.get_num_threads()) or 1.8e4)
     before = torch.get_num_threads()
     timer = probe.Probe(threads=1)
     cfg = make_config({"model": "avb", "seeds": (7, 8)})
@@ -62,9 +64,36 @@ def test_a_probe_times_a_models_steps_once_with_the_workers_threads(monkeypatch)
 
 def test_a_real_probe_times_steps_and_iwae_within_sense():
     cfg = make_config({"model": "avb", "seeds": (0,), "batch_size": 10, "hidden": [8]})
-    step = probe.time_steps(cfg)
+    stopwatch = probe.Stopwatch()
+    step = probe.time_steps(cfg, stopwatch)
     assert 0 < step < 1.0  # a step of a tiny AVB on 10 images: milliseconds, not seconds
-    assert 1e3 < probe.iwae_rate() < 1e8  # decoder passes a second on one thread
+    assert 1e3 < probe.iwae_rate(stopwatch) < 1e8  # decoder passes a second on one thread
+    assert stopwatch.wall > 0 and stopwatch.cpu > 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_thread_is_timed_by_cpu_time_and_more_by_the_wall_clock(threads):
+    stopwatch = probe.Stopwatch()
+    with probe.torch_threads(threads):
+        seconds = stopwatch.seconds_of(lambda: time.sleep(0.3))  # waits, as for a busy core: no CPU
+    assert stopwatch.wall >= 0.3 and stopwatch.cpu < 0.1
+    assert seconds == (stopwatch.cpu if threads == 1 else stopwatch.wall)
+
+
+def test_the_other_processes_load_is_counted_and_said(monkeypatch):
+    busy = iter([100.0, 103.0])  # the kernel's busy CPU seconds before and after: 3 s, none of them ours
+    monkeypatch.setattr(probe, "busy_cpu_seconds", lambda: next(busy))
+    stopwatch = probe.Stopwatch()
+    stopwatch.seconds_of(lambda: time.sleep(0.2))
+    assert stopwatch.others == pytest.approx(3.0 - stopwatch.cpu)
+    assert stopwatch.other_cores() == pytest.approx(stopwatch.others / stopwatch.wall)
+    timed = probe.Probe(threads=1, factor=1.5, stopwatch=probe.Stopwatch(wall=10.0, cpu=6.0, others=15.0))
+    assert "other processes kept 1.5 of this machine's" in timed.said()
+    assert "timed by CPU time" in timed.said()
+    on_two = probe.Probe(threads=2, factor=1.5, stopwatch=timed.stopwatch)
+    assert "the figures are long unless the machine stays that busy" in on_two.said()
+    idle = probe.Probe(threads=1, factor=1.5, stopwatch=probe.Stopwatch(wall=10.0, cpu=10.0, others=2.0))
+    assert idle.said().endswith("timed here on 1 thread(s)")  # 0.2 cores of others: about idle
 
 
 def test_a_long_cpu_run_is_timed_by_its_steps_here_and_its_evaluation_scaled():

@@ -170,8 +170,8 @@ def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, c
     divergence stays recorded, AVB-AC is trained anew (its moments no longer include z), and the
     runs left start with Fig. 6's noise sizes, then the paper's four models; AVB-AC and the separate
     reading come last."""
-    monkeypatch.setattr(probe, "time_steps", lambda cfg: 0.1)  # not timed here: tests/test_probe.py
-    monkeypatch.setattr(probe, "iwae_rate", lambda: 3.6e4)  # does that
+    monkeypatch.setattr(probe, "time_steps", lambda cfg, watch: 0.1)  # not timed here: tests/test_probe.py
+    monkeypatch.setattr(probe, "iwae_rate", lambda watch: 3.6e4)  # does that
     out = tmp_path / "paper"
     for run_dir in (ROOT / "results" / "paper-z10").glob("*/config.json"):
         shutil.copytree(run_dir.parent, out / run_dir.parent.name)

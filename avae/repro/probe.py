@@ -8,15 +8,24 @@ On 2026-12-05 a 2-core "AMD EPYC" of this project ran the paper profile's AVB at
 (one thread per process, --jobs 2), where the same profile had run at 36-40 s an epoch on an earlier
 machine of the same name, and the benchmark-fitted cost model (benchmarks/bench.json, 2 threads)
 said 22 s. A probe of AVB's own steps there said 94 s (`avae reproduce --dry-run`).
+
+A machine busy with other work slows what is timed on it. Work on one thread is therefore timed by
+its CPU time, which waiting for a core does not add to: on 2026-12-05, with two paper runs holding
+both cores, one-thread steps of AVB-AC took 0.49-0.51 s of wall time and 0.32 s of CPU time. Work on
+several threads is timed by the wall clock (their CPU time counts threads spinning while they wait
+for each other): two-thread steps beside those runs took 0.62 s, and IWAE ran 2.2 times slower than
+on one thread. `Probe.said` reports how many cores other processes kept busy while it timed.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 
+import psutil
 import torch
 
 from avae.core.models import build_model
@@ -32,6 +41,8 @@ PROBE_POINTS, PROBE_K = 50, 100  # IWAE-100 on 50 points of an untrained VAE (fa
 # A probe costs a few seconds, so only work the cost model puts above this is probed: a plan of
 # short runs (the tests', the smoke and quick profiles) keeps the cost model's own figures.
 PROBE_ABOVE_SECONDS = 600.0
+# Other processes' load, in cores, that `Probe.said` reports: below it the machine counts as idle.
+BUSY_CORES = 0.25
 
 
 @contextmanager
@@ -46,10 +57,35 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def seconds_of(work: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
+def busy_cpu_seconds() -> float:
+    """CPU seconds every process on this machine has used, as the kernel counts them."""
+    times = psutil.cpu_times()
+    parts = ("user", "nice", "system", "irq", "softirq", "steal")  # guest time is in user and nice
+    return sum(getattr(times, part, 0.0) for part in parts)
+
+
+@dataclass
+class Stopwatch:
+    """What timed work took: wall and this process's CPU seconds, and the CPU seconds that other
+    processes used meanwhile, summed over every `seconds_of` call."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    others: float = 0.0
+
+    def seconds_of(self, work: Callable[[], object]) -> float:
+        """Seconds of `work`: its CPU time when torch runs on one thread here, else its wall time
+        (see the module's docstring)."""
+        wall, cpu, busy = time.perf_counter(), time.process_time(), busy_cpu_seconds()
+        work()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.wall, self.cpu = self.wall + wall, self.cpu + cpu
+        self.others += max(0.0, busy_cpu_seconds() - busy - cpu)
+        return cpu if torch.get_num_threads() == 1 else wall
+
+    def other_cores(self) -> float:
+        """How many cores other processes kept busy, on average, while work was timed."""
+        return self.others / self.wall if self.wall else 0.0
 
 
 @dataclass
@@ -60,6 +96,7 @@ class Probe:
     threads: int = 0
     steps: dict[tuple, float] = field(default_factory=dict)
     factor: float | None = None
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)
 
     def step_seconds(self, cfg: TrainConfig, members: int) -> float:
         """Seconds of one training step of `members` seeds of the run's model (its networks, batch
@@ -71,7 +108,7 @@ class Probe:
         if key not in self.steps:
             probe_cfg = replace(cfg, seeds=tuple(range(members)))
             with torch_threads(self.threads):
-                self.steps[key] = time_steps(probe_cfg)
+                self.steps[key] = time_steps(probe_cfg, self.stopwatch)
         return self.steps[key]
 
     def said(self) -> str:
@@ -79,8 +116,20 @@ class Probe:
         timed = [f"the training steps of {len(self.steps)} configuration(s)"] if self.steps else []
         if self.factor is not None:
             timed.append(f"IWAE's rate (evaluation {self.factor:.2f}x the cost model's time)")
+        if not timed:
+            return ""
         threads = self.threads or torch.get_num_threads()
-        return f", with {' and '.join(timed)} timed here on {threads} thread(s)" if timed else ""
+        return f", with {' and '.join(timed)} timed here on {threads} thread(s){self.busy_note(threads)}"
+
+    def busy_note(self, threads: int) -> str:
+        """What other processes' load means for the figures ("" on a machine about idle)."""
+        others = self.stopwatch.other_cores()
+        if others < BUSY_CORES:
+            return ""
+        said = f"; other processes kept {others:.1f} of this machine's {os.cpu_count()} cores busy meanwhile"
+        if threads == 1:
+            return f"{said}: timed by CPU time, the figures are of runs that have their cores to themselves"
+        return f"{said}, which slowed the timing: the figures are long unless the machine stays that busy"
 
     def eval_factor(self) -> float:
         """How many times longer evaluation takes here than the cost model's CPU rates say: their
@@ -90,7 +139,7 @@ class Probe:
         2.6e4 passes a second, and IWAE-1000 on 100 points 2.7e4 (one member) and 2.3e4 (five)."""
         if self.factor is None:
             with torch_threads(self.threads):
-                self.factor = decoder_rate("cpu") / iwae_rate()
+                self.factor = decoder_rate("cpu") / iwae_rate(self.stopwatch)
         return self.factor
 
 
@@ -105,23 +154,28 @@ def step_shape(cfg: TrainConfig) -> tuple:
     return (*kept, *((name, getattr(cfg, name)) for name in STEP_SETTINGS))
 
 
-def time_steps(cfg: TrainConfig) -> float:
+def time_steps(cfg: TrainConfig, stopwatch: Stopwatch) -> float:
+    """Seconds of one training step of `cfg`: the fastest of PROBE_WINDOWS windows, after a warm-up."""
     state = new_state(cfg, torch.device("cpu"))
     images = torch.rand(
         cfg.batch_size * PROBE_STEPS, cfg.model.data_dim, generator=torch.Generator().manual_seed(0)
     )
     runtime = Runtime(device="cpu", progress=False)
     run_epoch(state, cfg, images[: 2 * cfg.batch_size], runtime)  # warm-up
-    windows = [seconds_of(lambda: run_epoch(state, cfg, images, runtime)) for _ in range(PROBE_WINDOWS)]
+    windows = [
+        stopwatch.seconds_of(lambda: run_epoch(state, cfg, images, runtime)) for _ in range(PROBE_WINDOWS)
+    ]
     return min(windows) / PROBE_STEPS
 
 
-def iwae_rate() -> float:
+def iwae_rate(stopwatch: Stopwatch) -> float:
     """Decoder passes per second and member of IWAE-PROBE_K here, after a warm-up call."""
     cfg = make_config({"model": "vae"})
     model = build_model(cfg.model, (0,)).requires_grad_(False)
     x = torch.rand(PROBE_POINTS, cfg.model.data_dim, generator=torch.Generator().manual_seed(1))
     settings = EvalSettings(k=(PROBE_K,), batch_size=PROBE_POINTS)
     iwae_points(model, x[:2], (0,), settings)  # warm-up
-    windows = [seconds_of(lambda: iwae_points(model, x, (0,), settings)) for _ in range(PROBE_WINDOWS)]
+    windows = [
+        stopwatch.seconds_of(lambda: iwae_points(model, x, (0,), settings)) for _ in range(PROBE_WINDOWS)
+    ]
     return PROBE_POINTS * PROBE_K / min(windows)
