@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import given
+from hypothesis import strategies as st
 from test_findings import entry_of  # tests/ is on sys.path (rootdir-relative imports)
 
+from avae.evaluation import stats
 from avae.repro.paper import claim_families, rows_of
-from avae.repro.report.claims import excluded_gain, family_rows, paper_gain
+from avae.repro.report.claims import UNTESTED_P, excluded_gain, family_rows, holm_over_family, paper_gain
 from avae.repro.results import RunResult
 from avae.training.config import make_config
 
@@ -73,3 +76,33 @@ def test_a_claim_on_another_figure_than_table_1s_sets_no_paper_gain_beside_its_i
     rows, outcomes, _ = family_rows([(avae, noise)], table, "frechet_distance", "ais")
     assert outcomes == ["unclear"] and rows[0][2] == "+0.00"
     assert rows[0][8].startswith("a gain above ") and "paper" not in rows[0][8]
+
+
+def test_a_family_part_way_is_corrected_for_the_comparisons_whose_runs_are_missing(tmp_path):
+    """Claim 1's family at latent 10 and 15 with the latent-15 runs missing: the latent-10 test is
+    corrected for two comparisons (Holm: twice its p), on the paper's figure and on AIS."""
+    vae, noise = rows_of("mnist", "vae", 10)[0], rows_of("mnist", "vae-noise", 10)[0]
+    table = {
+        vae: run_with([100.0, 100.0, 100.0], [120.0, 121.0, 122.5], tmp_path),
+        noise: run_with([99.0, 100.0, 102.0], [100.0, 100.0, 100.0], tmp_path),
+    }
+    missing = (noise._replace(latent=15), vae._replace(latent=15))
+    alone, _, _ = family_rows([(noise, vae)], table, "neg_elbo", "ais")
+    rows, outcomes, _ = family_rows([(noise, vae), missing], table, "neg_elbo", "ais")
+    own_p = stats.compare([99.0, 100.0, 102.0], [100.0, 100.0, 100.0], paired=True)["p"]
+    ais_p = stats.compare([100.0] * 3, [120.0, 121.0, 122.5], paired=True)["p"]
+    assert alone[0][6] == stats.fmt_p(own_p) and rows[0][6] == stats.fmt_p(min(1.0, 2 * own_p))
+    assert f"p {stats.fmt_p(ais_p)}" in alone[0][9] and f"p {stats.fmt_p(2 * ais_p)}" in rows[0][9]
+    assert outcomes[1] == "missing" and rows[1][2] == "missing run"
+
+
+@given(st.lists(st.floats(1e-6, 1.0), min_size=2, max_size=8), st.data())
+def test_adding_a_missing_comparison_never_raises_the_others_corrected_p(pvalues, data):
+    """Whatever p-value a missing comparison turns out to have, the others' corrected p-values are at
+    most what they were with it counted as UNTESTED_P."""
+    missing = data.draw(st.integers(0, len(pvalues) - 1))
+    tests: list = [{"p": p} for p in pvalues]
+    before = holm_over_family([None if i == missing else t for i, t in enumerate(tests)])
+    after = holm_over_family(tests)
+    assert before == stats.holm([UNTESTED_P if i == missing else p for i, p in enumerate(pvalues)])
+    assert all(a <= b + 1e-12 for i, (a, b) in enumerate(zip(after, before, strict=True)) if i != missing)

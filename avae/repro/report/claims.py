@@ -20,7 +20,9 @@ METHOD = (
     "configuration (lower is better for every figure): a paired t-test when both runs share their "
     "seeds (same initialisation streams and data order per seed), Welch's t-test otherwise, two-sided. "
     f"Within each family of comparisons (a claim, or a claim for one AVAE reading) the p-values are "
-    f"corrected with Holm-Bonferroni at a family-wise alpha of {stats.ALPHA}. A comparison *agrees* when the "
+    f"corrected with Holm-Bonferroni at a family-wise alpha of {stats.ALPHA}, over the claim's whole "
+    "family: a comparison whose runs are missing or diverged counts as a p-value of 1, so that the runs "
+    "still to come can only lower the others' corrected p-values. A comparison *agrees* when the "
     "claimed direction holds with corrected p < alpha, *contradicts* when the opposite holds with "
     "corrected p < alpha, and is *unclear* otherwise; a comparison whose difference has zero variance "
     "(or fewer than two seeds) gets no test. Verdict: **supported** when every comparison agrees, "
@@ -71,6 +73,18 @@ def test_pair(better: RunResult, worse: RunResult, metric: str) -> dict[str, Any
     return stats.compare(a, b, paired=paired)
 
 
+UNTESTED_P = 1.0  # what a comparison without its runs (or its figure) counts as in Holm's family
+
+
+def holm_over_family(tests: Sequence[dict[str, Any] | None]) -> list[float]:
+    """Holm-Bonferroni over a claim's whole family, a comparison with no test (`None`: a run missing,
+    diverged or without the figure) counted as p = UNTESTED_P. A family part-way through its runs is
+    thus corrected for every comparison it will hold, not only for those tested so far: adding the
+    missing ones can only lower the corrected p-values of the rest, so an outcome published part-way
+    is not overturned by the correction later."""
+    return stats.holm([UNTESTED_P if t is None else t["p"] for t in tests])
+
+
 def family_rows(
     comparisons: Sequence[tuple[RowKey, RowKey]], table: dict[RowKey, RunResult], metric: str, honest_key: str
 ) -> tuple[list[list[Any]], list[str], bool]:
@@ -82,12 +96,12 @@ def family_rows(
         a, b = table.get(better), table.get(worse)
         tests.append(test_pair(a, b, metric) if a and b else None)
         short = short or any(r is not None and short_of_convergence(r) for r in (a, b))
-    adjusted = stats.holm([t["p"] if t else float("nan") for t in tests])
+    adjusted = holm_over_family(tests)
     honest = [
         test_pair(table[b], table[w], honest_key) if b in table and w in table else None
         for b, w in comparisons
     ]
-    honest_adjusted = stats.holm([t["p"] if t else float("nan") for t in honest])
+    honest_adjusted = holm_over_family(honest)
     rows, outcomes = [], []
     for (better, worse), test, p_adj, h, h_adj in zip(
         comparisons, tests, adjusted, honest, honest_adjusted, strict=True
