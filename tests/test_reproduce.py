@@ -17,15 +17,15 @@ import pytest
 
 from avae.cli.commands import main
 from avae.errors import AvaeError, ConfigError, DivergenceError
-from avae.io import read_json, write_csv
+from avae.io import read_json, write_csv, write_json
 from avae.repro import costs, execute, plan, probe, runner
 from avae.repro.paper import Experiment
-from avae.repro.plan import PROFILES, Profile, runs_for
+from avae.repro.plan import PROFILES, Profile, eval_steps, runs_for
 from avae.repro.publish import finished_runs, publish
 from avae.repro.report.report import write_report
 from avae.repro.reproduce import reproduce
 from avae.repro.results import collect_runs
-from avae.training.config import Runtime
+from avae.training.config import Runtime, make_config
 from avae.training.runs import CONFIG, DIVERGED, EVAL, read_metrics
 from avae.training.train import train
 
@@ -567,10 +567,10 @@ def test_a_plan_without_a_terminal_logs_where_it_stands_every_so_often(capsys):
 
 
 def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_path, monkeypatch):
-    """`TrainingWatch` credits each run with its share of its training estimate by the epochs it
+    """`WorkWatch` credits each run with its share of its training estimate by the epochs it
     has trained since the plan began (read from its run directory, at most every `every` seconds);
     the plan counts that work until the run ends, then the run's whole estimate, once."""
-    from avae.repro.progress import PlanProgress, Training, TrainingWatch
+    from avae.repro.progress import PlanProgress, Training, WorkWatch
 
     run_dir = tmp_path / "a"
     run_dir.mkdir()
@@ -580,7 +580,7 @@ def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_p
         write_csv(run_dir / "metrics.csv", ["epoch", "member", "seconds"], rows)
 
     trained_to(2)  # resumed at epoch 2 of 10; its 8 epochs left estimated at 80 s
-    watch = TrainingWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=0.0)
+    watch = WorkWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=0.0)
     assert watch() == {"a": 0.0}
     trained_to(5)
     assert watch() == {"a": 30.0}
@@ -589,7 +589,7 @@ def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_p
     trained_to(12)  # past its epochs: never more than its estimate
     assert watch() == {"a": 80.0}
     trained_to(5)
-    watch = TrainingWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=0.0)
+    watch = WorkWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=0.0)
     plan = PlanProgress({"a": 100.0, "b": 100.0}, 1, enabled=False, watch=watch)
     assert plan.work_done() == 30.0
     before, left, after = plan.elapsed(), plan.left(), plan.elapsed()
@@ -597,7 +597,7 @@ def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_p
     plan.finished("a", "[1/2] a: trained")
     assert plan.work_done() == 100.0  # the run's whole estimate, not also its epochs
     plan.bar.close()
-    cached = TrainingWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=3600.0)
+    cached = WorkWatch({"a": Training(run_dir, 2, 10, 80.0)}, every=3600.0)
     assert cached() == {"a": 30.0}
     trained_to(6)
     assert cached() == {"a": 30.0}  # read again only after `every` seconds
@@ -605,10 +605,52 @@ def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_p
     profile = tiny_profile(monkeypatch, epochs=3, datasets=("mnist", "fashion-mnist"))
     first, second = runs_for(profile)
     tasks = [execute.Task(run, profile, tmp_path, Runtime(progress=False)) for run in (first, second)]
-    built = TrainingWatch.of_tasks(tasks, {first.key: (12.0, 5.0), second.key: (0.0, 5.0)})  # 2nd: none
+    built = WorkWatch.of_tasks(tasks, {first.key: (12.0, 5.0), second.key: (0.0, 5.0)})  # 2nd: none
     assert built.runs == {first.key: Training(tmp_path / first.dir_name, 0, 3, 12.0)}
     with pytest.raises(ValueError, match="no training left"):
-        TrainingWatch({"a": Training(run_dir, 10, 10, 80.0)})
+        WorkWatch({"a": Training(run_dir, 10, 10, 80.0)})
+
+
+def test_the_time_left_counts_the_evaluation_parts_that_unfinished_runs_have_done(tmp_path, monkeypatch):
+    """`WorkWatch` credits a run with the estimate of each evaluation part that its eval.json (of
+    the run's trained epoch) has gained since the plan began, keeps what it saw while eval.json
+    cannot be read, and leaves the analysis to the run's end."""
+    from avae.repro.plan import EvalStep
+    from avae.repro.progress import Evaluation, PlanProgress, Training, WorkWatch
+
+    run_dir = tmp_path / "a"
+    run_dir.mkdir()
+    cfg = make_config({"epochs": 3})
+    steps = (EvalStep("neg_elbo", "elbo"), EvalStep("ais", "ais"), EvalStep("bdmc_forward", "bdmc"))
+    figure = {"mean": 1.0}
+
+    def evaluated(*keys: str, epoch: int = 3) -> None:
+        write_json(run_dir / "eval.json", {"epoch": epoch, "metrics": dict.fromkeys(keys, figure)})
+
+    evaluated("neg_elbo")  # the own figure done before the plan began: AIS and BDMC left
+    left = Evaluation(run_dir, cfg, steps, {"ais": 100.0, "bdmc_forward": 30.0})
+    watch = WorkWatch({}, {"a": left}, every=0.0)
+    assert watch() == {"a": 0.0}
+    evaluated("neg_elbo", "ais")
+    assert watch() == {"a": 100.0}
+    (run_dir / "eval.json").write_text('{"epoch": 3, "metr')  # being written
+    assert watch() == {"a": 100.0}
+    evaluated("neg_elbo", "ais", epoch=2)  # another epoch's figures: not this run's
+    assert watch() == {"a": 0.0}
+    evaluated("neg_elbo", "ais", "bdmc_forward")
+    plan = PlanProgress({"a": 200.0}, 1, enabled=False, watch=watch)
+    assert plan.work_done() == 130.0
+    plan.bar.close()
+
+    profile = tiny_profile(monkeypatch, epochs=3, datasets=("mnist", "fashion-mnist"))
+    first, second = runs_for(profile)
+    tasks = [execute.Task(run, profile, tmp_path, Runtime(progress=False)) for run in (first, second)]
+    eval_parts = {first.key: {"neg_elbo": 5.0, "analysis": 1.0}, second.key: {"analysis": 1.0}}
+    built = WorkWatch.of_tasks(tasks, {first.key: (12.0, 6.0), second.key: (0.0, 1.0)}, eval_parts)
+    assert built.runs == {first.key: Training(tmp_path / first.dir_name, 0, 3, 12.0)}
+    assert list(built.evaluations) == [first.key]  # the second has only its analysis left
+    assert built.evaluations[first.key].seconds == {"neg_elbo": 5.0}
+    assert built.evaluations[first.key].steps == tuple(eval_steps(first, profile))
 
 
 def test_default_jobs_are_one_on_a_cpu_and_fill_a_gpu(monkeypatch):

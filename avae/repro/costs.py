@@ -235,11 +235,24 @@ def estimate_eval_seconds(
     measured: Measured | None = None,
     probe: Probe | None = None,
 ) -> float:
-    """Evaluation and analysis time of the steps a run still needs: what alike runs took for each
-    part (`measured`), else the cost model's figure (each part a call of its own, as `execute_run`
-    makes them). On a CPU, when the cost model puts the whole over PROBE_ABOVE_SECONDS, `probe`
-    scales its figures to this machine's IWAE rate, and each part is the larger of that and what
-    alike runs took (which may have been timed on another machine)."""
+    """Evaluation and analysis time of the steps a run still needs: the sum of `eval_part_seconds`."""
+    return sum(eval_part_seconds(run, profile, device, steps, measured, probe).values())
+
+
+def eval_part_seconds(
+    run: PlannedRun,
+    profile: Profile,
+    device: str,
+    steps: list[EvalStep],
+    measured: Measured | None = None,
+    probe: Probe | None = None,
+) -> dict[str, float]:
+    """Seconds of each evaluation step a run still needs, by its eval.json key, and of its analysis
+    ("analysis"): what alike runs took for each part (`measured`), else the cost model's figure
+    (each part a call of its own, as `execute_run` makes them). On a CPU, when the cost model puts
+    the whole over PROBE_ABOVE_SECONDS, `probe` scales its figures to this machine's IWAE rate, and
+    each part is the larger of that and what alike runs took (which may have been timed on another
+    machine)."""
     test, members = test_points(run.cfg), len(run.cfg.seeds)
     took = measured.part_seconds if measured else {}
     modelled = {
@@ -256,8 +269,21 @@ def estimate_eval_seconds(
     modelled["analysis"] = ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
     factor = eval_factor(probe, device, sum(modelled.values()))
     if factor is None:
-        return sum(took.get(key) or seconds for key, seconds in modelled.items())
-    return sum(max(took.get(key) or 0.0, factor * seconds) for key, seconds in modelled.items())
+        return {key: took.get(key) or seconds for key, seconds in modelled.items()}
+    return {key: max(took.get(key) or 0.0, factor * seconds) for key, seconds in modelled.items()}
+
+
+def eval_parts_left(
+    run: PlannedRun, profile: Profile, out: Path, device: str, probe: Probe | None = None
+) -> dict[str, float]:
+    """`eval_part_seconds` of the steps the run in `out` still lacks, timed by alike runs there
+    (`Measured`) before the cost model: what `estimate_run_seconds` sums ({} for a run with nothing
+    left, or a profile that evaluates nothing)."""
+    status, _ = status_of(run, profile, out)
+    if status in (RunStatus.FINISHED, RunStatus.DIVERGED, RunStatus.PUBLISHED) or not profile.evaluate:
+        return {}
+    todo = missing_metrics(out / run.dir_name, run.cfg, eval_steps(run, profile))
+    return eval_part_seconds(run, profile, device, todo, Measured.alike(run, out, device), probe)
 
 
 def eval_factor(probe: Probe | None, device: str, modelled: float) -> float | None:

@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from avae.errors import AvaeError
 from avae.repro.execute import Task
+from avae.repro.plan import EvalStep, missing_metrics
+from avae.training.config import TrainConfig
 from avae.training.runs import trained_epoch
 
 
@@ -79,45 +81,80 @@ class Training:
     seconds: float
 
 
-# A plan reads its runs' epochs (each checkpoint's header) at most this often.
+@dataclass(frozen=True)
+class Evaluation:
+    """One run's evaluation as its plan estimated it: its run directory and configuration, the
+    figures it must have (`steps`), and the estimated seconds of each part it lacked when the plan
+    began, by eval.json key (`avae.repro.costs.eval_part_seconds`; "analysis" is credited only when
+    the run ends)."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    steps: tuple[EvalStep, ...]
+    seconds: Mapping[str, float]
+
+
+# A plan reads its runs' epochs (each checkpoint's header) and figures (eval.json) at most this often.
 WATCH_EVERY_SECONDS = 30.0
 
 
-class TrainingWatch:
-    """The estimated seconds of training each run has done since its plan began, by key: its share
-    of its training estimate by the epochs it has trained since (its run directory's epoch, read at
-    most every `every` seconds), so that a plan's time left moves within hours-long runs."""
+class WorkWatch:
+    """The estimated seconds of work each run has done since its plan began, by key: its share of
+    its training estimate by the epochs it has trained since (its run directory's epoch), and the
+    estimates of the evaluation parts its eval.json has gained since, read at most every `every`
+    seconds, so that a plan's time left moves within hours-long runs."""
 
-    def __init__(self, runs: Mapping[str, Training], every: float = WATCH_EVERY_SECONDS) -> None:
+    def __init__(
+        self,
+        runs: Mapping[str, Training],
+        evaluations: Mapping[str, Evaluation] | None = None,
+        every: float = WATCH_EVERY_SECONDS,
+    ) -> None:
         if bad := [key for key, run in runs.items() if run.start >= run.epochs]:
             raise ValueError(f"runs with no training left cannot be watched: {bad}")
-        self.runs, self.every = dict(runs), every
+        self.runs, self.evaluations, self.every = dict(runs), dict(evaluations or {}), every
         self.read_at = -float("inf")
         self.seen: dict[str, float] = {}
+        self.trained: dict[str, float] = {}
+        self.evaluated: dict[str, float] = {}
 
     @classmethod
-    def of_tasks(cls, tasks: list[Task], parts: Mapping[str, tuple[float, float]]) -> TrainingWatch:
+    def of_tasks(
+        cls,
+        tasks: list[Task],
+        parts: Mapping[str, tuple[float, float]],
+        eval_parts: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> WorkWatch:
         """A watch over the tasks' runs that have training left (`parts`: each run's estimated
-        (training, evaluation) seconds, by key)."""
-        runs = {}
+        (training, evaluation) seconds, by key) and over those with evaluation parts left
+        (`eval_parts`: each run's estimated seconds by part, as `avae.repro.costs.eval_parts_left`
+        gives them)."""
+        runs, evaluations = {}, {}
         for task in tasks:
-            seconds, run_dir = parts.get(task.run.key, (0.0, 0.0))[0], task.out / task.run.dir_name
+            key, run_dir = task.run.key, task.out / task.run.dir_name
+            seconds = parts.get(key, (0.0, 0.0))[0]
             start = trained_epoch(run_dir)
             if seconds > 0 and start < task.run.cfg.epochs:
-                runs[task.run.key] = Training(run_dir, start, task.run.cfg.epochs, seconds)
-        return cls(runs)
+                runs[key] = Training(run_dir, start, task.run.cfg.epochs, seconds)
+            figures = {part: s for part, s in (eval_parts or {}).get(key, {}).items() if part != "analysis"}
+            if figures:
+                evaluations[key] = Evaluation(run_dir, task.run.cfg, tuple(task.eval_plan()), figures)
+        return cls(runs, evaluations)
 
     def __call__(self) -> dict[str, float]:
         if time.monotonic() - self.read_at >= self.every:
             self.read_at = time.monotonic()
-            self.seen = {key: self.done(key) for key in self.runs}
+            self.trained = {key: self.training_done(key) for key in self.runs}
+            self.evaluated = {key: self.evaluation_done(key) for key in self.evaluations}
+            keys = self.trained.keys() | self.evaluated.keys()
+            self.seen = {key: self.trained.get(key, 0.0) + self.evaluated.get(key, 0.0) for key in keys}
         return self.seen
 
-    def done(self, key: str) -> float:
+    def training_done(self, key: str) -> float:
         """The estimated seconds of training run `key` has done since its plan began; what was
         seen before, where its run directory cannot be read now (being written) or its training
         was already all done."""
-        run, before = self.runs[key], self.seen.get(key, 0.0)
+        run, before = self.runs[key], self.trained.get(key, 0.0)
         if before >= run.seconds:
             return before
         try:
@@ -127,6 +164,21 @@ class TrainingWatch:
         fraction = (epoch - run.start) / (run.epochs - run.start)
         return run.seconds * min(1.0, max(0.0, fraction))
 
+    def evaluation_done(self, key: str) -> float:
+        """The estimated seconds of the evaluation parts run `key` lacked when its plan began and
+        has in its eval.json now; what was seen before where eval.json cannot be read now."""
+        evaluation, before = self.evaluations[key], self.evaluated.get(key, 0.0)
+        if before >= sum(evaluation.seconds.values()):
+            return before
+        try:
+            lacking = {
+                step.key
+                for step in missing_metrics(evaluation.run_dir, evaluation.cfg, list(evaluation.steps))
+            }
+        except (AvaeError, OSError, ValueError):  # no news
+            return before
+        return sum(seconds for part, seconds in evaluation.seconds.items() if part not in lacking)
+
 
 class PlanProgress:
     """One bar over a reproduction's planned work, each run weighted by its estimated cost, with
@@ -134,7 +186,7 @@ class PlanProgress:
     finished run is one printed line, and every `log_every` seconds one line says how many runs have
     ended (finished or failed), the time elapsed and the time left. With progress off, only the
     finished runs' lines. `estimates`: the seconds of each run that will be run, by key. `watch`,
-    if given, says how many of those seconds each unfinished run has done so far (`TrainingWatch`):
+    if given, says how many of those seconds each unfinished run has done so far (`WorkWatch`):
     the bar and the time left count them, not only the runs that ended."""
 
     def __init__(

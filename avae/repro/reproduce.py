@@ -27,7 +27,7 @@ import torch
 
 from avae.errors import AvaeError, ConfigError
 from avae.io import atomic_write_text, check_writable_dir, read_json, write_json
-from avae.repro.costs import estimate_run_seconds, host_seconds, plan_seconds, runs_at_once
+from avae.repro.costs import estimate_run_seconds, eval_parts_left, host_seconds, plan_seconds, runs_at_once
 from avae.repro.execute import Task
 from avae.repro.plan import (
     PlannedRun,
@@ -42,7 +42,7 @@ from avae.repro.plan import (
     status_of,
 )
 from avae.repro.probe import Probe
-from avae.repro.progress import PlanProgress, TrainingWatch, clock
+from avae.repro.progress import PlanProgress, WorkWatch, clock
 from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import MANIFEST
@@ -260,13 +260,16 @@ def reproduce(
     tasks = [
         Task(run, profile, out, worker, tensorboard) for run in runs if status[run.key] not in left_alone
     ]
+    eval_parts = {
+        task.run.key: eval_parts_left(task.run, profile, out, runtime.device, probe) for task in tasks
+    }
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
         PlanProgress(
             {task.run.key: estimates[task.run.key] for task in tasks},
             cluster.slots() if cluster else runs_at_once(total, host, parallel, runtime.device, executor),
             enabled=runtime.progress,
-            watch=TrainingWatch.of_tasks(tasks, parts),
+            watch=WorkWatch.of_tasks(tasks, parts, eval_parts),
         ) as progress,
     ):
         packs = train_in_packs(tasks, progress, replace(worker, threads=runtime.threads)) if pack else None

@@ -36,7 +36,7 @@ from avae.repro.costs import (
 from avae.repro.execute import Task
 from avae.repro.plan import EvalStep, PlannedRun, missing_metrics, pack_members
 from avae.repro.probe import Probe
-from avae.repro.progress import PlanProgress, TrainingWatch, clock
+from avae.repro.progress import PlanProgress, WorkWatch, clock
 from avae.repro.ray_cluster import check_executor, ray_cluster
 from avae.repro.report.figures import format_table
 from avae.repro.results import SWEEP
@@ -164,12 +164,24 @@ def estimate_seconds(
             epochs=cfg.epochs - epoch,
             device=device,
         )
+    return train, sum(sweep_eval_parts(run, steps, out, device, probe).values())
+
+
+def sweep_eval_parts(
+    run: PlannedRun, steps: list[EvalStep], out: Path, device: str, probe: Probe | None = None
+) -> dict[str, float]:
+    """The cost model's seconds of each metric the run in `out` still lacks, by eval.json key; on a
+    CPU, `probe` scales a long evaluation to this machine's IWAE rate, as for `avae reproduce`."""
+    cfg, run_dir = run.cfg, out / run.dir_name
+    if read_divergence(run_dir) is not None:
+        return {}
     points = cfg.test_subset or SPLIT_SIZES["test"]
-    evaluation = sum(
-        metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
+    modelled = {
+        step.key: metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
         for step in missing_metrics(run_dir, cfg, steps)
-    )
-    return train, evaluation * (eval_factor(probe, device, evaluation) or 1.0)
+    }
+    factor = eval_factor(probe, device, sum(modelled.values())) or 1.0
+    return {key: seconds * factor for key, seconds in modelled.items()}
 
 
 def sweep(
@@ -228,13 +240,16 @@ def sweep(
         print(f"avae sweep: {runs[key].dir_name} diverged earlier and is not retried", file=sys.stderr)
     left = {key: run for key, run in runs.items() if key not in diverged}
     tasks = [Task(run, None, out, worker, steps=steps[key]) for key, run in left.items()]
+    eval_parts = {
+        key: sweep_eval_parts(run, steps[key], out, runtime.device, probe) for key, run in left.items()
+    }
     with (
         ray_cluster(executor, address, jobs, worker) as cluster,
         PlanProgress(
             {key: estimates[key] for key in left},
             cluster.slots() if cluster else at_once,
             enabled=runtime.progress,
-            watch=TrainingWatch.of_tasks(tasks, parts),
+            watch=WorkWatch.of_tasks(tasks, parts, eval_parts),
         ) as bar,
     ):
         packs = train_in_packs(tasks, bar, replace(worker, threads=runtime.threads)) if pack else None
