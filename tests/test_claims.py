@@ -102,7 +102,18 @@ def test_adding_a_missing_comparison_never_raises_the_others_corrected_p(pvalues
     most what they were with it counted as UNTESTED_P."""
     missing = data.draw(st.integers(0, len(pvalues) - 1))
     tests: list = [{"p": p} for p in pvalues]
-    before = holm_over_family([None if i == missing else t for i, t in enumerate(tests)])
-    after = holm_over_family(tests)
+    lacking = [i == missing for i in range(len(pvalues))]
+    before = holm_over_family([None if i == missing else t for i, t in enumerate(tests)], lacking)
+    after = holm_over_family(tests, [False] * len(pvalues))
     assert before == stats.holm([UNTESTED_P if i == missing else p for i, p in enumerate(pvalues)])
     assert all(a <= b + 1e-12 for i, (a, b) in enumerate(zip(after, before, strict=True)) if i != missing)
+
+
+def test_a_figure_absent_by_design_leaves_the_family_and_a_missing_run_does_not():
+    """Both runs there but no test (a profile without AIS at that latent): out of the family, as a
+    zero-variance difference (p nan) is; a run missing: in it, at p = 1."""
+    tests = [{"p": 0.01}, {"p": 0.02}, None, {"p": math.nan}]
+    by_design = holm_over_family(tests, [False, False, False, False])
+    assert by_design[:2] == stats.holm([0.01, 0.02]) and all(map(math.isnan, by_design[2:]))
+    missing = holm_over_family(tests, [False, False, True, False])
+    assert missing[:3] == stats.holm([0.01, 0.02, 1.0]) and math.isnan(missing[3])

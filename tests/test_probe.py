@@ -4,6 +4,7 @@ timed elsewhere counts only where it is slower than this machine."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from avae.repro import costs, probe
 from avae.repro.plan import RunStatus, eval_steps, get_profile, runs_for
-from avae.repro.sweep import estimate_seconds, metric_steps, plan_sweep
+from avae.repro.sweep import estimate_seconds, metric_steps, plan_sweep, sweep_eval_parts
 from avae.training.config import make_config
 
 STEP, FACTOR = 0.05, 2.0  # the fixed probe's seconds per step and evaluation factor
@@ -88,10 +89,13 @@ def test_the_other_processes_load_is_counted_and_said(monkeypatch):
     assert stopwatch.others == pytest.approx(3.0 - stopwatch.cpu)
     assert stopwatch.other_cores() == pytest.approx(stopwatch.others / stopwatch.wall)
     timed = probe.Probe(threads=1, factor=1.5, stopwatch=probe.Stopwatch(wall=10.0, cpu=6.0, others=15.0))
-    assert "other processes kept 1.5 of this machine's" in timed.said()
+    assert f"other work kept 1.5 of the {probe.usable_cores()} cores here" in timed.said()
     assert "timed by CPU time" in timed.said()
     on_two = probe.Probe(threads=2, factor=1.5, stopwatch=timed.stopwatch)
     assert "the figures are long unless the machine stays that busy" in on_two.said()
+    monkeypatch.setattr(probe, "busy_cpu_seconds", lambda: math.nan)  # the kernel does not say
+    blind = probe.Stopwatch()
+    assert blind.seconds_of(lambda: None) >= 0 and blind.others == 0.0
     idle = probe.Probe(threads=1, factor=1.5, stopwatch=probe.Stopwatch(wall=10.0, cpu=10.0, others=2.0))
     assert idle.said().endswith("timed here on 1 thread(s)")  # 0.2 cores of others: about idle
 
@@ -182,3 +186,17 @@ def test_a_short_sweep_run_keeps_the_cost_models_figures_and_is_not_probed():
     timer, out = FixedProbe(), costs.Path("/nonexistent")
     assert estimate_seconds(run, steps, out, "cpu", probe=timer) == estimate_seconds(run, steps, out, "cpu")
     assert timer.calls == 0
+
+
+def test_the_evaluation_parts_the_watch_credits_sum_to_the_runs_evaluation_estimate(tmp_path):
+    """`eval_parts_left` (what the plan's watch credits part by part) and `estimate_run_seconds`
+    (the plan's estimate) give the same evaluation seconds, analysis included, for a new run; the
+    sweep's parts are its metrics'."""
+    paper, run = paper_run("avb-fashion-mnist-z20")
+    timer = FixedProbe()
+    parts = costs.eval_parts_left(run, paper, tmp_path, "cpu", timer)
+    assert set(parts) == {step.key for step in eval_steps(run, paper)} | {"analysis"}
+    _, eval_s = costs.estimate_run_seconds(run, paper, tmp_path, "cpu", probe=timer)
+    assert sum(parts.values()) == pytest.approx(eval_s)
+    sweep_parts = sweep_eval_parts(run, eval_steps(run, paper), tmp_path, "cpu", timer)
+    assert set(sweep_parts) == {step.key for step in eval_steps(run, paper)}

@@ -14,11 +14,12 @@ its CPU time, which waiting for a core does not add to: on 2026-12-05, with two 
 both cores, one-thread steps of AVB-AC took 0.49-0.51 s of wall time and 0.32 s of CPU time. Work on
 several threads is timed by the wall clock (their CPU time counts threads spinning while they wait
 for each other): two-thread steps beside those runs took 0.62 s, and IWAE ran 2.2 times slower than
-on one thread. `Probe.said` reports how many cores other processes kept busy while it timed.
+on one thread. `Probe.said` reports how many cores other work kept busy while it timed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -58,10 +59,22 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def busy_cpu_seconds() -> float:
-    """CPU seconds every process on this machine has used, as the kernel counts them."""
-    times = psutil.cpu_times()
+    """CPU seconds this machine's CPUs have been busy, as the kernel counts them: every process's,
+    and time other virtual machines took from them (steal); nan where the kernel does not say."""
+    try:
+        times = psutil.cpu_times()
+    except (OSError, psutil.Error):  # /proc unreadable in a sandbox, say
+        return math.nan
     parts = ("user", "nice", "system", "irq", "softirq", "steal")  # guest time is in user and nice
     return sum(getattr(times, part, 0.0) for part in parts)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the system says), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -80,12 +93,14 @@ class Stopwatch:
         work()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         self.wall, self.cpu = self.wall + wall, self.cpu + cpu
-        self.others += max(0.0, busy_cpu_seconds() - busy - cpu)
+        others = busy_cpu_seconds() - busy - cpu  # may dip below 0 by a tick: summed, then clamped
+        if not math.isnan(others):
+            self.others += others
         return cpu if torch.get_num_threads() == 1 else wall
 
     def other_cores(self) -> float:
-        """How many cores other processes kept busy, on average, while work was timed."""
-        return self.others / self.wall if self.wall else 0.0
+        """How many cores other work kept busy, on average, while work was timed."""
+        return max(0.0, self.others / self.wall) if self.wall else 0.0
 
 
 @dataclass
@@ -126,7 +141,7 @@ class Probe:
         others = self.stopwatch.other_cores()
         if others < BUSY_CORES:
             return ""
-        said = f"; other processes kept {others:.1f} of this machine's {os.cpu_count()} cores busy meanwhile"
+        said = f"; other work kept {others:.1f} of the {usable_cores()} cores here busy meanwhile"
         if threads == 1:
             return f"{said}: timed by CPU time, the figures are of runs that have their cores to themselves"
         return f"{said}, which slowed the timing: the figures are long unless the machine stays that busy"

@@ -175,7 +175,7 @@ class WorkWatch:
                 step.key
                 for step in missing_metrics(evaluation.run_dir, evaluation.cfg, list(evaluation.steps))
             }
-        except (AvaeError, OSError, ValueError):  # no news
+        except (AvaeError, OSError, ValueError, AttributeError, TypeError):  # no news (or not a record)
             return before
         return sum(seconds for part, seconds in evaluation.seconds.items() if part not in lacking)
 

@@ -4,6 +4,7 @@ comparisons, and the confidence interval of every difference."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ METHOD = (
     "seeds (same initialisation streams and data order per seed), Welch's t-test otherwise, two-sided. "
     f"Within each family of comparisons (a claim, or a claim for one AVAE reading) the p-values are "
     f"corrected with Holm-Bonferroni at a family-wise alpha of {stats.ALPHA}, over the claim's whole "
-    "family: a comparison whose runs are missing or diverged counts as a p-value of 1, so that the runs "
-    "still to come can only lower the others' corrected p-values. A comparison *agrees* when the "
+    "family: a comparison whose runs are missing counts as a p-value of 1, so that the runs still to "
+    "come can only lower the others' corrected p-values (a diverged run's comparisons count so for "
+    "good; one whose runs lack the figure by design, or whose difference has zero variance, is left "
+    "out). A comparison *agrees* when the "
     "claimed direction holds with corrected p < alpha, *contradicts* when the opposite holds with "
     "corrected p < alpha, and is *unclear* otherwise; a comparison whose difference has zero variance "
     "(or fewer than two seeds) gets no test. Verdict: **supported** when every comparison agrees, "
@@ -73,16 +76,28 @@ def test_pair(better: RunResult, worse: RunResult, metric: str) -> dict[str, Any
     return stats.compare(a, b, paired=paired)
 
 
-UNTESTED_P = 1.0  # what a comparison without its runs (or its figure) counts as in Holm's family
+UNTESTED_P = 1.0  # what a comparison whose runs are missing or diverged counts as in Holm's family
 
 
-def holm_over_family(tests: Sequence[dict[str, Any] | None]) -> list[float]:
-    """Holm-Bonferroni over a claim's whole family, a comparison with no test (`None`: a run missing,
-    diverged or without the figure) counted as p = UNTESTED_P. A family part-way through its runs is
-    thus corrected for every comparison it will hold, not only for those tested so far: adding the
-    missing ones can only lower the corrected p-values of the rest, so an outcome published part-way
-    is not overturned by the correction later."""
-    return stats.holm([UNTESTED_P if t is None else t["p"] for t in tests])
+def holm_over_family(tests: Sequence[dict[str, Any] | None], runs_lacking: Sequence[bool]) -> list[float]:
+    """Holm-Bonferroni over a claim's whole family. A comparison with no test (`None`) counts as
+    p = UNTESTED_P where a run of it is missing or diverged (`runs_lacking`), and is left out where
+    both runs are there but lack the figure by design (a profile that runs AIS at some latents
+    only); one with no p-value (zero variance, one seed) is left out too. A family part-way through
+    its runs is thus corrected for every comparison it will hold: Holm's adjusted p-values never
+    fall when a raw p-value rises, so the missing ones can only lower the rest's when they come,
+    and an outcome published part-way is not overturned by the correction later. A diverged run's
+    comparisons count as p = 1 for good."""
+    pvalues = [
+        (UNTESTED_P if lacking else math.nan) if test is None else test["p"]
+        for test, lacking in zip(tests, runs_lacking, strict=True)
+    ]
+    return stats.holm(pvalues)
+
+
+def lacks_a_run(a: RunResult | None, b: RunResult | None) -> bool:
+    """Whether a comparison lacks a run: one not (yet) run, or one that diverged."""
+    return a is None or b is None or bool(a.divergence or b.divergence)
 
 
 def family_rows(
@@ -96,12 +111,13 @@ def family_rows(
         a, b = table.get(better), table.get(worse)
         tests.append(test_pair(a, b, metric) if a and b else None)
         short = short or any(r is not None and short_of_convergence(r) for r in (a, b))
-    adjusted = holm_over_family(tests)
+    lacking = [lacks_a_run(table.get(better), table.get(worse)) for better, worse in comparisons]
+    adjusted = holm_over_family(tests, lacking)
     honest = [
         test_pair(table[b], table[w], honest_key) if b in table and w in table else None
         for b, w in comparisons
     ]
-    honest_adjusted = holm_over_family(honest)
+    honest_adjusted = holm_over_family(honest, lacking)
     rows, outcomes = [], []
     for (better, worse), test, p_adj, h, h_adj in zip(
         comparisons, tests, adjusted, honest, honest_adjusted, strict=True
