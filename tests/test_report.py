@@ -80,17 +80,20 @@ def fake_run(tmp_path, curve: list[float]):
 
 def test_the_report_warns_when_runs_are_short_of_convergence(tmp_path):
     from avae.repro.report.report import header_section
-    from avae.repro.results import last_epoch_gain, short_of_convergence
+    from avae.repro.results import recent_gain, short_of_convergence
 
-    improving = fake_run(tmp_path, [150.0, 140.0, 137.0])  # still falling 3 nats per epoch
-    settled = fake_run(tmp_path, [150.0, 140.0, 139.5])  # 0.5 nat in the last epoch
-    assert last_epoch_gain(improving) == pytest.approx(3.0) and short_of_convergence(improving)
-    assert last_epoch_gain(settled) == pytest.approx(0.5) and not short_of_convergence(settled)
+    improving = fake_run(tmp_path, [150.0, 140.0, 137.0, 134.0, 131.0, 128.0])  # 3 nats an epoch
+    settled = fake_run(tmp_path, [150.0, 140.0, 140.0, 139.5, 139.0, 139.5, 139.0])  # last 5: 0.2
+    noisy = fake_run(tmp_path, [150.0, 140.0, 138.0, 140.0, 138.0, 140.5, 138.0])  # 2.5 in the last epoch
+    assert recent_gain(improving) == pytest.approx(3.0) and short_of_convergence(improving)
+    assert recent_gain(settled) == pytest.approx(0.2) and not short_of_convergence(settled)
+    assert recent_gain(noisy) == pytest.approx(-0.05) and not short_of_convergence(noisy)  # no trend
+    assert recent_gain(fake_run(tmp_path, [150.0, 147.5])) == pytest.approx(2.5)  # two: the last fall
     assert short_of_convergence(fake_run(tmp_path, [150.0]))  # one epoch: no evidence either way
-    warned = header_section([improving, settled], ["mnist"], "test")
-    assert "Warning: 1 of 2 runs were still improving by more than 1 nat per epoch" in warned
-    assert "up to 3.0 nats in the last epoch" in warned
-    assert "Warning" not in header_section([settled], ["mnist"], "test")
+    warned = header_section([improving, settled, noisy], ["mnist"], "test")
+    assert "1 of 3 runs were still improving by more than 1 nat per epoch over their last 5" in warned
+    assert "up to 3.0 nats an epoch" in warned
+    assert "Warning" not in header_section([settled, noisy], ["mnist"], "test")
 
 
 def test_report_on_a_sweep_draws_and_lists_each_point_apart(tmp_path, synthetic_data, monkeypatch):
