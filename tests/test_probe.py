@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
+from avae.evaluation.cost_model import SEQUENTIAL_RUNS, metric_seconds
+from avae.likelihood.scoring import EvalSettings
 from avae.repro import costs, probe
 from avae.repro.plan import RunStatus, eval_steps, get_profile, runs_for
 from avae.repro.sweep import estimate_seconds, metric_steps, plan_sweep, sweep_eval_parts
 from avae.training.config import make_config
 
-STEP, FACTOR = 0.05, 2.0  # the fixed probe's seconds per step and evaluation factor
+STEP, FACTOR, ANNEAL = 0.05, 2.0, 3.0  # the fixed probe's seconds per step, IWAE's and AIS's factors
 
 
 class FixedProbe(probe.Probe):
@@ -32,6 +35,18 @@ class FixedProbe(probe.Probe):
     def eval_factor(self):
         self.calls += 1
         return self.fixed
+
+    def part_factor(self, family, settings, members, points):
+        if family not in SEQUENTIAL_RUNS:
+            return self.eval_factor()
+        self.calls += 1
+        return ANNEAL
+
+
+def scaled(parts: dict[str, float], steps) -> float:
+    """The fixed probe's figure for the cost model's `parts`: AIS and BDMC at ANNEAL, the rest at FACTOR."""
+    families = {step.key: step.family for step in steps}
+    return sum(s * (ANNEAL if families.get(key) in SEQUENTIAL_RUNS else FACTOR) for key, s in parts.items())
 
 
 def paper_run(name: str):
@@ -72,6 +87,41 @@ def test_a_real_probe_times_steps_and_iwae_within_sense():
     assert stopwatch.wall > 0 and stopwatch.cpu > 0
 
 
+def test_ais_and_bdmc_are_timed_once_per_shape_at_the_runs_own_shape(monkeypatch):
+    timed = []
+
+    def fake_time_annealing(family, settings, members, stopwatch):
+        timed.append((family, members, settings.batch_size, settings.ais_steps, torch.get_num_threads()))
+        return 0.5
+
+    monkeypatch.setattr(probe, "time_annealing", fake_time_annealing)
+    monkeypatch.setattr(probe, "iwae_rate", lambda stopwatch: 1.8e4)
+    timer = probe.Probe(threads=1)
+    run = EvalSettings(ais_steps=1000, subset=200, batch_size=100, bdmc_points=20, ais_chains=4)
+    shape = EvalSettings(ais_steps=probe.PROBE_AIS_STEPS, batch_size=100, bdmc_points=100, ais_chains=4)
+    ais = timer.part_factor("ais", run, 5, 10000)
+    assert ais == pytest.approx(0.5 / metric_seconds("ais", shape, 100, 5, "cpu"))
+    assert timer.part_factor("ais", replace(run, ais_steps=10), 5, 10000) == ais  # the same shape
+    bdmc = EvalSettings(ais_steps=probe.PROBE_AIS_STEPS, batch_size=20, bdmc_points=20, ais_chains=4)
+    assert timer.part_factor("bdmc", run, 5, 10000) == pytest.approx(
+        0.5 / metric_seconds("bdmc", bdmc, 20, 5, "cpu")
+    )
+    assert timer.part_factor("ais", run, 5, 50) != ais  # 50 test points: batches of 50
+    # one timing per shape, on the worker's threads, at PROBE_AIS_STEPS steps
+    assert timed == [("ais", 5, 100, 1, 1), ("bdmc", 5, 20, 1, 1), ("ais", 5, 50, 1, 1)]
+    assert timer.part_factor("iwae", run, 5, 10000) == timer.eval_factor() == pytest.approx(2.0)
+    assert "a step of AIS (" in timer.said() and "a step of BDMC (" in timer.said()
+
+
+def test_a_real_annealing_probe_is_timed_within_sense():
+    settings = EvalSettings(ais_steps=1, batch_size=4, bdmc_points=4, ais_chains=2, leapfrog=2)
+    stopwatch = probe.Stopwatch()
+    for family in ("ais", "bdmc"):
+        seconds = probe.time_annealing(family, settings, 2, stopwatch)
+        assert 0 < seconds < 5.0  # one step of 2 leapfrogs on 4 points: milliseconds
+        assert 1e-3 < seconds / metric_seconds(family, settings, 4, 2, "cpu") < 1e3
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_thread_is_timed_by_cpu_time_and_more_by_the_wall_clock(threads):
     stopwatch = probe.Stopwatch()
@@ -106,9 +156,10 @@ def test_a_long_cpu_run_is_timed_by_its_steps_here_and_its_evaluation_scaled():
     train_s, eval_s = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cpu", probe=timer)
     # 100 epochs of 600 steps, each epoch's test pass 0.3 x 10,000 / 60,000 of it, and the call
     assert train_s == pytest.approx(100 * 600 * STEP * (1 + 0.3 * 10000 / 60000) + costs.TRAIN_CALL_SECONDS)
-    modelled = costs.estimate_eval_seconds(run, paper, "cpu", eval_steps(run, paper))
-    assert modelled > probe.PROBE_ABOVE_SECONDS
-    assert eval_s == pytest.approx(FACTOR * modelled)
+    modelled = costs.eval_part_seconds(run, paper, "cpu", eval_steps(run, paper))
+    assert sum(modelled.values()) > probe.PROBE_ABOVE_SECONDS
+    assert eval_s == pytest.approx(scaled(modelled, eval_steps(run, paper)))
+    assert FACTOR * sum(modelled.values()) < eval_s < ANNEAL * sum(modelled.values())
     calls = timer.calls
     on_gpu = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cuda", probe=timer)
     assert timer.calls == calls and on_gpu == costs.estimate_run_seconds(run, paper, costs.Path("/x"), "cuda")
@@ -145,9 +196,8 @@ def test_a_run_timed_elsewhere_counts_only_where_it_is_slower_than_this_machine(
     probed = costs.probed_train_seconds(timer, run.cfg, 5, 100, 60000)
     assert (probed > 100 * 20.0) == (slower == "here")
     assert train_s == max(probed, 100 * 20.0)
-    analysis = costs.estimate_eval_seconds(run, paper, "cpu", [])
-    modelled = {s.key: costs.estimate_eval_seconds(run, paper, "cpu", [s]) - analysis for s in steps}
-    expected = sum(max(took[key], FACTOR * m) for key, m in modelled.items()) + max(5000.0, FACTOR * analysis)
+    modelled = costs.eval_part_seconds(run, paper, "cpu", steps)
+    expected = sum(max(took[key], scaled({key: m}, steps)) for key, m in modelled.items())
     assert eval_s == pytest.approx(expected)
     assert 1e5 + 5000.0 < expected  # the first part and the analysis are the alike run's
 
@@ -174,7 +224,8 @@ def test_a_long_sweep_run_on_a_cpu_is_timed_by_its_steps_here_and_its_evaluation
     train_s, eval_s = estimate_seconds(run, steps, out, "cpu", probe=timer)
     assert train_s == pytest.approx(100 * 600 * STEP * (1 + 0.3 * 10000 / 60000) + costs.TRAIN_CALL_SECONDS)
     modelled = estimate_seconds(run, steps, out, "cpu")
-    assert modelled[1] > probe.PROBE_ABOVE_SECONDS and eval_s == pytest.approx(FACTOR * modelled[1])
+    assert modelled[1] > probe.PROBE_ABOVE_SECONDS
+    assert eval_s == pytest.approx(scaled(sweep_eval_parts(run, steps, out, "cpu"), steps))
     assert modelled[0] != pytest.approx(train_s)  # without the probe, the cost model's own figure
     calls = timer.calls
     assert estimate_seconds(run, steps, out, "cuda", probe=timer) == estimate_seconds(run, steps, out, "cuda")

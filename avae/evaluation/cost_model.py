@@ -47,7 +47,7 @@ def device_kind(device: str) -> str:
 def metric_seconds(family: str, settings: EvalSettings, points: int, members: int, device: str) -> float:
     """The cost model's time for one metric family on `points` test points (before --subset): its
     decoder passes and, for AIS and BDMC, the fixed cost of their sequential steps."""
-    n = min(points, settings.subset) if settings.subset else points
+    n = points_evaluated(settings, points)
     transitions = settings.ais_chains * settings.ais_steps * (settings.leapfrog + 1) * 1.25  # + the pilot
     passes = {
         "elbo": n,
@@ -62,6 +62,18 @@ def metric_seconds(family: str, settings: EvalSettings, points: int, members: in
     steps = SEQUENTIAL_RUNS.get(family, 0) * batches * settings.ais_steps * (settings.leapfrog + 1)
     sequential = steps * SEQUENTIAL_STEP_SECONDS[device_kind(device)]
     return passes * members / decoder_rate(device, sequential=family in SEQUENTIAL_RUNS) + sequential
+
+
+def points_evaluated(settings: EvalSettings, points: int) -> int:
+    """How many of a run's `points` test points a metric family sees: the settings' subset, if set."""
+    return min(points, settings.subset) if settings.subset else points
+
+
+def batch_points(family: str, settings: EvalSettings, points: int) -> int:
+    """Points in one batch of a metric family on a run's `points` test points (BDMC: of its own
+    simulated points): what one sequential AIS run anneals at once."""
+    annealed = settings.bdmc_points if family == "bdmc" else points_evaluated(settings, points)
+    return min(settings.batch_size, annealed)
 
 
 def test_points(cfg: TrainConfig) -> int:

@@ -250,27 +250,21 @@ def eval_part_seconds(
     """Seconds of each evaluation step a run still needs, by its eval.json key, and of its analysis
     ("analysis"): what alike runs took for each part (`measured`), else the cost model's figure
     (each part a call of its own, as `execute_run` makes them). On a CPU, when the cost model puts
-    the whole over PROBE_ABOVE_SECONDS, `probe` scales its figures to this machine's IWAE rate, and
+    the whole over PROBE_ABOVE_SECONDS, `probe` scales its figures to this machine (`part_factors`), and
     each part is the larger of that and what alike runs took (which may have been timed on another
     machine)."""
     test, members = test_points(run.cfg), len(run.cfg.seeds)
     took = measured.part_seconds if measured else {}
+    settings = {step.key: EvalSettings(**{**step.settings, "k": (1, profile.iwae_k)}) for step in steps}
     modelled = {
-        step.key: EVAL_CALL_SECONDS
-        + metric_seconds(
-            step.family,
-            EvalSettings(**{**step.settings, "k": (1, profile.iwae_k)}),
-            test,
-            members,
-            device,
-        )
+        step.key: EVAL_CALL_SECONDS + metric_seconds(step.family, settings[step.key], test, members, device)
         for step in steps
     }
     modelled["analysis"] = ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
-    factor = eval_factor(probe, device, sum(modelled.values()))
-    if factor is None:
+    factors = part_factors(probe, device, steps, settings, members, test, sum(modelled.values()))
+    if factors is None:
         return {key: took.get(key) or seconds for key, seconds in modelled.items()}
-    return {key: max(took.get(key) or 0.0, factor * seconds) for key, seconds in modelled.items()}
+    return {key: max(took.get(key) or 0.0, factors[key] * seconds) for key, seconds in modelled.items()}
 
 
 def eval_parts_left(
@@ -286,13 +280,26 @@ def eval_parts_left(
     return eval_part_seconds(run, profile, device, todo, Measured.alike(run, out, device), probe)
 
 
-def eval_factor(probe: Probe | None, device: str, modelled: float) -> float | None:
-    """How many times the cost model's evaluation figure (`modelled` seconds in all) it takes on
-    this machine: on a CPU, when the figure is over PROBE_ABOVE_SECONDS, `probe`'s measured factor;
-    otherwise None (the figure stands, and nothing is timed)."""
+def part_factors(
+    probe: Probe | None,
+    device: str,
+    steps: list[EvalStep],
+    settings: dict[str, EvalSettings],
+    members: int,
+    points: int,
+    modelled: float,
+) -> dict[str, float] | None:
+    """How many times the cost model's figure each evaluation part (by eval.json key, and the
+    "analysis") takes on this machine: on a CPU, when the cost model puts the parts at over
+    PROBE_ABOVE_SECONDS (`modelled`) in all, `probe`'s measured factors (`Probe.part_factor`: AIS
+    and BDMC timed at the run's shape, the rest by IWAE's rate); otherwise None (the cost model's
+    figures stand, and nothing is timed)."""
     if probe is None or device_kind(device) != "cpu" or modelled <= PROBE_ABOVE_SECONDS:
         return None
-    return probe.eval_factor()
+    factors = {
+        step.key: probe.part_factor(step.family, settings[step.key], members, points) for step in steps
+    }
+    return factors | {"analysis": probe.eval_factor()}
 
 
 def probed_train_seconds(probe: Probe, cfg: TrainConfig, members: int, epochs: int, images: int) -> float:

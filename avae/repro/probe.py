@@ -1,7 +1,8 @@
 """Timing a plan's work on this machine before it starts, for the cost model (avae.repro.costs) on
-a CPU: a few of a run's own training steps (`Probe.step_seconds`), and IWAE's decoder passes per
-second against the rate the evaluation cost model was measured at (`Probe.eval_factor`), both with
-the torch threads each run's worker process will have.
+a CPU: a few of a run's own training steps (`Probe.step_seconds`), IWAE's decoder passes per second
+against the rate the evaluation cost model was measured at (`Probe.eval_factor`), and a step of AIS
+and of BDMC at a run's own shape against the cost model's time for it (`Probe.part_factor`), all
+with the torch threads each run's worker process will have.
 
 Why: the cost model's CPU figures were measured on one machine, and machines of one name differ.
 On 2026-12-05 a 2-core "AMD EPYC" of this project ran the paper profile's AVB at 96-106 s an epoch
@@ -30,8 +31,8 @@ import psutil
 import torch
 
 from avae.core.models import build_model
-from avae.evaluation.cost_model import decoder_rate
-from avae.likelihood.scoring import EvalSettings, iwae_points
+from avae.evaluation.cost_model import SEQUENTIAL_RUNS, batch_points, decoder_rate, metric_seconds
+from avae.likelihood.scoring import EvalSettings, ais_points, bdmc_points, iwae_points
 from avae.training.config import Runtime, TrainConfig, make_config
 from avae.training.steps import new_state, run_epoch
 
@@ -39,6 +40,7 @@ from avae.training.steps import new_state, run_epoch
 # machine while it is timed only slows a window down (see avae.repro.costs.measured_epoch_seconds).
 PROBE_STEPS, PROBE_WINDOWS = 3, 3
 PROBE_POINTS, PROBE_K = 50, 100  # IWAE-100 on 50 points of an untrained VAE (fastest window)
+PROBE_AIS_STEPS = 1  # annealing steps of a timed AIS or BDMC (fastest window, after a warm-up)
 # A probe costs a few seconds, so only work the cost model puts above this is probed: a plan of
 # short runs (the tests', the smoke and quick profiles) keeps the cost model's own figures.
 PROBE_ABOVE_SECONDS = 600.0
@@ -111,6 +113,7 @@ class Probe:
     threads: int = 0
     steps: dict[tuple, float] = field(default_factory=dict)
     factor: float | None = None
+    sequential: dict[tuple, float] = field(default_factory=dict)
     stopwatch: Stopwatch = field(default_factory=Stopwatch)
 
     def step_seconds(self, cfg: TrainConfig, members: int) -> float:
@@ -131,6 +134,8 @@ class Probe:
         timed = [f"the training steps of {len(self.steps)} configuration(s)"] if self.steps else []
         if self.factor is not None:
             timed.append(f"IWAE's rate (evaluation {self.factor:.2f}x the cost model's time)")
+        for (family, *_), factor in self.sequential.items():
+            timed.append(f"a step of {family.upper()} ({factor:.2f}x)")
         if not timed:
             return ""
         threads = self.threads or torch.get_num_threads()
@@ -156,6 +161,26 @@ class Probe:
             with torch_threads(self.threads):
                 self.factor = decoder_rate("cpu") / iwae_rate(self.stopwatch)
         return self.factor
+
+    def part_factor(self, family: str, settings: EvalSettings, members: int, points: int) -> float:
+        """How many times longer a metric family takes here than the cost model says, for a run of
+        `members` seeds on `points` test points: for AIS and BDMC, a step of their own, timed at the
+        run's shape (`time_annealing`) over the cost model's time for it; for the rest, IWAE's
+        `eval_factor`. AIS's transitions are sequential leapfrog steps with autograd, whose fixed
+        cost and rate need not follow IWAE's: paper runs of 5 members on this project's 2-core CPU
+        took 2,892-3,025 s of AIS on 200 Fashion-MNIST points; on 2026-12-06 IWAE's factor (1.12)
+        put it at 1,785 s there, a step of AIS timed at the runs' shape (1.52) at 2,423 s."""
+        if family not in SEQUENTIAL_RUNS:
+            return self.eval_factor()
+        batch = batch_points(family, settings, points)
+        key = (family, members, batch, settings.ais_chains, settings.leapfrog)
+        if key not in self.sequential:
+            timed = replace(settings, ais_steps=PROBE_AIS_STEPS, batch_size=batch, bdmc_points=batch)
+            timed = replace(timed, subset=0)
+            with torch_threads(self.threads):
+                seconds = time_annealing(family, timed, members, self.stopwatch)
+            self.sequential[key] = seconds / metric_seconds(family, timed, batch, members, "cpu")
+        return self.sequential[key]
 
 
 STEP_SETTINGS = ("pixels", "batch_size", "disc_steps", "precision")  # the run's, beside its model's
@@ -194,3 +219,22 @@ def iwae_rate(stopwatch: Stopwatch) -> float:
         stopwatch.seconds_of(lambda: iwae_points(model, x, (0,), settings)) for _ in range(PROBE_WINDOWS)
     ]
     return PROBE_POINTS * PROBE_K / min(windows)
+
+
+def time_annealing(family: str, settings: EvalSettings, members: int, stopwatch: Stopwatch) -> float:
+    """Seconds of AIS ("ais", on `settings.batch_size` random points) or BDMC ("bdmc") with
+    `settings` on an untrained VAE of `members` members: the fastest of PROBE_WINDOWS windows,
+    after a warm-up of one annealing step."""
+    cfg = make_config({"model": "vae"})
+    seeds = tuple(range(members))
+    model = build_model(cfg.model, seeds).requires_grad_(False)
+    x = torch.rand(settings.batch_size, cfg.model.data_dim, generator=torch.Generator().manual_seed(2))
+
+    def anneal(steps: int) -> object:
+        run = replace(settings, ais_steps=steps)
+        if family == "ais":
+            return ais_points(model, x, seeds, run, "probe")
+        return bdmc_points(model, seeds, run, "cpu")
+
+    anneal(1)  # warm-up
+    return min(stopwatch.seconds_of(lambda: anneal(settings.ais_steps)) for _ in range(PROBE_WINDOWS))

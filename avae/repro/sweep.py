@@ -28,8 +28,8 @@ from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.costs import (
     estimate_train_seconds,
-    eval_factor,
     host_seconds,
+    part_factors,
     runs_at_once,
     train_seconds_here,
 )
@@ -171,17 +171,18 @@ def sweep_eval_parts(
     run: PlannedRun, steps: list[EvalStep], out: Path, device: str, probe: Probe | None = None
 ) -> dict[str, float]:
     """The cost model's seconds of each metric the run in `out` still lacks, by eval.json key; on a
-    CPU, `probe` scales a long evaluation to this machine's IWAE rate, as for `avae reproduce`."""
+    CPU, `probe` scales a long evaluation to this machine (`part_factors`), as for `avae reproduce`."""
     cfg, run_dir = run.cfg, out / run.dir_name
     if read_divergence(run_dir) is not None:
         return {}
-    points = cfg.test_subset or SPLIT_SIZES["test"]
+    points, members = cfg.test_subset or SPLIT_SIZES["test"], len(cfg.seeds)
+    todo = missing_metrics(run_dir, cfg, steps)
+    settings = {step.key: EvalSettings(**step.settings) for step in todo}
     modelled = {
-        step.key: metric_seconds(step.family, EvalSettings(**step.settings), points, len(cfg.seeds), device)
-        for step in missing_metrics(run_dir, cfg, steps)
+        step.key: metric_seconds(step.family, settings[step.key], points, members, device) for step in todo
     }
-    factor = eval_factor(probe, device, sum(modelled.values())) or 1.0
-    return {key: seconds * factor for key, seconds in modelled.items()}
+    factors = part_factors(probe, device, todo, settings, members, points, sum(modelled.values()))
+    return {key: seconds * (factors[key] if factors else 1.0) for key, seconds in modelled.items()}
 
 
 def sweep(
