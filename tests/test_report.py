@@ -65,7 +65,7 @@ def test_report_names_what_is_missing_and_gives_no_verdict_without_runs(tmp_path
     assert verdicts == ["inconclusive"] * 7
 
 
-def fake_run(tmp_path, curve: list[float]):
+def fake_run(tmp_path, curve: list[float], **settings):
     """A RunResult whose per-epoch test figure (both seeds) follows `curve`."""
     from avae.repro.results import RunResult
     from avae.training.config import make_config
@@ -75,7 +75,21 @@ def fake_run(tmp_path, curve: list[float]):
         for e, value in enumerate(curve, 1)
         for m in (0, 1)
     ]
-    return RunResult(tmp_path, make_config({"seeds": (0, 1), "epochs": len(curve)}), rows, {}, {}, len(curve))
+    cfg = make_config({"seeds": (0, 1), "epochs": len(curve), **settings})
+    return RunResult(tmp_path, cfg, rows, {}, {}, len(curve))
+
+
+def test_table1_has_a_column_for_every_latent_size_with_runs_the_papers_first(tmp_path):
+    from avae.repro.report.tables import latents_of, table1_section
+    from avae.repro.results import index_runs
+
+    runs = [fake_run(tmp_path, [150.0], latent_dim=z) for z in (32, 20, 4, 10)]
+    table = index_runs(runs)
+    assert latents_of(table, "mnist") == [10, 20, 4, 32] and latents_of(table, "fashion-mnist") == []
+    header = next(line for line in table1_section(table, ["mnist"], tmp_path).splitlines() if "z=" in line)
+    assert [part.strip() for part in header.split("|") if part.strip().endswith("own")] == [
+        "z=10 own", "z=20 own", "z=4 own", "z=32 own"
+    ]  # fmt: skip
 
 
 def test_the_report_warns_when_runs_are_short_of_convergence(tmp_path):

@@ -25,8 +25,10 @@ def table_rows(dataset: str, latent: int) -> list[RowKey]:
 
 
 def latents_of(table: Table, dataset: str) -> list[int]:
-    """The paper's latent sizes that `dataset` has runs at, in the paper's order."""
-    return [z for z in PAPER_LATENTS if any(k.dataset == dataset and k.latent == z for k in table)]
+    """The latent sizes that `dataset` has runs at: the paper's, in its order, then any others (runs
+    of the user's own, trained with another --latent-dim), smallest first."""
+    present = {key.latent for key in table if key.dataset == dataset}
+    return [z for z in PAPER_LATENTS if z in present] + sorted(present - set(PAPER_LATENTS))
 
 
 def cell(values: list[float] | None, missing: str = "-") -> str:
