@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from avae.evaluation.cost_model import SEQUENTIAL_RUNS, metric_seconds
+from avae.evaluation.cost_model import SEQUENTIAL_RUNS, batch_points, metric_seconds
 from avae.likelihood.scoring import EvalSettings
 from avae.repro import costs, probe
 from avae.repro.plan import RunStatus, eval_steps, get_profile, runs_for
@@ -22,11 +22,12 @@ STEP, FACTOR, ANNEAL = 0.05, 2.0, 3.0  # the fixed probe's seconds per step, IWA
 
 
 class FixedProbe(probe.Probe):
-    """A probe whose times are known exactly; `calls` counts what it was asked."""
+    """A probe whose times are known exactly; `calls` counts what it was asked, `annealed` the
+    shapes of AIS and BDMC it was asked about (family, members, points a batch)."""
 
     def __init__(self, step: float = STEP, factor: float = FACTOR) -> None:
         super().__init__(threads=1)
-        self.step, self.fixed, self.calls = step, factor, 0
+        self.step, self.fixed, self.calls, self.annealed = step, factor, 0, set()
 
     def step_seconds(self, cfg, members):
         self.calls += 1
@@ -40,6 +41,7 @@ class FixedProbe(probe.Probe):
         if family not in SEQUENTIAL_RUNS:
             return self.eval_factor()
         self.calls += 1
+        self.annealed.add((family, members, batch_points(family, settings, points)))
         return ANNEAL
 
 
@@ -98,19 +100,38 @@ def test_ais_and_bdmc_are_timed_once_per_shape_at_the_runs_own_shape(monkeypatch
     monkeypatch.setattr(probe, "iwae_rate", lambda stopwatch: 1.8e4)
     timer = probe.Probe(threads=1)
     run = EvalSettings(ais_steps=1000, subset=200, batch_size=100, bdmc_points=20, ais_chains=4)
-    shape = EvalSettings(ais_steps=probe.PROBE_AIS_STEPS, batch_size=100, bdmc_points=100, ais_chains=4)
+    shape = EvalSettings(ais_steps=1, batch_size=100, bdmc_points=100, ais_chains=4)
     ais = timer.part_factor("ais", run, 5, 10000)
     assert ais == pytest.approx(0.5 / metric_seconds("ais", shape, 100, 5, "cpu"))
     assert timer.part_factor("ais", replace(run, ais_steps=10), 5, 10000) == ais  # the same shape
-    bdmc = EvalSettings(ais_steps=probe.PROBE_AIS_STEPS, batch_size=20, bdmc_points=20, ais_chains=4)
+    bdmc = EvalSettings(ais_steps=1, batch_size=20, bdmc_points=20, ais_chains=4)
     assert timer.part_factor("bdmc", run, 5, 10000) == pytest.approx(
         0.5 / metric_seconds("bdmc", bdmc, 20, 5, "cpu")
     )
     assert timer.part_factor("ais", run, 5, 50) != ais  # 50 test points: batches of 50
-    # one timing per shape, on the worker's threads, at PROBE_AIS_STEPS steps
-    assert timed == [("ais", 5, 100, 1, 1), ("bdmc", 5, 20, 1, 1), ("ais", 5, 50, 1, 1)]
+    assert timer.part_factor("ais", replace(run, subset=10), 5, 10000) != ais  # the first 10 points
+    # one timing per shape, on the worker's threads, of one step
+    assert timed == [("ais", 5, 100, 1, 1), ("bdmc", 5, 20, 1, 1), ("ais", 5, 50, 1, 1), ("ais", 5, 10, 1, 1)]
     assert timer.part_factor("iwae", run, 5, 10000) == timer.eval_factor() == pytest.approx(2.0)
-    assert "a step of AIS (" in timer.said() and "a step of BDMC (" in timer.said()
+    assert "a step of AIS on 5 x 100 points (" in timer.said() and "a step of BDMC on 5 x 20" in timer.said()
+
+
+def test_a_step_is_timed_without_the_calls_fixed_cost(monkeypatch):
+    """Calls of n annealing steps take 0.2 + 0.1 n seconds, and other work slows the first window
+    of each by 0.05 s: a step counts 0.1 s, each call's fixed 0.2 s left out."""
+    steps: list[int] = []
+    monkeypatch.setattr(probe, "ais_points", lambda model, x, seeds, run, stream: steps.append(run.ais_steps))
+    windows = iter(range(100))
+
+    class StepClock(probe.Stopwatch):
+        def seconds_of(self, work):
+            work()
+            slowed = 0.05 if next(windows) % probe.PROBE_AIS_WINDOWS == 0 else 0.0
+            return 0.2 + 0.1 * steps[-1] + slowed
+
+    settings = EvalSettings(ais_steps=1000, batch_size=4, ais_chains=2, leapfrog=2)
+    assert probe.time_annealing("ais", settings, 2, StepClock()) == pytest.approx(0.1)
+    assert steps[0] == 1 and sorted(set(steps[1:])) == list(probe.PROBE_AIS_STEPS)  # after a warm-up
 
 
 def test_a_real_annealing_probe_is_timed_within_sense():
@@ -159,6 +180,7 @@ def test_a_long_cpu_run_is_timed_by_its_steps_here_and_its_evaluation_scaled():
     modelled = costs.eval_part_seconds(run, paper, "cpu", eval_steps(run, paper))
     assert sum(modelled.values()) > probe.PROBE_ABOVE_SECONDS
     assert eval_s == pytest.approx(scaled(modelled, eval_steps(run, paper)))
+    assert timer.annealed == {("ais", 5, 100), ("bdmc", 5, 20)}  # AIS: 200 points in 2 batches; BDMC: 20
     assert FACTOR * sum(modelled.values()) < eval_s < ANNEAL * sum(modelled.values())
     calls = timer.calls
     on_gpu = costs.estimate_run_seconds(run, paper, costs.Path("/nonexistent"), "cuda", probe=timer)

@@ -79,7 +79,8 @@ def fake_run(tmp_path, curve: list[float], **settings):
     return RunResult(tmp_path, cfg, rows, {}, {}, len(curve))
 
 
-def test_table1_has_a_column_for_every_latent_size_with_runs_the_papers_first(tmp_path):
+def test_the_tables_have_every_latent_size_with_runs_the_papers_first(tmp_path):
+    from avae.repro.report.report import honest_latents
     from avae.repro.report.tables import latents_of, table1_section
     from avae.repro.results import index_runs
 
@@ -90,6 +91,9 @@ def test_table1_has_a_column_for_every_latent_size_with_runs_the_papers_first(tm
     assert [part.strip() for part in header.split("|") if part.strip().endswith("own")] == [
         "z=10 own", "z=20 own", "z=4 own", "z=32 own"
     ]  # fmt: skip
+    # the honest tables: every latent size with runs where no reproduce.json says which are evaluated
+    assert honest_latents({}, table) == (4, 10, 20, 32)
+    assert honest_latents({"settings": {"honest_latents": [10]}}, table) == (10,)
 
 
 def test_the_report_warns_when_runs_are_short_of_convergence(tmp_path):

@@ -179,7 +179,8 @@ def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, c
         shutil.copytree(run_dir.parent, out / run_dir.parent.name)
     assert main(["reproduce", "--profile", "paper", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr()
-    assert "IWAE's rate (evaluation 1.00x the cost model's time) and a step of AIS (1.00x)" in printed.out
+    timed = "IWAE's rate (evaluation 1.00x the cost model's time) and a step of AIS on 5 x 100 points (1.00x)"
+    assert timed in printed.out
     rows = [line.split(" | ") for line in printed.out.splitlines() if "-z" in line]
     status = {row[0].strip("| "): row[4] for row in rows}
     assert sum(s.startswith("published, without weights") for s in status.values()) == 9

@@ -181,3 +181,20 @@ def test_an_npz_of_objects_is_refused_in_one_sentence(tmp_path):
     np.savez(path, train=np.array([np.zeros(3), np.zeros(4)], dtype=object))
     with pytest.raises(DataError, match="objects.npz holds objects or arrays of different shapes"):
         userdata.read(str(path))
+
+
+def test_the_cost_model_counts_the_users_own_splits_for_a_sweeps_estimate(tmp_path):
+    """A sweep on your own data is estimated on its own split sizes, not MNIST's 60,000 and 10,000."""
+    from avae.evaluation.cost_model import metric_seconds, test_points, train_points
+    from avae.likelihood.scoring import EvalSettings
+    from avae.repro.sweep import metric_steps, plan_sweep, sweep_eval_parts
+
+    path = vectors(tmp_path)  # 200 rows: 180 to train on, the last 20 held out
+    cfg = make_config({**SMALL, "dataset": str(path)})
+    assert (train_points(cfg), test_points(cfg)) == (180, 20)
+    cut = make_config({**SMALL, "dataset": str(path), "train_subset": 50, "test_subset": 5})
+    assert (train_points(cut), test_points(cut)) == (50, 5)
+    ((_, run),) = plan_sweep({**SMALL, "dataset": str(path)}, {"epochs": [1]})
+    steps = metric_steps(("elbo",), "vae-noise")
+    parts = sweep_eval_parts(run, steps, tmp_path / "sweep", "cpu")
+    assert parts == {"neg_elbo": metric_seconds("elbo", EvalSettings(**steps[0].settings), 20, 2, "cpu")}

@@ -19,7 +19,7 @@ from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError, check_choice
 from avae.evaluation.analysis import analyse_run, classifier_path, ensure_classifier
-from avae.evaluation.cost_model import metric_seconds, test_points
+from avae.evaluation.cost_model import metric_seconds, points_evaluated, test_points
 from avae.evaluation.evaluate import EvalSettings, evaluate_run, parse_metrics
 from avae.io import check_writable_dir, os_error_sentence
 from avae.repro.costs import classifier_seconds
@@ -147,7 +147,7 @@ def announce_evaluation(run_dir: Path, metrics, settings: EvalSettings, runtime:
     cfg = read_config(run_dir)
     points, members = test_points(cfg), len(cfg.seeds)
     seconds = sum(metric_seconds(m, settings, points, members, runtime.device) for m in metrics)
-    used = min(points, settings.subset) if settings.subset else points
+    used = points_evaluated(settings, points)
     print(
         f"avae evaluate: {', '.join(metrics)} on {used} test points x {members} members: "
         f"about {seconds / 60:.1f} min on {runtime.device} (estimate)",

@@ -58,7 +58,7 @@ def metric_seconds(family: str, settings: EvalSettings, points: int, members: in
         "ais": n * transitions,
         "bdmc": 2 * settings.bdmc_points * transitions,
     }[family]
-    batches = math.ceil((settings.bdmc_points if family == "bdmc" else n) / settings.batch_size)
+    batches = math.ceil(annealed_points(family, settings, points) / settings.batch_size)
     steps = SEQUENTIAL_RUNS.get(family, 0) * batches * settings.ais_steps * (settings.leapfrog + 1)
     sequential = steps * SEQUENTIAL_STEP_SECONDS[device_kind(device)]
     return passes * members / decoder_rate(device, sequential=family in SEQUENTIAL_RUNS) + sequential
@@ -69,18 +69,33 @@ def points_evaluated(settings: EvalSettings, points: int) -> int:
     return min(points, settings.subset) if settings.subset else points
 
 
+def annealed_points(family: str, settings: EvalSettings, points: int) -> int:
+    """The points AIS ("ais") or BDMC ("bdmc", its own simulated points) anneals, for a run's
+    `points` test points."""
+    return settings.bdmc_points if family == "bdmc" else points_evaluated(settings, points)
+
+
 def batch_points(family: str, settings: EvalSettings, points: int) -> int:
-    """Points in one batch of a metric family on a run's `points` test points (BDMC: of its own
-    simulated points): what one sequential AIS run anneals at once."""
-    annealed = settings.bdmc_points if family == "bdmc" else points_evaluated(settings, points)
-    return min(settings.batch_size, annealed)
+    """Points in one batch of AIS or BDMC: what one sequential annealing run takes at once."""
+    return min(settings.batch_size, annealed_points(family, settings, points))
 
 
 def test_points(cfg: TrainConfig) -> int:
     """How many test points a run is evaluated on: its data set's test split (the user's own data
     is read to count them), cut to the run's test_subset."""
+    return split_points(cfg, "test", cfg.test_subset)
+
+
+def train_points(cfg: TrainConfig) -> int:
+    """How many images a run trains on per epoch: its data set's training split (the user's own
+    data is read to count them), cut to the run's train_subset."""
+    return split_points(cfg, "train", cfg.train_subset)
+
+
+def split_points(cfg: TrainConfig, split: str, subset: int) -> int:
     if userdata.is_user_data(cfg.dataset):
-        points = len(userdata.splits(cfg.dataset, cfg.test_data, cfg.test_fraction)[1])
+        train, test = userdata.splits(cfg.dataset, cfg.test_data, cfg.test_fraction)
+        points = len(train if split == "train" else test)
     else:
-        points = data.SPLIT_SIZES["test"]
-    return min(points, cfg.test_subset) if cfg.test_subset else points
+        points = data.SPLIT_SIZES[split]
+    return min(points, subset) if subset else points

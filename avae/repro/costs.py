@@ -8,7 +8,8 @@ the run's own steps on this machine (`avae.repro.probe`), and the slower figure 
 earlier may have run on another machine. Evaluation is timed by what alike runs' parts took
 (index.json), else by the estimators' own cost model (`avae.evaluation.cost_model.metric_seconds`);
 on a CPU, when that model puts it above PROBE_ABOVE_SECONDS, each part is the larger of the two
-after the model is scaled to this machine's measured IWAE rate. Each
+after the model is scaled to this machine (`part_factors`: AIS and BDMC by a step of their own at
+the run's shape, the rest by IWAE's rate). Each
 training, evaluation and analysis call has a fixed cost besides its steps, and a plan as a whole more
 (`plan_seconds`): training the feature classifiers and starting the executor (worker processes, Ray).
 """
@@ -27,7 +28,7 @@ from typing import Any
 from avae.core.models import MODELS
 from avae.data.datasets import SPLIT_SIZES
 from avae.evaluation.analysis import classifier_path
-from avae.evaluation.cost_model import decoder_rate, device_kind, metric_seconds, test_points
+from avae.evaluation.cost_model import decoder_rate, device_kind, metric_seconds, test_points, train_points
 from avae.io import read_json
 from avae.likelihood.scoring import EvalSettings
 from avae.repro.plan import EvalStep, PlannedRun, Profile, RunStatus, eval_steps, missing_metrics, status_of
@@ -320,8 +321,7 @@ def train_seconds_here(
     share = len(cfg.seeds) / members
     if probe is None or device_kind(device) != "cpu" or train_s / share <= PROBE_ABOVE_SECONDS:
         return train_s
-    images = cfg.train_subset or SPLIT_SIZES["train"]
-    probed = probed_train_seconds(probe, cfg, members, epochs, images) * share
+    probed = probed_train_seconds(probe, cfg, members, epochs, train_points(cfg)) * share
     return max(train_s, probed) if timed else probed
 
 
@@ -348,7 +348,7 @@ def estimate_run_seconds(
     train_s = 0.0
     if epoch < cfg.epochs:
         left, members = cfg.epochs - epoch, max(pack, len(cfg.seeds))
-        images, share = cfg.train_subset or SPLIT_SIZES["train"], len(cfg.seeds) / members
+        images, share = train_points(cfg), len(cfg.seeds) / members
         own = measured_epoch_seconds(out / run.dir_name, device) if measured and epoch else None
         per_epoch = own or (alike.epoch_seconds if alike else None)
         if per_epoch:

@@ -40,7 +40,9 @@ from avae.training.steps import new_state, run_epoch
 # machine while it is timed only slows a window down (see avae.repro.costs.measured_epoch_seconds).
 PROBE_STEPS, PROBE_WINDOWS = 3, 3
 PROBE_POINTS, PROBE_K = 50, 100  # IWAE-100 on 50 points of an untrained VAE (fastest window)
-PROBE_AIS_STEPS = 1  # annealing steps of a timed AIS or BDMC (fastest window, after a warm-up)
+# Annealing steps of the two timed calls of AIS or BDMC, and windows of each: their difference is the
+# cost of the steps alone, without each call's fixed part (`time_annealing`).
+PROBE_AIS_STEPS, PROBE_AIS_WINDOWS = (1, 3), 2
 # A probe costs a few seconds, so only work the cost model puts above this is probed: a plan of
 # short runs (the tests', the smoke and quick profiles) keeps the cost model's own figures.
 PROBE_ABOVE_SECONDS = 600.0
@@ -134,8 +136,8 @@ class Probe:
         timed = [f"the training steps of {len(self.steps)} configuration(s)"] if self.steps else []
         if self.factor is not None:
             timed.append(f"IWAE's rate (evaluation {self.factor:.2f}x the cost model's time)")
-        for (family, *_), factor in self.sequential.items():
-            timed.append(f"a step of {family.upper()} ({factor:.2f}x)")
+        for (family, members, batch, *_), factor in self.sequential.items():
+            timed.append(f"a step of {family.upper()} on {members} x {batch} points ({factor:.2f}x)")
         if not timed:
             return ""
         threads = self.threads or torch.get_num_threads()
@@ -168,18 +170,18 @@ class Probe:
         run's shape (`time_annealing`) over the cost model's time for it; for the rest, IWAE's
         `eval_factor`. AIS's transitions are sequential leapfrog steps with autograd, whose fixed
         cost and rate need not follow IWAE's: paper runs of 5 members on this project's 2-core CPU
-        took 2,892-3,025 s of AIS on 200 Fashion-MNIST points; on 2026-12-06 IWAE's factor (1.12)
-        put it at 1,785 s there, a step of AIS timed at the runs' shape (1.52) at 2,423 s."""
+        took 2,892-3,025 s of AIS on 200 Fashion-MNIST points, beside other work; on 2026-12-06
+        IWAE's factor (1.12) put it at 1,785 s there, a step of AIS at the runs' shape (1.42) at
+        2,263 s."""
         if family not in SEQUENTIAL_RUNS:
             return self.eval_factor()
         batch = batch_points(family, settings, points)
         key = (family, members, batch, settings.ais_chains, settings.leapfrog)
         if key not in self.sequential:
-            timed = replace(settings, ais_steps=PROBE_AIS_STEPS, batch_size=batch, bdmc_points=batch)
-            timed = replace(timed, subset=0)
+            step = replace(settings, ais_steps=1, batch_size=batch, bdmc_points=batch, subset=0)
             with torch_threads(self.threads):
-                seconds = time_annealing(family, timed, members, self.stopwatch)
-            self.sequential[key] = seconds / metric_seconds(family, timed, batch, members, "cpu")
+                seconds = time_annealing(family, step, members, self.stopwatch)
+            self.sequential[key] = seconds / metric_seconds(family, step, batch, members, "cpu")
         return self.sequential[key]
 
 
@@ -222,9 +224,13 @@ def iwae_rate(stopwatch: Stopwatch) -> float:
 
 
 def time_annealing(family: str, settings: EvalSettings, members: int, stopwatch: Stopwatch) -> float:
-    """Seconds of AIS ("ais", on `settings.batch_size` random points) or BDMC ("bdmc") with
-    `settings` on an untrained VAE of `members` members: the fastest of PROBE_WINDOWS windows,
-    after a warm-up of one annealing step."""
+    """Seconds of one annealing step of AIS ("ais", on `settings.batch_size` random points) or BDMC
+    ("bdmc") with `settings` (but its ais_steps) on an untrained VAE of `members` members: calls of
+    each of PROBE_AIS_STEPS steps are timed (the fastest of PROBE_AIS_WINDOWS windows, after a
+    warm-up), and their difference over the steps between them counts. That leaves out each call's
+    fixed cost (its first gradients, draws and schedule), which a run pays once per batch however
+    many steps it anneals: for BDMC on 5 members and 20 points, one step alone took 1.72x the cost
+    model's time here and each further step about 1.41x (2026-12-06, one thread, beside two runs)."""
     cfg = make_config({"model": "vae"})
     seeds = tuple(range(members))
     model = build_model(cfg.model, seeds).requires_grad_(False)
@@ -237,4 +243,10 @@ def time_annealing(family: str, settings: EvalSettings, members: int, stopwatch:
         return bdmc_points(model, seeds, run, "cpu")
 
     anneal(1)  # warm-up
-    return min(stopwatch.seconds_of(lambda: anneal(settings.ais_steps)) for _ in range(PROBE_WINDOWS))
+    few, many = (
+        min(stopwatch.seconds_of(lambda steps=steps: anneal(steps)) for _ in range(PROBE_AIS_WINDOWS))
+        for steps in PROBE_AIS_STEPS
+    )
+    between = PROBE_AIS_STEPS[1] - PROBE_AIS_STEPS[0]
+    # other work slowing the shorter calls' windows more can leave no difference: then the longer ones
+    return (many - few) / between if many > few else many / PROBE_AIS_STEPS[1]

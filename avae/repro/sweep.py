@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from avae.core.models import MODELS, ModelConfig
-from avae.data.datasets import SPLIT_SIZES
 from avae.errors import AvaeError, ConfigError
-from avae.evaluation.cost_model import metric_seconds
+from avae.evaluation.cost_model import metric_seconds, test_points, train_points
 from avae.evaluation.evaluate import parse_metrics
 from avae.io import write_json
 from avae.likelihood.scoring import EvalSettings
@@ -145,14 +144,14 @@ def estimate_seconds(
     epochs left and missing metrics. `pack`: the members of the pack the run trains in (0: alone),
     whose training time is shared among its runs by members, as
     `avae.repro.costs.estimate_run_seconds` shares it. On a CPU, `probe` times long training on
-    this machine and scales long evaluation to its IWAE rate, as for `avae reproduce`."""
+    this machine and scales long evaluation to it (`part_factors`), as for `avae reproduce`."""
     cfg, run_dir = run.cfg, out / run.dir_name
     if read_divergence(run_dir) is not None:
         return 0.0, 0.0  # not retried
     epoch = checkpoint_epoch(run_dir)
     train = 0.0
     if epoch < cfg.epochs:
-        images, members = cfg.train_subset or SPLIT_SIZES["train"], max(pack, len(cfg.seeds))
+        images, members = train_points(cfg), max(pack, len(cfg.seeds))
         whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
         modelled = whole * len(cfg.seeds) / members
         train = train_seconds_here(
@@ -175,7 +174,7 @@ def sweep_eval_parts(
     cfg, run_dir = run.cfg, out / run.dir_name
     if read_divergence(run_dir) is not None:
         return {}
-    points, members = cfg.test_subset or SPLIT_SIZES["test"], len(cfg.seeds)
+    points, members = test_points(cfg), len(cfg.seeds)
     todo = missing_metrics(run_dir, cfg, steps)
     settings = {step.key: EvalSettings(**step.settings) for step in todo}
     modelled = {

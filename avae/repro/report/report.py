@@ -12,7 +12,7 @@ from avae.core.models import MODELS
 from avae.errors import ConfigError
 from avae.io import atomic_write_text, read_json
 from avae.repro.costs import estimate_run_seconds
-from avae.repro.paper import DATASET_LABELS, PAPER_LATENTS, dataset_label
+from avae.repro.paper import DATASET_LABELS, dataset_label
 from avae.repro.plan import PROFILES, get_profile, runs_for
 from avae.repro.report.caveats import convergence_warning, divergence_note
 from avae.repro.report.claims import claims_section
@@ -21,6 +21,7 @@ from avae.repro.report.findings import findings_section
 from avae.repro.report.sweep_report import write_sweep_report
 from avae.repro.report.tables import (
     EVALUATE_EACH_RUN,
+    Table,
     analysis_section,
     grid_section,
     honest_section,
@@ -74,10 +75,11 @@ def fill_command(profile: str | None, out: Path) -> str:
     )
 
 
-def honest_latents(manifest: dict[str, Any]) -> tuple[int, ...]:
-    """The latent sizes whose runs the profile evaluates with IWAE and AIS (all of the paper's where
-    reproduce.json does not say)."""
-    return tuple(manifest.get("settings", {}).get("honest_latents", PAPER_LATENTS))
+def honest_latents(manifest: dict[str, Any], table: Table) -> tuple[int, ...]:
+    """The latent sizes whose runs the profile evaluates with IWAE and AIS; where reproduce.json
+    does not say (a folder of runs of your own), every latent size with runs."""
+    said = manifest.get("settings", {}).get("honest_latents")
+    return tuple(said) if said is not None else tuple(sorted({key.latent for key in table}))
 
 
 def write_report(out: str | Path) -> Path:
@@ -109,7 +111,7 @@ def write_report(out: str | Path) -> Path:
         header_section(runs, datasets, manifest.get("profile", "unknown (no reproduce.json)"))
         + train_only_note(manifest),
         table1_section(table, datasets, figdir),
-        honest_section(table, datasets, figdir, iwae_key, fill, honest_latents(manifest)),
+        honest_section(table, datasets, figdir, iwae_key, fill, honest_latents(manifest, table)),
         findings_section(table, datasets, figdir, iwae_key),
         curves_section(table, datasets, figdir, "fig6"),
         curves_section(table, datasets, figdir, "fig7"),
