@@ -188,11 +188,11 @@ def test_ais_costs_its_sequential_steps_even_on_a_few_points():
     """AIS on a few points is bound by its sequential HMC steps, not by its decoder passes: the
     smoke profile's AIS on 10 points (20 steps, 2 chains) took about 0.9-1.3 s of process time."""
     settings = scoring.EvalSettings(ais_steps=20, ais_chains=2, bdmc_points=5)
-    ais = cost_model.metric_seconds("ais", settings, 10, 2, "cpu")
+    ais = cost_model.metric_seconds("ais", settings, 10, 2, "cpu", "vae")
     assert 0.7 < ais < 1.6
-    assert cost_model.metric_seconds("bdmc", settings, 10, 2, "cpu") > ais  # forward and reverse
+    assert cost_model.metric_seconds("bdmc", settings, 10, 2, "cpu", "vae") > ais  # forward and reverse
     more = cost_model.metric_seconds(
-        "ais", scoring.EvalSettings(ais_steps=20, ais_chains=2, batch_size=5), 10, 2, "cpu"
+        "ais", scoring.EvalSettings(ais_steps=20, ais_chains=2, batch_size=5), 10, 2, "cpu", "vae"
     )
     assert more > ais  # two batches: each runs its steps
 

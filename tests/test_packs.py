@@ -15,6 +15,7 @@ from avae.core.graphs import StaticNoise
 from avae.core.nets import MemberRandom
 from avae.data import datasets as data
 from avae.errors import AvaeError, ConfigError
+from avae.evaluation import cost_model
 from avae.io import read_json
 from avae.repro import costs, execute, plan, runner
 from avae.repro.paper import Experiment
@@ -312,7 +313,7 @@ def test_the_estimate_of_a_packed_run_is_its_share_of_its_pack(tmp_path, monkeyp
     run = runs_for(profile)[0]
     alone = costs.estimate_run_seconds(run, profile, tmp_path, "cpu")[0]
     packed = costs.estimate_run_seconds(run, profile, tmp_path, "cpu", pack=4)[0]
-    whole = costs.estimate_train_seconds("vae", 4, 3, 300, "cpu")
+    whole = costs.estimate_train_seconds("vae", 4, 3, 300, "cpu", test_images=cost_model.test_points(run.cfg))
     assert packed == pytest.approx(whole / 2) and packed < alone
 
 

@@ -11,7 +11,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from avae.evaluation.cost_model import SEQUENTIAL_RUNS, batch_points, metric_seconds
+from avae.evaluation.cost_model import (
+    ENCODER_DRAW_SHARE,
+    SEQUENTIAL_RUNS,
+    batch_points,
+    decoder_rate,
+    metric_seconds,
+)
 from avae.likelihood.scoring import EvalSettings
 from avae.repro import costs, probe
 from avae.repro.plan import RunStatus, eval_steps, get_profile, runs_for
@@ -37,7 +43,7 @@ class FixedProbe(probe.Probe):
         self.calls += 1
         return self.fixed
 
-    def part_factor(self, family, settings, members, points):
+    def part_factor(self, family, settings, members, points, model):
         if family not in SEQUENTIAL_RUNS:
             return self.eval_factor()
         self.calls += 1
@@ -101,19 +107,69 @@ def test_ais_and_bdmc_are_timed_once_per_shape_at_the_runs_own_shape(monkeypatch
     timer = probe.Probe(threads=1)
     run = EvalSettings(ais_steps=1000, subset=200, batch_size=100, bdmc_points=20, ais_chains=4)
     shape = EvalSettings(ais_steps=1, batch_size=100, bdmc_points=100, ais_chains=4)
-    ais = timer.part_factor("ais", run, 5, 10000)
-    assert ais == pytest.approx(0.5 / metric_seconds("ais", shape, 100, 5, "cpu"))
-    assert timer.part_factor("ais", replace(run, ais_steps=10), 5, 10000) == ais  # the same shape
+    avb = make_config({"model": "avb"}).model
+    ais = timer.part_factor("ais", run, 5, 10000, avb)
+    assert ais == pytest.approx(0.5 / metric_seconds("ais", shape, 100, 5, "cpu", "vae"))
+    assert timer.part_factor("ais", replace(run, ais_steps=10), 5, 10000, avb) == ais  # the same shape
     bdmc = EvalSettings(ais_steps=1, batch_size=20, bdmc_points=20, ais_chains=4)
-    assert timer.part_factor("bdmc", run, 5, 10000) == pytest.approx(
-        0.5 / metric_seconds("bdmc", bdmc, 20, 5, "cpu")
+    assert timer.part_factor("bdmc", run, 5, 10000, avb) == pytest.approx(
+        0.5 / metric_seconds("bdmc", bdmc, 20, 5, "cpu", "vae")
     )
-    assert timer.part_factor("ais", run, 5, 50) != ais  # 50 test points: batches of 50
-    assert timer.part_factor("ais", replace(run, subset=10), 5, 10000) != ais  # the first 10 points
+    assert timer.part_factor("ais", run, 5, 50, avb) != ais  # 50 test points: batches of 50
+    assert timer.part_factor("ais", replace(run, subset=10), 5, 10000, avb) != ais  # the first 10 points
     # one timing per shape, on the worker's threads, of one step
     assert timed == [("ais", 5, 100, 1, 1), ("bdmc", 5, 20, 1, 1), ("ais", 5, 50, 1, 1), ("ais", 5, 10, 1, 1)]
-    assert timer.part_factor("iwae", run, 5, 10000) == timer.eval_factor() == pytest.approx(2.0)
+    assert timer.part_factor("elbo", run, 5, 10000, avb) == timer.eval_factor() == pytest.approx(2.0)
     assert "a step of AIS on 5 x 100 points (" in timer.said() and "a step of BDMC on 5 x 20" in timer.said()
+
+
+def test_iwae_is_timed_once_per_model_and_shape_with_the_runs_own_model(monkeypatch):
+    timed = []
+
+    def fake_time_iwae(model, settings, members, stopwatch):
+        timed.append(
+            (model.name, model.latent_dim, members, settings.k, settings.batch_size, torch.get_num_threads())
+        )
+        return 0.5
+
+    monkeypatch.setattr(probe, "time_iwae", fake_time_iwae)
+    timer = probe.Probe(threads=1)
+    run = EvalSettings(k=(1, 1000), subset=200, batch_size=100, avb_samples=500)
+    avb, avae = (make_config({"model": name, "latent_dim": 20}).model for name in ("avb", "avae"))
+    shape = EvalSettings(k=(1000,), batch_size=probe.PROBE_IWAE_POINTS, avb_samples=500)
+    points = probe.PROBE_IWAE_POINTS
+    factor = timer.part_factor("iwae", run, 5, 10000, avb)
+    assert factor == pytest.approx(0.5 / metric_seconds("iwae", shape, points, 5, "cpu", "avb"))
+    assert timer.part_factor("iwae", replace(run, subset=50), 5, 10000, avb) == factor  # the same shape
+    assert timer.part_factor("iwae", run, 5, 10000, avae) == pytest.approx(
+        0.5 / metric_seconds("iwae", shape, points, 5, "cpu", "avae")
+    )
+    assert timer.part_factor("iwae", run, 3, 10000, avb) != factor  # 3 members
+    # one timing per model and shape, of the run's own model at its K, on the worker's threads
+    assert timed == [
+        ("avb", 20, 5, (1000,), points, 1),
+        ("avae", 20, 5, (1000,), points, 1),
+        ("avb", 20, 3, (1000,), points, 1),
+    ]
+    assert f"IWAE-1000 on 5 x {points} points of avb (" in timer.said() and "), avae (" in timer.said()
+    assert f"IWAE-1000 on 3 x {points} points of avb (" in timer.said()
+
+
+def test_the_cost_model_counts_the_encoder_draws_an_implicit_encoders_proposal_is_fitted_to():
+    settings = EvalSettings(k=(1, 1000), avb_samples=500)
+    gaussian = metric_seconds("iwae", settings, 2000, 5, "cpu", "avae")
+    assert gaussian == pytest.approx(2000 * 5 * 1000 / decoder_rate("cpu"))  # its own Gaussian: no draws
+    draws = 2000 * 5 * 500 * ENCODER_DRAW_SHARE / decoder_rate("cpu")
+    for fitted in ("avb", "avb-ac"):
+        assert metric_seconds("iwae", settings, 2000, 5, "cpu", fitted) == pytest.approx(gaussian + draws)
+
+
+def test_a_real_iwae_probe_of_an_implicit_encoder_is_timed_within_sense():
+    model = make_config({"model": "avb", "hidden": [8]}).model
+    settings = EvalSettings(k=(20,), batch_size=4, avb_samples=10)
+    seconds = probe.time_iwae(model, settings, 2, probe.Stopwatch())
+    assert 0 < seconds < 5.0  # IWAE-20 on 4 points of a tiny AVB: milliseconds
+    assert 1e-3 < seconds / metric_seconds("iwae", settings, 4, 2, "cpu", "avb") < 1e3
 
 
 def test_a_step_is_timed_without_the_calls_fixed_cost(monkeypatch):
@@ -140,7 +196,7 @@ def test_a_real_annealing_probe_is_timed_within_sense():
     for family in ("ais", "bdmc"):
         seconds = probe.time_annealing(family, settings, 2, stopwatch)
         assert 0 < seconds < 5.0  # one step of 2 leapfrogs on 4 points: milliseconds
-        assert 1e-3 < seconds / metric_seconds(family, settings, 4, 2, "cpu") < 1e3
+        assert 1e-3 < seconds / metric_seconds(family, settings, 4, 2, "cpu", "vae") < 1e3
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -17,6 +17,7 @@ import pytest
 
 from avae.cli.commands import main
 from avae.errors import AvaeError, ConfigError, DivergenceError
+from avae.evaluation import cost_model
 from avae.evaluation.cost_model import metric_seconds
 from avae.io import read_json, write_csv, write_json
 from avae.repro import costs, execute, plan, probe, runner
@@ -174,13 +175,15 @@ def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, c
     monkeypatch.setattr(probe, "time_steps", lambda cfg, watch: 0.1)  # not timed here: tests/test_probe.py
     monkeypatch.setattr(probe, "iwae_rate", lambda watch: 3.6e4)  # does that
     monkeypatch.setattr(probe, "time_annealing", annealing_as_modelled)
+    monkeypatch.setattr(probe, "time_iwae", iwae_as_modelled)
     out = tmp_path / "paper"
     for run_dir in (ROOT / "results" / "paper-z10").glob("*/config.json"):
         shutil.copytree(run_dir.parent, out / run_dir.parent.name)
     assert main(["reproduce", "--profile", "paper", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr()
-    timed = "IWAE's rate (evaluation 1.00x the cost model's time) and a step of AIS on 5 x 100 points (1.00x)"
-    assert timed in printed.out
+    models = ", ".join(f"{name} (1.00x)" for name in ("vae-noise", "vae", "avb", "avae", "avb-ac"))
+    iwae = f"IWAE-1000 on 5 x 10 points of {models}"
+    assert f"IWAE's rate (evaluation 1.00x the cost model's time) and {iwae} and a step of AIS" in printed.out
     rows = [line.split(" | ") for line in printed.out.splitlines() if "-z" in line]
     status = {row[0].strip("| "): row[4] for row in rows}
     assert sum(s.startswith("published, without weights") for s in status.values()) == 9
@@ -197,7 +200,12 @@ def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, c
 
 def annealing_as_modelled(family, settings, members, stopwatch) -> float:
     """A probe's AIS or BDMC that takes what the cost model says (a factor of 1)."""
-    return metric_seconds(family, settings, settings.batch_size, members, "cpu")
+    return metric_seconds(family, settings, settings.batch_size, members, "cpu", "vae")
+
+
+def iwae_as_modelled(model, settings, members, stopwatch) -> float:
+    """A probe's IWAE that takes what the cost model says (a factor of 1)."""
+    return metric_seconds("iwae", settings, settings.batch_size, members, "cpu", model.name)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,7 +364,9 @@ def test_a_new_run_is_timed_by_a_finished_run_that_costs_the_same(tmp_path, monk
     (tmp_path / "index.json").write_text(json.dumps(index))
     assert costs.estimate_run_seconds(new, profile, tmp_path, "cpu") == (1 * 4.0, 30.0 + 20.0)
     by_model = costs.estimate_run_seconds(new, profile, tmp_path, "cpu", measured=False)
-    assert by_model[0] == costs.estimate_train_seconds("vae", 2, 1, 300, "cpu")
+    test_images = cost_model.test_points(new.cfg)
+    modelled = costs.estimate_train_seconds("vae", 2, 1, 300, "cpu", test_images=test_images)
+    assert by_model[0] == modelled
     assert by_model[1] == costs.estimate_eval_seconds(new, profile, "cpu", plan.eval_steps(new, profile))
     on_gpu = costs.estimate_run_seconds(new, profile, tmp_path, "cuda")  # the CPU run's times do not apply
     assert on_gpu == costs.estimate_run_seconds(new, profile, tmp_path, "cuda", measured=False)

@@ -197,4 +197,24 @@ def test_the_cost_model_counts_the_users_own_splits_for_a_sweeps_estimate(tmp_pa
     ((_, run),) = plan_sweep({**SMALL, "dataset": str(path)}, {"epochs": [1]})
     steps = metric_steps(("elbo",), "vae-noise")
     parts = sweep_eval_parts(run, steps, tmp_path / "sweep", "cpu")
-    assert parts == {"neg_elbo": metric_seconds("elbo", EvalSettings(**steps[0].settings), 20, 2, "cpu")}
+    modelled = metric_seconds("elbo", EvalSettings(**steps[0].settings), 20, 2, "cpu", "vae-noise")
+    assert parts == {"neg_elbo": modelled}
+
+
+def test_the_training_estimate_counts_the_test_pass_over_the_users_own_test_images(tmp_path):
+    """Each epoch's test pass runs over the run's own test points: 20 here, not MNIST's 10,000."""
+    from avae.repro import costs
+    from avae.repro.sweep import estimate_seconds, plan_sweep
+
+    missing = tmp_path / "none.json"  # the built-in step cost, known exactly
+    a_ms, b_ms = costs.builtin_step_ms("vae-noise")
+    steps, step_s = 180 // costs.BATCH, (a_ms + b_ms * 2) / 1e3
+    per_test_image = costs.TEST_PASS_SHARE * steps * step_s / 180
+    whole = costs.estimate_train_seconds("vae-noise", 2, 3, 180, "cpu", missing, test_images=20)
+    assert whole == pytest.approx(3 * (steps * step_s + 20 * per_test_image) + costs.TRAIN_CALL_SECONDS)
+    mnist = costs.estimate_train_seconds("vae-noise", 2, 3, 180, "cpu", missing)
+    assert mnist - whole == pytest.approx(3 * (10_000 - 20) * per_test_image)
+    ((_, run),) = plan_sweep({**SMALL, "dataset": str(vectors(tmp_path))}, {"epochs": [3]})
+    train, _ = estimate_seconds(run, [], tmp_path / "sweep", "cpu")
+    own = costs.estimate_train_seconds("vae-noise", 2, 3, 180, "cpu", test_images=20)
+    assert train == pytest.approx(own)

@@ -146,7 +146,8 @@ def announce_evaluation(run_dir: Path, metrics, settings: EvalSettings, runtime:
         return  # evaluate_run says what is wrong with the directory
     cfg = read_config(run_dir)
     points, members = test_points(cfg), len(cfg.seeds)
-    seconds = sum(metric_seconds(m, settings, points, members, runtime.device) for m in metrics)
+    device, model = runtime.device, cfg.model.name
+    seconds = sum(metric_seconds(m, settings, points, members, device, model) for m in metrics)
     used = points_evaluated(settings, points)
     print(
         f"avae evaluate: {', '.join(metrics)} on {used} test points x {members} members: "

@@ -247,6 +247,8 @@ class LatentModel(nn.Module):
     # True: q(z|x) = E_eps1 q(z|x, eps1) with a Gaussian q(z|x, eps1), so SIVI's bound applies.
     semi_implicit: ClassVar[bool] = False
     proposal_label: ClassVar[str] = ""  # what `proposal` is, for eval.json
+    # True: `proposal` is fitted to `samples` encoder draws per point (their cost, for the cost model).
+    fitted_proposal: ClassVar[bool] = False
     # Optimiser settings this model trains with unless the user overrides them (avae.training.config).
     train_defaults: ClassVar[dict[str, float]] = {}
     # Where the paper is ambiguous about the model, each plausible reading as settings; a
@@ -506,6 +508,7 @@ class AVB(WithCritic, LatentModel):
     metric_label = "negative ELBO (AVB: discriminator-based estimate, not a bound)"
     elbo_kind = "objective"
     proposal_label = "a diagonal Gaussian fitted per test point to samples of the implicit encoder"
+    fitted_proposal = True
     # Adam with beta1 = 0.5 as in the AVB reference code, one T step per encoder/decoder step, and
     # the learning rate every other model uses (the paper trains all four with one Adam setup).
     # The reference code's own rates (5e-5 encoder/decoder, 1e-4 T, for long training at batch 128)

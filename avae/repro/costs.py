@@ -137,9 +137,11 @@ def estimate_train_seconds(
     train_images: int = 60000,
     device: str = "cpu",
     bench: Path = BENCH_JSON,
+    test_images: int = SPLIT_SIZES["test"],
 ) -> float:
     """Wall time of one training process (`members` seeds of `model` trained together) for
-    `epochs` epochs over `train_images` images, with the test pass after each epoch."""
+    `epochs` epochs over `train_images` images, with the test pass over `test_images` after each
+    epoch."""
     steps = train_images // BATCH
     if device.startswith("cuda"):
         return epochs * steps * gpu_step_seconds(model, members) + GPU_TRAIN_CALL_SECONDS
@@ -148,10 +150,11 @@ def estimate_train_seconds(
     if fitted is None:
         a_ms, b_ms = builtin_step_ms(model)
         a, b = a_ms / 1e3, b_ms / 1e3
-        eval_s = TEST_PASS_SHARE * steps * (a + b * members) * SPLIT_SIZES["test"] / train_images
+        eval_s = TEST_PASS_SHARE * steps * (a + b * members) * test_images / train_images
     else:
         a, b = fitted
-        eval_s = members * max(e["test_pass_s_per_10k"] / e["members"] for e in entries)
+        per_10k = max(e["test_pass_s_per_10k"] / e["members"] for e in entries)
+        eval_s = members * per_10k * test_images / 10_000
     return float(epochs * (steps * (a + b * members) + eval_s)) + TRAIN_CALL_SECONDS
 
 
@@ -254,15 +257,16 @@ def eval_part_seconds(
     the whole over PROBE_ABOVE_SECONDS, `probe` scales its figures to this machine (`part_factors`), and
     each part is the larger of that and what alike runs took (which may have been timed on another
     machine)."""
-    test, members = test_points(run.cfg), len(run.cfg.seeds)
+    test, members, model = test_points(run.cfg), len(run.cfg.seeds), run.cfg.model.name
     took = measured.part_seconds if measured else {}
     settings = {step.key: EvalSettings(**{**step.settings, "k": (1, profile.iwae_k)}) for step in steps}
     modelled = {
-        step.key: EVAL_CALL_SECONDS + metric_seconds(step.family, settings[step.key], test, members, device)
+        step.key: EVAL_CALL_SECONDS
+        + metric_seconds(step.family, settings[step.key], test, members, device, model)
         for step in steps
     }
     modelled["analysis"] = ANALYSIS_SECONDS + 3 * profile.analysis_samples * members / decoder_rate(device)
-    factors = part_factors(probe, device, steps, settings, members, test, sum(modelled.values()))
+    factors = part_factors(probe, device, steps, settings, run.cfg, sum(modelled.values()))
     if factors is None:
         return {key: took.get(key) or seconds for key, seconds in modelled.items()}
     return {key: max(took.get(key) or 0.0, factors[key] * seconds) for key, seconds in modelled.items()}
@@ -286,19 +290,20 @@ def part_factors(
     device: str,
     steps: list[EvalStep],
     settings: dict[str, EvalSettings],
-    members: int,
-    points: int,
+    cfg: TrainConfig,
     modelled: float,
 ) -> dict[str, float] | None:
     """How many times the cost model's figure each evaluation part (by eval.json key, and the
-    "analysis") takes on this machine: on a CPU, when the cost model puts the parts at over
-    PROBE_ABOVE_SECONDS (`modelled`) in all, `probe`'s measured factors (`Probe.part_factor`: AIS
-    and BDMC timed at the run's shape, the rest by IWAE's rate); otherwise None (the cost model's
-    figures stand, and nothing is timed)."""
+    "analysis") of a run of `cfg` takes on this machine: on a CPU, when the cost model puts the
+    parts at over PROBE_ABOVE_SECONDS (`modelled`) in all, `probe`'s measured factors
+    (`Probe.part_factor`: IWAE, AIS and BDMC timed at the run's shape, the rest by IWAE's rate);
+    otherwise None (the cost model's figures stand, and nothing is timed)."""
     if probe is None or device_kind(device) != "cpu" or modelled <= PROBE_ABOVE_SECONDS:
         return None
+    members, points = len(cfg.seeds), test_points(cfg)
     factors = {
-        step.key: probe.part_factor(step.family, settings[step.key], members, points) for step in steps
+        step.key: probe.part_factor(step.family, settings[step.key], members, points, cfg.model)
+        for step in steps
     }
     return factors | {"analysis": probe.eval_factor()}
 
@@ -354,7 +359,10 @@ def estimate_run_seconds(
         if per_epoch:
             train_s = left * per_epoch
         else:
-            train_s = estimate_train_seconds(cfg.model.name, members, left, images, device) * share
+            whole = estimate_train_seconds(
+                cfg.model.name, members, left, images, device, test_images=test_points(cfg)
+            )
+            train_s = whole * share
         train_s = train_seconds_here(train_s, bool(per_epoch), probe, cfg, members, left, device)
     if not profile.evaluate:
         return train_s, 0.0

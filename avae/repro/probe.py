@@ -1,8 +1,8 @@
 """Timing a plan's work on this machine before it starts, for the cost model (avae.repro.costs) on
 a CPU: a few of a run's own training steps (`Probe.step_seconds`), IWAE's decoder passes per second
-against the rate the evaluation cost model was measured at (`Probe.eval_factor`), and a step of AIS
-and of BDMC at a run's own shape against the cost model's time for it (`Probe.part_factor`), all
-with the torch threads each run's worker process will have.
+against the rate the evaluation cost model was measured at (`Probe.eval_factor`), and IWAE with the
+run's own model and a step of AIS and of BDMC, each at a run's own shape, against the cost model's
+time for it (`Probe.part_factor`), all with the torch threads each run's worker process will have.
 
 Why: the cost model's CPU figures were measured on one machine, and machines of one name differ.
 On 2026-12-05 a 2-core "AMD EPYC" of this project ran the paper profile's AVB at 96-106 s an epoch
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields, replace
 import psutil
 import torch
 
-from avae.core.models import build_model
+from avae.core.models import ModelConfig, build_model
 from avae.evaluation.cost_model import SEQUENTIAL_RUNS, batch_points, decoder_rate, metric_seconds
 from avae.likelihood.scoring import EvalSettings, ais_points, bdmc_points, iwae_points
 from avae.training.config import Runtime, TrainConfig, make_config
@@ -40,6 +40,8 @@ from avae.training.steps import new_state, run_epoch
 # machine while it is timed only slows a window down (see avae.repro.costs.measured_epoch_seconds).
 PROBE_STEPS, PROBE_WINDOWS = 3, 3
 PROBE_POINTS, PROBE_K = 50, 100  # IWAE-100 on 50 points of an untrained VAE (fastest window)
+# IWAE at a run's own K, members and model (untrained) on this many points, fastest of the windows.
+PROBE_IWAE_POINTS, PROBE_IWAE_WINDOWS = 10, 2
 # Annealing steps of the two timed calls of AIS or BDMC, and windows of each: their difference is the
 # cost of the steps alone, without each call's fixed part (`time_annealing`).
 PROBE_AIS_STEPS, PROBE_AIS_WINDOWS = (1, 3), 2
@@ -116,6 +118,7 @@ class Probe:
     steps: dict[tuple, float] = field(default_factory=dict)
     factor: float | None = None
     sequential: dict[tuple, float] = field(default_factory=dict)
+    iwae: dict[tuple, float] = field(default_factory=dict)
     stopwatch: Stopwatch = field(default_factory=Stopwatch)
 
     def step_seconds(self, cfg: TrainConfig, members: int) -> float:
@@ -136,6 +139,11 @@ class Probe:
         timed = [f"the training steps of {len(self.steps)} configuration(s)"] if self.steps else []
         if self.factor is not None:
             timed.append(f"IWAE's rate (evaluation {self.factor:.2f}x the cost model's time)")
+        shapes: dict[tuple[int, int], list[str]] = {}
+        for (model, members, k, _), factor in self.iwae.items():
+            shapes.setdefault((k, members), []).append(f"{model} ({factor:.2f}x)")
+        for (k, members), models in shapes.items():
+            timed.append(f"IWAE-{k} on {members} x {PROBE_IWAE_POINTS} points of {', '.join(models)}")
         for (family, members, batch, *_), factor in self.sequential.items():
             timed.append(f"a step of {family.upper()} on {members} x {batch} points ({factor:.2f}x)")
         if not timed:
@@ -164,15 +172,19 @@ class Probe:
                 self.factor = decoder_rate("cpu") / iwae_rate(self.stopwatch)
         return self.factor
 
-    def part_factor(self, family: str, settings: EvalSettings, members: int, points: int) -> float:
+    def part_factor(
+        self, family: str, settings: EvalSettings, members: int, points: int, model: ModelConfig
+    ) -> float:
         """How many times longer a metric family takes here than the cost model says, for a run of
-        `members` seeds on `points` test points: for AIS and BDMC, a step of their own, timed at the
-        run's shape (`time_annealing`) over the cost model's time for it; for the rest, IWAE's
-        `eval_factor`. AIS's transitions are sequential leapfrog steps with autograd, whose fixed
-        cost and rate need not follow IWAE's: paper runs of 5 members on this project's 2-core CPU
-        took 2,892-3,025 s of AIS on 200 Fashion-MNIST points, beside other work; on 2026-12-06
-        IWAE's factor (1.12) put it at 1,785 s there, a step of AIS at the runs' shape (1.42) at
-        2,263 s."""
+        `model` with `members` seeds on `points` test points: for IWAE, `iwae_factor`; for AIS and
+        BDMC, a step of their own, timed at the run's shape (`time_annealing`) over the cost model's
+        time for it; for the rest, IWAE's `eval_factor`. AIS's transitions are sequential leapfrog
+        steps with autograd, whose fixed cost and rate need not follow IWAE's: paper runs of 5
+        members on this project's 2-core CPU took 2,892-3,025 s of AIS on 200 Fashion-MNIST points,
+        beside other work; on 2026-12-06 IWAE's factor (1.12) put it at 1,785 s there, a step of AIS
+        at the runs' shape (1.42) at 2,263 s."""
+        if family == "iwae":
+            return self.iwae_factor(settings, members, model)
         if family not in SEQUENTIAL_RUNS:
             return self.eval_factor()
         batch = batch_points(family, settings, points)
@@ -181,8 +193,24 @@ class Probe:
             step = replace(settings, ais_steps=1, batch_size=batch, bdmc_points=batch, subset=0)
             with torch_threads(self.threads):
                 seconds = time_annealing(family, step, members, self.stopwatch)
-            self.sequential[key] = seconds / metric_seconds(family, step, batch, members, "cpu")
+            self.sequential[key] = seconds / metric_seconds(family, step, batch, members, "cpu", "vae")
         return self.sequential[key]
+
+    def iwae_factor(self, settings: EvalSettings, members: int, model: ModelConfig) -> float:
+        """IWAE with the run's own model (untrained), K and members on PROBE_IWAE_POINTS random
+        points (`time_iwae`) over the cost model's time for it: the proposal is the model's own, so
+        an implicit encoder's fit to `avb_samples` draws a point is timed too. On 2026-12-06 paper
+        runs at Fashion-MNIST latent 20 (5 members, IWAE-1000 on 2,000 points) took AVAE 337.9 s and
+        AVB 399.5 s, where `eval_factor` (a VAE, one member, IWAE-100 on 50 points; 1.13) put both at
+        314 s."""
+        key = (model.name, members, max(settings.k), settings.avb_samples)
+        if key not in self.iwae:
+            shape = replace(settings, k=(max(settings.k),), batch_size=PROBE_IWAE_POINTS, subset=0)
+            with torch_threads(self.threads):
+                seconds = time_iwae(model, shape, members, self.stopwatch)
+            modelled = metric_seconds("iwae", shape, PROBE_IWAE_POINTS, members, "cpu", model.name)
+            self.iwae[key] = seconds / modelled
+        return self.iwae[key]
 
 
 STEP_SETTINGS = ("pixels", "batch_size", "disc_steps", "precision")  # the run's, beside its model's
@@ -221,6 +249,17 @@ def iwae_rate(stopwatch: Stopwatch) -> float:
         stopwatch.seconds_of(lambda: iwae_points(model, x, (0,), settings)) for _ in range(PROBE_WINDOWS)
     ]
     return PROBE_POINTS * PROBE_K / min(windows)
+
+
+def time_iwae(model_cfg: ModelConfig, settings: EvalSettings, members: int, stopwatch: Stopwatch) -> float:
+    """Seconds of IWAE with `settings` on `settings.batch_size` random points of an untrained model
+    of `model_cfg` with `members` members: the fastest of PROBE_IWAE_WINDOWS, after a warm-up."""
+    seeds = tuple(range(members))
+    model = build_model(model_cfg, seeds).requires_grad_(False)
+    x = torch.rand(settings.batch_size, model_cfg.data_dim, generator=torch.Generator().manual_seed(3))
+    iwae_points(model, x[:2], seeds, settings)  # warm-up
+    windows = range(PROBE_IWAE_WINDOWS)
+    return min(stopwatch.seconds_of(lambda: iwae_points(model, x, seeds, settings)) for _ in windows)
 
 
 def time_annealing(family: str, settings: EvalSettings, members: int, stopwatch: Stopwatch) -> float:

@@ -152,7 +152,9 @@ def estimate_seconds(
     train = 0.0
     if epoch < cfg.epochs:
         images, members = train_points(cfg), max(pack, len(cfg.seeds))
-        whole = estimate_train_seconds(cfg.model.name, members, cfg.epochs - epoch, images, device)
+        whole = estimate_train_seconds(
+            cfg.model.name, members, cfg.epochs - epoch, images, device, test_images=test_points(cfg)
+        )
         modelled = whole * len(cfg.seeds) / members
         train = train_seconds_here(
             modelled,
@@ -178,9 +180,10 @@ def sweep_eval_parts(
     todo = missing_metrics(run_dir, cfg, steps)
     settings = {step.key: EvalSettings(**step.settings) for step in todo}
     modelled = {
-        step.key: metric_seconds(step.family, settings[step.key], points, members, device) for step in todo
+        step.key: metric_seconds(step.family, settings[step.key], points, members, device, cfg.model.name)
+        for step in todo
     }
-    factors = part_factors(probe, device, todo, settings, members, points, sum(modelled.values()))
+    factors = part_factors(probe, device, todo, settings, cfg, sum(modelled.values()))
     return {key: seconds * (factors[key] if factors else 1.0) for key, seconds in modelled.items()}
 
 
