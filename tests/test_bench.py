@@ -40,6 +40,24 @@ def test_quick_bench_writes_markdown_and_json(tmp_path, synthetic_data):
     assert 0 < one < costs.estimate_train_seconds("avae", 2, 2, 60000, bench=tmp_path / bench.BENCH_JSON)
 
 
+def test_the_benchmarked_test_pass_is_scaled_to_the_runs_own_test_images(tmp_path):
+    """bench.json's test pass is per 10,000 test images and member: 2 s for 5 members here."""
+    path = tmp_path / "bench.json"
+    entry = {
+        "model": "vae",
+        "precision": "fp32",
+        "members": 5,
+        "ms_per_step": 100.0,
+        "test_pass_s_per_10k": 2.0,
+    }
+    path.write_text(json.dumps({"training": [entry]}))
+    steps = 600 * 0.1 + costs.TRAIN_CALL_SECONDS  # one epoch of 60,000 images at 100 ms a step
+    assert costs.estimate_train_seconds("vae", 5, 1, 60000, bench=path) == pytest.approx(steps + 2.0)
+    assert costs.estimate_train_seconds("vae", 5, 1, 60000, bench=path, test_images=500) == pytest.approx(
+        steps + 2.0 * 500 / 10_000
+    )
+
+
 def test_estimate_without_bench_json_uses_builtin_figures(tmp_path):
     missing = tmp_path / "none.json"
     for name in MODELS:

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from avae.core.models import AVB
 from avae.evaluation.cost_model import (
     ENCODER_DRAW_SHARE,
     SEQUENTIAL_RUNS,
@@ -128,7 +129,7 @@ def test_iwae_is_timed_once_per_model_and_shape_with_the_runs_own_model(monkeypa
 
     def fake_time_iwae(model, settings, members, stopwatch):
         timed.append(
-            (model.name, model.latent_dim, members, settings.k, settings.batch_size, torch.get_num_threads())
+            (model.name, model.hidden[0], model.latent_dim, members, settings.k, torch.get_num_threads())
         )
         return 0.5
 
@@ -145,14 +146,19 @@ def test_iwae_is_timed_once_per_model_and_shape_with_the_runs_own_model(monkeypa
         0.5 / metric_seconds("iwae", shape, points, 5, "cpu", "avae")
     )
     assert timer.part_factor("iwae", run, 3, 10000, avb) != factor  # 3 members
+    narrow = make_config({"model": "avb", "latent_dim": 15, "hidden": [128, 32]}).model
+    timer.part_factor("iwae", run, 5, 10000, narrow)  # other networks: timed on their own
+    timer.part_factor("iwae", run, 5, 10000, replace(avb, latent_dim=15))  # another latent size: not
     # one timing per model and shape, of the run's own model at its K, on the worker's threads
     assert timed == [
-        ("avb", 20, 5, (1000,), points, 1),
-        ("avae", 20, 5, (1000,), points, 1),
-        ("avb", 20, 3, (1000,), points, 1),
+        ("avb", 256, 20, 5, (1000,), 1),
+        ("avae", 256, 20, 5, (1000,), 1),
+        ("avb", 256, 20, 3, (1000,), 1),
+        ("avb", 128, 15, 5, (1000,), 1),
     ]
-    assert f"IWAE-1000 on 5 x {points} points of avb (" in timer.said() and "), avae (" in timer.said()
-    assert f"IWAE-1000 on 3 x {points} points of avb (" in timer.said()
+    said = timer.said()
+    assert f"IWAE-1000 on 5 x {points} points of AVB (" in said and "), AVAE (joint) (" in said
+    assert f"IWAE-1000 on 3 x {points} points of AVB (" in said
 
 
 def test_the_cost_model_counts_the_encoder_draws_an_implicit_encoders_proposal_is_fitted_to():
@@ -164,12 +170,19 @@ def test_the_cost_model_counts_the_encoder_draws_an_implicit_encoders_proposal_i
         assert metric_seconds("iwae", settings, 2000, 5, "cpu", fitted) == pytest.approx(gaussian + draws)
 
 
-def test_a_real_iwae_probe_of_an_implicit_encoder_is_timed_within_sense():
+def test_a_real_iwae_probe_of_an_implicit_encoder_is_timed_within_sense(monkeypatch):
+    fits = []
+    fit = AVB.proposal
+    monkeypatch.setattr(
+        AVB, "proposal", lambda self, x, noise, **opts: fits.append(opts) or fit(self, x, noise, **opts)
+    )
     model = make_config({"model": "avb", "hidden": [8]}).model
     settings = EvalSettings(k=(20,), batch_size=4, avb_samples=10)
     seconds = probe.time_iwae(model, settings, 2, probe.Stopwatch())
     assert 0 < seconds < 5.0  # IWAE-20 on 4 points of a tiny AVB: milliseconds
     assert 1e-3 < seconds / metric_seconds("iwae", settings, 4, 2, "cpu", "avb") < 1e3
+    # the timed calls fit the run's own proposal, to its avb_samples draws a point
+    assert len(fits) == 1 + probe.PROBE_IWAE_WINDOWS and {f["samples"] for f in fits} == {10}
 
 
 def test_a_step_is_timed_without_the_calls_fixed_cost(monkeypatch):

@@ -181,7 +181,8 @@ def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, c
         shutil.copytree(run_dir.parent, out / run_dir.parent.name)
     assert main(["reproduce", "--profile", "paper", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr()
-    models = ", ".join(f"{name} (1.00x)" for name in ("vae-noise", "vae", "avb", "avae", "avb-ac"))
+    labels = ("VAE+eps", "VAE", "AVB", "AVAE (joint)", "AVB-AC", "AVAE (separate)")
+    models = ", ".join(f"{label} (1.00x)" for label in labels)
     iwae = f"IWAE-1000 on 5 x 10 points of {models}"
     assert f"IWAE's rate (evaluation 1.00x the cost model's time) and {iwae} and a step of AIS" in printed.out
     rows = [line.split(" | ") for line in printed.out.splitlines() if "-z" in line]

@@ -1,7 +1,8 @@
 """The cost model of evaluation: how long each metric family takes on a run's test points
-(`metric_seconds`), from decoder passes per second and, for AIS and BDMC, the fixed cost of their
-sequential HMC steps; `avae evaluate` states it before it starts, and `avae reproduce --dry-run` and
-`avae sweep` add it to their estimates (avae.repro.costs)."""
+(`metric_seconds`), from decoder passes per second (for IWAE, with the encoder draws an implicit
+encoder's proposal is fitted to) and, for AIS and BDMC, the fixed cost of their sequential HMC
+steps; `avae evaluate` states it before it starts, and `avae reproduce --dry-run` and `avae sweep`
+add it to their estimates (avae.repro.costs)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ the run's own steps on this machine (`avae.repro.probe`), and the slower figure 
 earlier may have run on another machine. Evaluation is timed by what alike runs' parts took
 (index.json), else by the estimators' own cost model (`avae.evaluation.cost_model.metric_seconds`);
 on a CPU, when that model puts it above PROBE_ABOVE_SECONDS, each part is the larger of the two
-after the model is scaled to this machine (`part_factors`: AIS and BDMC by a step of their own at
-the run's shape, the rest by IWAE's rate). Each
+after the model is scaled to this machine (`part_factors`: IWAE with the run's own model, and AIS
+and BDMC by a step of their own, at the run's shape; the rest by IWAE's rate). Each
 training, evaluation and analysis call has a fixed cost besides its steps, and a plan as a whole more
 (`plan_seconds`): training the feature classifiers and starting the executor (worker processes, Ray).
 """

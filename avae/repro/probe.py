@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields, replace
 import psutil
 import torch
 
-from avae.core.models import ModelConfig, build_model
+from avae.core.models import ModelConfig, build_model, reading_of, row_label
 from avae.evaluation.cost_model import SEQUENTIAL_RUNS, batch_points, decoder_rate, metric_seconds
 from avae.likelihood.scoring import EvalSettings, ais_points, bdmc_points, iwae_points
 from avae.training.config import Runtime, TrainConfig, make_config
@@ -140,7 +140,7 @@ class Probe:
         if self.factor is not None:
             timed.append(f"IWAE's rate (evaluation {self.factor:.2f}x the cost model's time)")
         shapes: dict[tuple[int, int], list[str]] = {}
-        for (model, members, k, _), factor in self.iwae.items():
+        for (model, _, members, k, _), factor in self.iwae.items():
             shapes.setdefault((k, members), []).append(f"{model} ({factor:.2f}x)")
         for (k, members), models in shapes.items():
             timed.append(f"IWAE-{k} on {members} x {PROBE_IWAE_POINTS} points of {', '.join(models)}")
@@ -203,7 +203,8 @@ class Probe:
         runs at Fashion-MNIST latent 20 (5 members, IWAE-1000 on 2,000 points) took AVAE 337.9 s and
         AVB 399.5 s, where `eval_factor` (a VAE, one member, IWAE-100 on 50 points; 1.13) put both at
         314 s."""
-        key = (model.name, members, max(settings.k), settings.avb_samples)
+        label = row_label(model.name, reading_of(model))
+        key = (label, model_shape(model), members, max(settings.k), settings.avb_samples)
         if key not in self.iwae:
             shape = replace(settings, k=(max(settings.k),), batch_size=PROBE_IWAE_POINTS, subset=0)
             with torch_threads(self.threads):
@@ -217,11 +218,15 @@ STEP_SETTINGS = ("pixels", "batch_size", "disc_steps", "precision")  # the run's
 
 
 def step_shape(cfg: TrainConfig) -> tuple:
-    """What a training step's cost depends on: the model's settings but its latent and noise sizes,
-    and the run's STEP_SETTINGS (not its data set, learning rates, epochs or seeds)."""
-    model = [(f.name, getattr(cfg.model, f.name)) for f in fields(cfg.model)]
-    kept = [(name, value) for name, value in model if name not in ("latent_dim", "noise_dim")]
-    return (*kept, *((name, getattr(cfg, name)) for name in STEP_SETTINGS))
+    """What a training step's cost depends on: `model_shape` and the run's STEP_SETTINGS (not its
+    data set, learning rates, epochs or seeds)."""
+    return (*model_shape(cfg.model), *((name, getattr(cfg, name)) for name in STEP_SETTINGS))
+
+
+def model_shape(model: ModelConfig) -> tuple:
+    """The model's settings but its latent and noise sizes, which change its cost little."""
+    settings = [(f.name, getattr(model, f.name)) for f in fields(model)]
+    return tuple((name, value) for name, value in settings if name not in ("latent_dim", "noise_dim"))
 
 
 def time_steps(cfg: TrainConfig, stopwatch: Stopwatch) -> float:
