@@ -244,27 +244,27 @@ def time_steps(cfg: TrainConfig, stopwatch: Stopwatch) -> float:
 
 
 def iwae_rate(stopwatch: Stopwatch) -> float:
-    """Decoder passes per second and member of IWAE-PROBE_K here, after a warm-up call."""
-    cfg = make_config({"model": "vae"})
-    model = build_model(cfg.model, (0,)).requires_grad_(False)
-    x = torch.rand(PROBE_POINTS, cfg.model.data_dim, generator=torch.Generator().manual_seed(1))
+    """Decoder passes per second and member of IWAE-PROBE_K on PROBE_POINTS points of an untrained
+    VAE of one member here (`time_iwae`, the fastest of PROBE_WINDOWS)."""
+    vae = make_config({"model": "vae"}).model
     settings = EvalSettings(k=(PROBE_K,), batch_size=PROBE_POINTS)
-    iwae_points(model, x[:2], (0,), settings)  # warm-up
-    windows = [
-        stopwatch.seconds_of(lambda: iwae_points(model, x, (0,), settings)) for _ in range(PROBE_WINDOWS)
-    ]
-    return PROBE_POINTS * PROBE_K / min(windows)
+    return PROBE_POINTS * PROBE_K / time_iwae(vae, settings, 1, stopwatch, PROBE_WINDOWS)
 
 
-def time_iwae(model_cfg: ModelConfig, settings: EvalSettings, members: int, stopwatch: Stopwatch) -> float:
+def time_iwae(
+    model_cfg: ModelConfig,
+    settings: EvalSettings,
+    members: int,
+    stopwatch: Stopwatch,
+    windows: int = PROBE_IWAE_WINDOWS,
+) -> float:
     """Seconds of IWAE with `settings` on `settings.batch_size` random points of an untrained model
-    of `model_cfg` with `members` members: the fastest of PROBE_IWAE_WINDOWS, after a warm-up."""
+    of `model_cfg` with `members` members: the fastest of `windows`, after a warm-up."""
     seeds = tuple(range(members))
     model = build_model(model_cfg, seeds).requires_grad_(False)
     x = torch.rand(settings.batch_size, model_cfg.data_dim, generator=torch.Generator().manual_seed(3))
     iwae_points(model, x[:2], seeds, settings)  # warm-up
-    windows = range(PROBE_IWAE_WINDOWS)
-    return min(stopwatch.seconds_of(lambda: iwae_points(model, x, seeds, settings)) for _ in windows)
+    return min(stopwatch.seconds_of(lambda: iwae_points(model, x, seeds, settings)) for _ in range(windows))
 
 
 def time_annealing(family: str, settings: EvalSettings, members: int, stopwatch: Stopwatch) -> float:
