@@ -99,7 +99,8 @@ def test_a_real_probe_times_steps_and_iwae_within_sense():
 def test_ais_and_bdmc_are_timed_once_per_shape_at_the_runs_own_shape(monkeypatch):
     timed = []
 
-    def fake_time_annealing(family, settings, members, stopwatch):
+    def fake_time_annealing(family, settings, members, stopwatch, model):
+        assert model.name == "vae"  # the run's decoder, on a VAE
         timed.append((family, members, settings.batch_size, settings.ais_steps, torch.get_num_threads()))
         return 0.5
 
@@ -120,6 +121,9 @@ def test_ais_and_bdmc_are_timed_once_per_shape_at_the_runs_own_shape(monkeypatch
     assert timer.part_factor("ais", replace(run, subset=10), 5, 10000, avb) != ais  # the first 10 points
     # one timing per shape, on the worker's threads, of one step
     assert timed == [("ais", 5, 100, 1, 1), ("bdmc", 5, 20, 1, 1), ("ais", 5, 50, 1, 1), ("ais", 5, 10, 1, 1)]
+    assert timer.part_factor("ais", run, 5, 10000, make_config({"model": "avae"}).model) == ais  # one decoder
+    wide = make_config({"model": "vae", "hidden": [512]}).model  # another decoder: timed on its own
+    assert timer.part_factor("ais", run, 5, 10000, wide) == ais and len(timed) == 5
     assert timer.part_factor("elbo", run, 5, 10000, avb) == timer.eval_factor() == pytest.approx(2.0)
     assert "a step of AIS on 5 x 100 points (" in timer.said() and "a step of BDMC on 5 x 20" in timer.said()
 
@@ -199,15 +203,17 @@ def test_a_step_is_timed_without_the_calls_fixed_cost(monkeypatch):
             return 0.2 + 0.1 * steps[-1] + slowed
 
     settings = EvalSettings(ais_steps=1000, batch_size=4, ais_chains=2, leapfrog=2)
-    assert probe.time_annealing("ais", settings, 2, StepClock()) == pytest.approx(0.1)
+    vae = make_config({"model": "vae"}).model
+    assert probe.time_annealing("ais", settings, 2, StepClock(), vae) == pytest.approx(0.1)
     assert steps[0] == 1 and sorted(set(steps[1:])) == list(probe.PROBE_AIS_STEPS)  # after a warm-up
 
 
 def test_a_real_annealing_probe_is_timed_within_sense():
     settings = EvalSettings(ais_steps=1, batch_size=4, bdmc_points=4, ais_chains=2, leapfrog=2)
     stopwatch = probe.Stopwatch()
+    model = make_config({"model": "avb", "hidden": [8], "data_dim": 20}).model  # a small own-data decoder
     for family in ("ais", "bdmc"):
-        seconds = probe.time_annealing(family, settings, 2, stopwatch)
+        seconds = probe.time_annealing(family, settings, 2, stopwatch, probe.decoder_vae(model))
         assert 0 < seconds < 5.0  # one step of 2 leapfrogs on 4 points: milliseconds
         assert 1e-3 < seconds / metric_seconds(family, settings, 4, 2, "cpu", "vae") < 1e3
 

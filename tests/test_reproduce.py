@@ -199,7 +199,7 @@ def test_the_paper_profile_reuses_published_runs_and_orders_the_rest(tmp_path, c
     assert all(c.model.name == "avb-ac" or c.model.adv_update == "separate" for c in last)
 
 
-def annealing_as_modelled(family, settings, members, stopwatch) -> float:
+def annealing_as_modelled(family, settings, members, stopwatch, model) -> float:
     """A probe's AIS or BDMC that takes what the cost model says (a factor of 1)."""
     return metric_seconds(family, settings, settings.batch_size, members, "cpu", "vae")
 
@@ -349,6 +349,19 @@ def test_a_resumed_runs_estimate_comes_from_its_own_latest_epochs(tmp_path, monk
     assert train_s == 2 * 6.0  # 2 epochs left at the lower quartile of epochs 2-4 (their median: 7)
     model_s, _ = costs.estimate_run_seconds(run, profile, tmp_path, "cuda")  # timed on another device
     assert model_s == costs.estimate_train_seconds("vae", 2, 2, 300, "cuda")
+
+
+def test_a_run_resumed_after_two_epochs_is_timed_by_the_faster_one(tmp_path, monkeypatch):
+    profile = replace(tiny_profile(monkeypatch), epochs=6)
+    (run,) = runs_for(profile)
+    train(replace(run.cfg, epochs=2), tmp_path / run.dir_name, runtime=Runtime(progress=False))
+    path = tmp_path / run.dir_name / "metrics.csv"
+    rows = read_metrics(path)
+    for row in rows:  # epoch 2 paused for most of its 600 s
+        row["seconds"] = {1: 7.0, 2: 600.0}[row["epoch"]]
+    write_csv(path, list(rows[0]), [list(row.values()) for row in rows])
+    train_s, _ = costs.estimate_run_seconds(run, profile, tmp_path, "cpu")
+    assert train_s == 4 * 7.0  # not 4 x 155.25, the quartile a quarter of the way from 7 to 600
 
 
 def test_a_new_run_is_timed_by_a_finished_run_that_costs_the_same(tmp_path, monkeypatch):

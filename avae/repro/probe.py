@@ -177,22 +177,23 @@ class Probe:
     ) -> float:
         """How many times longer a metric family takes here than the cost model says, for a run of
         `model` with `members` seeds on `points` test points: for IWAE, `iwae_factor`; for AIS and
-        BDMC, a step of their own, timed at the run's shape (`time_annealing`) over the cost model's
-        time for it; for the rest, IWAE's `eval_factor`. AIS's transitions are sequential leapfrog
-        steps with autograd, whose fixed cost and rate need not follow IWAE's: paper runs of 5
-        members on this project's 2-core CPU took 2,892-3,025 s of AIS on 200 Fashion-MNIST points,
-        beside other work; on 2026-12-06 IWAE's factor (1.12) put it at 1,785 s there, a step of AIS
-        at the runs' shape (1.42) at 2,263 s."""
+        BDMC, a step of their own on the run's decoder (`decoder_vae`), timed at the run's shape
+        (`time_annealing`) over the cost model's time for it; for the rest, IWAE's `eval_factor`.
+        AIS's transitions are sequential leapfrog steps with autograd, whose fixed cost and rate
+        need not follow IWAE's: paper runs of 5 members on this project's 2-core CPU took
+        2,892-3,025 s of AIS on 200 Fashion-MNIST points, beside other work; on 2026-12-06 IWAE's
+        factor (1.12) put it at 1,785 s there, a step of AIS at the runs' shape (1.42) at 2,263 s."""
         if family == "iwae":
             return self.iwae_factor(settings, members, model)
         if family not in SEQUENTIAL_RUNS:
             return self.eval_factor()
         batch = batch_points(family, settings, points)
-        key = (family, members, batch, settings.ais_chains, settings.leapfrog)
+        decoder = decoder_vae(model)
+        key = (family, members, batch, settings.ais_chains, settings.leapfrog, model_shape(decoder))
         if key not in self.sequential:
             step = replace(settings, ais_steps=1, batch_size=batch, bdmc_points=batch, subset=0)
             with torch_threads(self.threads):
-                seconds = time_annealing(family, step, members, self.stopwatch)
+                seconds = time_annealing(family, step, members, self.stopwatch, decoder)
             self.sequential[key] = seconds / metric_seconds(family, step, batch, members, "cpu", "vae")
         return self.sequential[key]
 
@@ -212,6 +213,16 @@ class Probe:
             modelled = metric_seconds("iwae", shape, PROBE_IWAE_POINTS, members, "cpu", model.name)
             self.iwae[key] = seconds / modelled
         return self.iwae[key]
+
+
+# What AIS and BDMC cost depends on: they anneal through the prior and the decoder alone, which
+# every model builds alike from these settings (avae.core.models.LatentModel), whatever its encoder.
+DECODER_SETTINGS = ("hidden", "activation", "likelihood", "data_dim")
+
+
+def decoder_vae(model: ModelConfig) -> ModelConfig:
+    """A VAE with `model`'s decoder, on which AIS and BDMC cost what they cost on `model`."""
+    return make_config({"model": "vae", **{name: getattr(model, name) for name in DECODER_SETTINGS}}).model
 
 
 STEP_SETTINGS = ("pixels", "batch_size", "disc_steps", "precision")  # the run's, beside its model's
@@ -267,18 +278,19 @@ def time_iwae(
     return min(stopwatch.seconds_of(lambda: iwae_points(model, x, seeds, settings)) for _ in range(windows))
 
 
-def time_annealing(family: str, settings: EvalSettings, members: int, stopwatch: Stopwatch) -> float:
+def time_annealing(
+    family: str, settings: EvalSettings, members: int, stopwatch: Stopwatch, model_cfg: ModelConfig
+) -> float:
     """Seconds of one annealing step of AIS ("ais", on `settings.batch_size` random points) or BDMC
-    ("bdmc") with `settings` (but its ais_steps) on an untrained VAE of `members` members: calls of
-    each of PROBE_AIS_STEPS steps are timed (the fastest of PROBE_AIS_WINDOWS windows, after a
+    ("bdmc") with `settings` (but its ais_steps) on an untrained `model_cfg` of `members` members:
+    calls of each of PROBE_AIS_STEPS steps are timed (the fastest of PROBE_AIS_WINDOWS windows, after a
     warm-up), and their difference over the steps between them counts. That leaves out each call's
     fixed cost (its first gradients, draws and schedule), which a run pays once per batch however
     many steps it anneals: for BDMC on 5 members and 20 points, one step alone took 1.72x the cost
     model's time here and each further step about 1.41x (2026-12-06, one thread, beside two runs)."""
-    cfg = make_config({"model": "vae"})
     seeds = tuple(range(members))
-    model = build_model(cfg.model, seeds).requires_grad_(False)
-    x = torch.rand(settings.batch_size, cfg.model.data_dim, generator=torch.Generator().manual_seed(2))
+    model = build_model(model_cfg, seeds).requires_grad_(False)
+    x = torch.rand(settings.batch_size, model_cfg.data_dim, generator=torch.Generator().manual_seed(2))
 
     def anneal(steps: int) -> object:
         run = replace(settings, ais_steps=steps)
