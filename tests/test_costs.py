@@ -124,3 +124,10 @@ def test_processes_share_a_gpu_by_time_and_a_cpu_by_cores():
     assert costs.runs_at_once(100.0, 0.0, 8, "cuda", "ray") == 8.0  # Ray's tasks: a GPU each, maybe
     assert costs.host_seconds([5.0, 0.0, 1.0], "cuda") == 2 * costs.GPU_TRAIN_CALL_SECONDS
     assert costs.host_seconds([5.0], "cpu") == 0.0
+
+
+def test_a_resumed_runs_pace_is_the_lower_quartile_of_its_epochs_and_of_two_the_faster():
+    assert costs.lower_quartile([]) is None and costs.lower_quartile([5.0]) == 5.0
+    assert costs.lower_quartile([7.0, 600.0]) == 7.0
+    assert costs.lower_quartile([600.0, 5.0, 7.0]) == 6.0  # halfway between the two fastest
+    assert costs.lower_quartile([1.0, 2.0, 3.0, 4.0, 5.0]) == 2.0

@@ -100,9 +100,11 @@ def test_ais_and_bdmc_are_timed_once_per_shape_at_the_runs_own_shape(monkeypatch
     timed = []
 
     def fake_time_annealing(family, settings, members, stopwatch, model):
-        assert model.name == "vae"  # the run's decoder, on a VAE
+        decoders.append((model.name, model.hidden, model.latent_dim))
         timed.append((family, members, settings.batch_size, settings.ais_steps, torch.get_num_threads()))
         return 0.5
+
+    decoders = []
 
     monkeypatch.setattr(probe, "time_annealing", fake_time_annealing)
     monkeypatch.setattr(probe, "iwae_rate", lambda stopwatch: 1.8e4)
@@ -121,11 +123,14 @@ def test_ais_and_bdmc_are_timed_once_per_shape_at_the_runs_own_shape(monkeypatch
     assert timer.part_factor("ais", replace(run, subset=10), 5, 10000, avb) != ais  # the first 10 points
     # one timing per shape, on the worker's threads, of one step
     assert timed == [("ais", 5, 100, 1, 1), ("bdmc", 5, 20, 1, 1), ("ais", 5, 50, 1, 1), ("ais", 5, 10, 1, 1)]
-    assert timer.part_factor("ais", run, 5, 10000, make_config({"model": "avae"}).model) == ais  # one decoder
-    wide = make_config({"model": "vae", "hidden": [512]}).model  # another decoder: timed on its own
-    assert timer.part_factor("ais", run, 5, 10000, wide) == ais and len(timed) == 5
     assert timer.part_factor("elbo", run, 5, 10000, avb) == timer.eval_factor() == pytest.approx(2.0)
     assert "a step of AIS on 5 x 100 points (" in timer.said() and "a step of BDMC on 5 x 20" in timer.said()
+    assert timer.part_factor("ais", run, 5, 10000, make_config({"model": "avae"}).model) == ais  # one decoder
+    assert "of a decoder" not in timer.said()
+    wide = make_config({"model": "avb", "hidden": [512], "latent_dim": 20}).model  # another decoder
+    timer.part_factor("ais", run, 5, 10000, wide)
+    assert decoders == [("vae", (256, 64, 32), 10)] * 4 + [("vae", (512,), 20)]  # the run's, on a VAE
+    assert "points of a decoder (512,) (" in timer.said()
 
 
 def test_iwae_is_timed_once_per_model_and_shape_with_the_runs_own_model(monkeypatch):

@@ -144,8 +144,10 @@ class Probe:
             shapes.setdefault((k, members), []).append(f"{model} ({factor:.2f}x)")
         for (k, members), models in shapes.items():
             timed.append(f"IWAE-{k} on {members} x {PROBE_IWAE_POINTS} points of {', '.join(models)}")
-        for (family, members, batch, *_), factor in self.sequential.items():
-            timed.append(f"a step of {family.upper()} on {members} x {batch} points ({factor:.2f}x)")
+        decoders = {key[-1] for key in self.sequential}
+        for (family, members, batch, *_, decoder), factor in self.sequential.items():
+            widths = f" of a decoder {dict(decoder)['hidden']}" if len(decoders) > 1 else ""
+            timed.append(f"a step of {family.upper()} on {members} x {batch} points{widths} ({factor:.2f}x)")
         if not timed:
             return ""
         threads = self.threads or torch.get_num_threads()
@@ -217,7 +219,8 @@ class Probe:
 
 # What AIS and BDMC cost depends on: they anneal through the prior and the decoder alone, which
 # every model builds alike from these settings (avae.core.models.LatentModel), whatever its encoder.
-DECODER_SETTINGS = ("hidden", "activation", "likelihood", "data_dim")
+# The probe's key leaves out the latent size, which changes the cost little (`model_shape`).
+DECODER_SETTINGS = ("latent_dim", "hidden", "activation", "likelihood", "data_dim")
 
 
 def decoder_vae(model: ModelConfig) -> ModelConfig:
