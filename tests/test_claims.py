@@ -4,6 +4,7 @@ paper's own gain, against a hand-worked paired t interval."""
 from __future__ import annotations
 
 import math
+import re
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from test_findings import entry_of  # tests/ is on sys.path (rootdir-relative im
 from avae.evaluation import stats
 from avae.repro.paper import claim_families, rows_of
 from avae.repro.report.claims import UNTESTED_P, excluded_gain, family_rows, holm_over_family, paper_gain
+from avae.repro.report.tables import analysis_section
 from avae.repro.results import RunResult
 from avae.training.config import make_config
 
@@ -76,6 +78,54 @@ def test_a_claim_on_another_figure_than_table_1s_sets_no_paper_gain_beside_its_i
     rows, outcomes, _ = family_rows([(avae, noise)], table, "frechet_distance", "ais")
     assert outcomes == ["unclear"] and rows[0][2] == "+0.00"
     assert rows[0][8].startswith("a gain above ") and "paper" not in rows[0][8]
+
+
+def analysed(run: RunResult, distances: list[float], accuracy: float, floor: float) -> RunResult:
+    """`run` with per-seed Frechet distances measured by a classifier of this test accuracy that put
+    training against test images at `floor`."""
+    run.analysis.update(
+        per_member=[{"frechet_distance": d} for d in distances],
+        classifier={"test_accuracy": accuracy, "epochs": 10, "train_images": 60000},
+        reference_frechet_distance=floor,
+    )
+    return run
+
+
+def test_frechet_distances_from_different_classifiers_are_not_compared_nor_counted_by_holm(tmp_path):
+    """Claim 5 on MNIST: AVB was analysed with another feature classifier than VAE+eps (another
+    output folder), so its comparison gets no test and leaves Holm's family; AVAE shares VAE+eps's
+    classifier (the same floor to the 3 decimals the report prints), and its p is then corrected
+    for one comparison."""
+    avae, avb, noise = (rows_of("mnist", m, 10)[0] for m in ("avae", "avb", "vae-noise"))
+    elbo, ais = [100.0] * 3, [99.0] * 3
+    table = {
+        noise: analysed(run_with(elbo, ais, tmp_path), [15.0, 20.0, 25.0], 0.99, 5.0671),
+        avae: analysed(run_with(elbo, ais, tmp_path), [10.0, 14.0, 21.0], 0.99, 5.0674),
+        avb: analysed(run_with(elbo, ais, tmp_path), [1.0, 2.0, 3.0], 0.991, 5.3518),
+    }
+    rows, outcomes, _ = family_rows([(avae, noise), (avb, noise)], table, "frechet_distance", "ais")
+    p = stats.compare([10.0, 14.0, 21.0], [15.0, 20.0, 25.0], paired=True)["p"]
+    assert outcomes == ["agrees", "no test"]
+    assert rows[0][5] == stats.fmt_p(p) and rows[0][6] == stats.fmt_p(p)  # Holm over one comparison
+    assert rows[1][2:] == ["different feature classifiers", *["-"] * 7]
+
+
+def test_the_analysis_section_lists_which_runs_share_each_classifier_and_one_line_where_all_do(tmp_path):
+    avae, avb, noise = (rows_of("mnist", m, 10)[0] for m in ("avae", "avb", "vae-noise"))
+    elbo, ais = [100.0] * 3, [99.0] * 3
+    shared = {
+        noise: analysed(run_with(elbo, ais, tmp_path), [15.0, 20.0, 25.0], 0.99, 5.0671),
+        avae: analysed(run_with(elbo, ais, tmp_path), [10.0, 14.0, 21.0], 0.99, 5.0674),
+    }
+    one = analysis_section(shared, ["mnist"], tmp_path, "")
+    assert "\nMNIST: FD between training and test images 5.067 (the floor" in one
+    assert "feature classifiers" not in one
+    mixed = {**shared, avb: analysed(run_with(elbo, ais, tmp_path), [1.0, 2.0, 3.0], 0.991, 5.3518)}
+    text = analysis_section(mixed, ["mnist"], tmp_path, "")
+    assert "MNIST: these FDs were measured with 2 feature classifiers" in text
+    pair = r"Runs: VAE\+eps z10 n10, AVAE \(joint\) z10 n10\.$"
+    assert re.search(r"^- FD .* 5\.067 .* accuracy 0\.99, .* " + pair, text, re.M)
+    assert re.search(r"^- FD .* 5\.352 .* accuracy 0\.991, .* Runs: AVB z10 n10\.$", text, re.M)
 
 
 def test_a_family_part_way_is_corrected_for_the_comparisons_whose_runs_are_missing(tmp_path):

@@ -76,6 +76,20 @@ class RunResult:
             by_epoch.setdefault(int(row["epoch"]), []).append(float(row[column]))
         return dict(sorted(by_epoch.items()))
 
+    @property
+    def feature_space(self) -> tuple[Any, ...] | None:
+        """What this run's Frechet distances were measured with (None: not analysed): the feature
+        classifier and the number of samples, identified by the classifier's test accuracy and the
+        distance between as many training and test images that it gave (analysis.json's
+        `reference_frechet_distance`, to the 3 decimals the report prints). A classifier is trained
+        once per output folder, so runs evaluated in different folders or on a replaced machine may
+        have different ones, and their distances are then not comparable."""
+        classifier = self.analysis.get("classifier")
+        reference = self.analysis.get("reference_frechet_distance")
+        if not classifier or reference is None:
+            return None
+        return (classifier.get("test_accuracy"), round(reference, 3))
+
     def values(self, metric: str, points: int | None = None) -> list[float] | None:
         """A figure of eval.json or of analysis.json by name."""
         return self.analysed(metric) if metric == "frechet_distance" else self.metric(metric, points)

@@ -76,6 +76,13 @@ def test_pair(better: RunResult, worse: RunResult, metric: str) -> dict[str, Any
     return stats.compare(a, b, paired=paired)
 
 
+def comparable(a: RunResult, b: RunResult, metric: str) -> bool:
+    """Whether two runs' figures can be set against each other: Frechet distances only when both
+    were measured in one feature space (`RunResult.feature_space`); a run not analysed yet is
+    left to `test_pair`, which finds no figure."""
+    return metric != "frechet_distance" or len({a.feature_space, b.feature_space} - {None}) <= 1
+
+
 UNTESTED_P = 1.0  # what a comparison whose runs are missing or diverged counts as in Holm's family
 
 
@@ -109,7 +116,7 @@ def family_rows(
     short = False
     for better, worse in comparisons:
         a, b = table.get(better), table.get(worse)
-        tests.append(test_pair(a, b, metric) if a and b else None)
+        tests.append(test_pair(a, b, metric) if a and b and comparable(a, b, metric) else None)
         short = short or any(r is not None and short_of_convergence(r) for r in (a, b))
     lacking = [lacks_a_run(table.get(better), table.get(worse)) for better, worse in comparisons]
     adjusted = holm_over_family(tests, lacking)
@@ -125,6 +132,10 @@ def family_rows(
         label = [dataset_label(better.dataset), f"{key_label(better)} < {key_label(worse)}"]
         if test is None:
             pair = (table.get(better), table.get(worse))
+            if all(r is not None for r in pair) and not comparable(*pair, metric):
+                rows.append([*label, "different feature classifiers", *["-"] * 7])
+                outcomes.append("no test")  # left out of Holm's family, as a figure absent by design
+                continue
             diverged = all(r is not None for r in pair) and any(r.divergence for r in pair)
             rows.append([*label, "diverged run" if diverged else "missing run", *["-"] * 7])
             outcomes.append("missing")

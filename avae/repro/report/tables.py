@@ -223,7 +223,8 @@ ANALYSES = ("active_units", "kl_fitted_gaussian", "mmd", "frechet_distance")
 
 
 def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str) -> str:
-    rows, csv_rows, references, missing = [], [], {}, []
+    rows, csv_rows, missing = [], [], []
+    spaces: dict[str, dict[tuple, tuple[list[str], dict[str, Any]]]] = {}  # data set -> space -> runs
     for key in sorted(
         table,
         key=lambda k: (datasets.index(k.dataset), k.latent, list(MODELS).index(k.model), k.reading, k.noise),
@@ -235,8 +236,9 @@ def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str)
         if not run.analysis:
             missing.append(run.dir.name)
             continue
-        if "reference_frechet_distance" in run.analysis:
-            references[key.dataset] = (run.analysis["reference_frechet_distance"], run.analysis["classifier"])
+        if run.feature_space is not None:
+            of_dataset = spaces.setdefault(key.dataset, {})
+            of_dataset.setdefault(run.feature_space, ([], run.analysis))[0].append(key_label(key))
         cells = []
         for metric in ANALYSES:
             values = run.analysed(metric)
@@ -254,13 +256,7 @@ def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str)
         "",
         format_table(["data set", "run", "active units", "KL fit (nats)", "MMD^2", "FD"], rows),
     ]
-    for dataset, (reference, info) in references.items():
-        lines.append(
-            f"\n{dataset_label(dataset)}: FD between training and test images {reference:.3f} (the floor a "
-            f"perfect model would reach with this many samples); classifier test accuracy "
-            f"{info.get('test_accuracy')}, {info.get('epochs')} epoch(s) on "
-            f"{info.get('train_images')} images."
-        )
+    lines += [feature_spaces_note(dataset, groups) for dataset, groups in spaces.items()]
     if missing:
         lines.append(f"\nNot analysed: {', '.join(missing)}. {fill}")
     write_csv(
@@ -269,6 +265,32 @@ def analysis_section(table: Table, datasets: list[str], figdir: Path, fill: str)
         csv_rows,
     )
     return "\n".join([*lines, "", "CSV: [report/analysis.csv](report/analysis.csv)"])
+
+
+def floor_text(analysis: dict[str, Any]) -> str:
+    info = analysis["classifier"]
+    return (
+        f"FD between training and test images {analysis['reference_frechet_distance']:.3f} (the floor a "
+        f"perfect model would reach with this many samples); classifier test accuracy "
+        f"{info.get('test_accuracy')}, {info.get('epochs')} epoch(s) on {info.get('train_images')} images."
+    )
+
+
+def feature_spaces_note(dataset: str, groups: dict[tuple, tuple[list[str], dict[str, Any]]]) -> str:
+    """The classifier behind a data set's FDs, or, where its runs were measured with several (each
+    output folder trains its own), which runs share each: only their FDs are comparable."""
+    label = dataset_label(dataset)
+    if len(groups) == 1:
+        [(_, analysis)] = groups.values()
+        return f"\n{label}: {floor_text(analysis)}"
+    lines = [
+        f"\n{label}: these FDs were measured with {len(groups)} feature classifiers (one is trained per "
+        "output folder, so runs evaluated in another folder or on another machine keep their own); FDs "
+        "are comparable only between runs that share one, and the claims test no other pair:",
+        "",
+    ]
+    lines += [f"- {floor_text(analysis)} Runs: {', '.join(runs)}." for runs, analysis in groups.values()]
+    return "\n".join(lines)
 
 
 def runs_section(runs: list[RunResult], manifest: dict[str, Any], index: dict[str, Any]) -> str:
