@@ -128,6 +128,33 @@ def test_the_analysis_section_lists_which_runs_share_each_classifier_and_one_lin
     assert re.search(r"^- FD .* 5\.352 .* accuracy 0\.991, .* Runs: AVB z10 n10\.$", text, re.M)
 
 
+def test_only_the_runs_a_verdict_tests_can_make_it_short_of_convergence(tmp_path):
+    """Claim 1 on MNIST at latents 10 and 15: the latent-10 pair trained flat, and the latent-15
+    VAE+eps run diverged while still falling 10 nats an epoch. Its comparison has no test, so the
+    family is not flagged as short training; the same falling run undiverged flags it."""
+    vae, noise = rows_of("mnist", "vae", 10)[0], rows_of("mnist", "vae-noise", 10)[0]
+
+    def with_curve(run: RunResult, curve: list[float]) -> RunResult:
+        run.rows = [{"epoch": e, "test_neg_elbo": v} for e, v in enumerate(curve, 1) for _ in (0, 1, 2)]
+        return run
+
+    flat, falling = [100.0] * 5, [140.0, 130.0, 120.0, 110.0, 100.0]
+    table = {
+        vae: with_curve(run_with([100.0, 100.0, 100.0], [99.0] * 3, tmp_path), flat),
+        noise: with_curve(run_with([99.0, 100.0, 102.0], [99.0] * 3, tmp_path), flat),
+        vae._replace(latent=15): with_curve(run_with([100.0] * 3, [99.0] * 3, tmp_path), flat),
+    }
+    diverged = with_curve(run_with([100.0] * 3, [99.0] * 3, tmp_path), falling)
+    evaluated = diverged.eval
+    diverged.eval, diverged.divergence = {}, {"epoch": 6, "seed": 1}  # a diverged run is not evaluated
+    table[noise._replace(latent=15)] = diverged
+    family = [(noise, vae), (noise._replace(latent=15), vae._replace(latent=15))]
+    _, outcomes, short = family_rows(family, table, "neg_elbo", "ais")
+    assert outcomes[1] == "missing" and not short
+    diverged.eval, diverged.divergence = evaluated, None
+    assert family_rows(family, table, "neg_elbo", "ais")[2]
+
+
 def test_a_family_part_way_is_corrected_for_the_comparisons_whose_runs_are_missing(tmp_path):
     """Claim 1's family at latent 10 and 15 with the latent-15 runs missing: the latent-10 test is
     corrected for two comparisons (Holm: twice its p), on the paper's figure and on AIS."""

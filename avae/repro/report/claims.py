@@ -117,7 +117,8 @@ def family_rows(
     for better, worse in comparisons:
         a, b = table.get(better), table.get(worse)
         tests.append(test_pair(a, b, metric) if a and b and comparable(a, b, metric) else None)
-        short = short or any(r is not None and short_of_convergence(r) for r in (a, b))
+        # the caveat is about the verdict, so only about runs it tests: not a diverged one's epochs
+        short = short or (tests[-1] is not None and any(short_of_convergence(r) for r in (a, b)))
     lacking = [lacks_a_run(table.get(better), table.get(worse)) for better, worse in comparisons]
     adjusted = holm_over_family(tests, lacking)
     honest = [
