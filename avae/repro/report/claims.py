@@ -23,7 +23,9 @@ METHOD = (
     f"Within each family of comparisons (a claim, or a claim for one AVAE reading) the p-values are "
     f"corrected with Holm-Bonferroni at a family-wise alpha of {stats.ALPHA}, over the claim's whole "
     "family: a comparison whose runs are missing counts as a p-value of 1, so that the runs still to "
-    "come can only lower the others' corrected p-values (a diverged run's comparisons count so for "
+    "come can only lower the others' corrected p-values (so does a comparison of Frechet distances "
+    "measured with two feature classifiers, which gets no test until one run is analysed with the "
+    "other's classifier; a diverged run's comparisons count so for "
     "good; one whose runs lack the figure by design, or whose difference has zero variance, is left "
     "out). A comparison *agrees* when the "
     "claimed direction holds with corrected p < alpha, *contradicts* when the opposite holds with "
@@ -76,11 +78,11 @@ def test_pair(better: RunResult, worse: RunResult, metric: str) -> dict[str, Any
     return stats.compare(a, b, paired=paired)
 
 
-def comparable(a: RunResult, b: RunResult, metric: str) -> bool:
-    """Whether two runs' figures can be set against each other: Frechet distances only when both
-    were measured in one feature space (`RunResult.feature_space`); a run not analysed yet is
-    left to `test_pair`, which finds no figure."""
-    return metric != "frechet_distance" or len({a.feature_space, b.feature_space} - {None}) <= 1
+def same_feature_space(a: RunResult, b: RunResult) -> bool:
+    """Whether two runs' Frechet distances were measured in one feature space
+    (`RunResult.feature_space`); a run not analysed yet is left to `test_pair`, which finds no
+    figure."""
+    return len({a.feature_space, b.feature_space} - {None}) <= 1
 
 
 UNTESTED_P = 1.0  # what a comparison whose runs are missing or diverged counts as in Holm's family
@@ -112,14 +114,23 @@ def family_rows(
 ) -> tuple[list[list[Any]], list[str], bool]:
     """Table rows of one family, the outcomes after Holm's correction, and whether any run in it
     is short of convergence."""
-    tests = []
-    short = False
-    for better, worse in comparisons:
-        a, b = table.get(better), table.get(worse)
-        tests.append(test_pair(a, b, metric) if a and b and comparable(a, b, metric) else None)
-        # the caveat is about the verdict, so only about runs it tests: not a diverged one's epochs
-        short = short or (tests[-1] is not None and any(short_of_convergence(r) for r in (a, b)))
-    lacking = [lacks_a_run(table.get(better), table.get(worse)) for better, worse in comparisons]
+    pairs = [(table.get(better), table.get(worse)) for better, worse in comparisons]
+    # Frechet distances from two feature classifiers: no test until one run is analysed again with
+    # the other's, so counted as p = 1 like a missing run (a later test can only lower the others')
+    apart = [
+        metric == "frechet_distance" and a is not None and b is not None and not same_feature_space(a, b)
+        for a, b in pairs
+    ]
+    tests = [
+        test_pair(a, b, metric) if a and b and not split else None
+        for (a, b), split in zip(pairs, apart, strict=True)
+    ]
+    # the caveat is about the verdict, so only about runs it tests: not a diverged one's epochs
+    short = any(
+        test is not None and any(map(short_of_convergence, pair))
+        for test, pair in zip(tests, pairs, strict=True)
+    )
+    lacking = [lacks_a_run(a, b) or split for (a, b), split in zip(pairs, apart, strict=True)]
     adjusted = holm_over_family(tests, lacking)
     honest = [
         test_pair(table[b], table[w], honest_key) if b in table and w in table else None
@@ -127,17 +138,16 @@ def family_rows(
     ]
     honest_adjusted = holm_over_family(honest, lacking)
     rows, outcomes = [], []
-    for (better, worse), test, p_adj, h, h_adj in zip(
-        comparisons, tests, adjusted, honest, honest_adjusted, strict=True
+    for (better, worse), pair, split, test, p_adj, h, h_adj in zip(
+        comparisons, pairs, apart, tests, adjusted, honest, honest_adjusted, strict=True
     ):
         label = [dataset_label(better.dataset), f"{key_label(better)} < {key_label(worse)}"]
+        diverged = all(r is not None for r in pair) and any(r.divergence for r in pair)
+        if split and not diverged:
+            rows.append([*label, "different feature classifiers", *["-"] * 6, honest_cell(h, h_adj, None)])
+            outcomes.append("no test")
+            continue
         if test is None:
-            pair = (table.get(better), table.get(worse))
-            if all(r is not None for r in pair) and not comparable(*pair, metric):
-                rows.append([*label, "different feature classifiers", *["-"] * 7])
-                outcomes.append("no test")  # left out of Holm's family, as a figure absent by design
-                continue
-            diverged = all(r is not None for r in pair) and any(r.divergence for r in pair)
             rows.append([*label, "diverged run" if diverged else "missing run", *["-"] * 7])
             outcomes.append("missing")
             continue
@@ -148,13 +158,6 @@ def family_rows(
         )
         paper = paper_gain(better, worse) if metric == "neg_elbo" else None  # Table 1 is in nats of ELBO
         excludes = excluded_gain(test, paper) if result == "unclear" else "-"
-        on_iwae = "-"
-        if h is not None:
-            h_result = stats.outcome(h["diff"], h_adj)
-            h_excludes = ""
-            if h_result == "unclear" and h["ci_low"] == h["ci_low"]:
-                h_excludes = f"; excludes {excluded_gain(h, paper)}"
-            on_iwae = f"{h_result} (diff {h['diff']:+.2f}, p {stats.fmt_p(h_adj)}{h_excludes})"
         rows.append(
             [
                 *label,
@@ -165,10 +168,21 @@ def family_rows(
                 stats.fmt_p(p_adj),
                 result,
                 excludes,
-                on_iwae,
+                honest_cell(h, h_adj, paper),
             ]
         )
     return rows, outcomes, short
+
+
+def honest_cell(test: dict[str, Any] | None, p_adj: float, paper: float | None) -> str:
+    """The last column: the same comparison on the honest estimate, with its corrected p."""
+    if test is None:
+        return "-"
+    result = stats.outcome(test["diff"], p_adj)
+    excludes = ""
+    if result == "unclear" and test["ci_low"] == test["ci_low"]:
+        excludes = f"; excludes {excluded_gain(test, paper)}"
+    return f"{result} (diff {test['diff']:+.2f}, p {stats.fmt_p(p_adj)}{excludes})"
 
 
 HEADER = [

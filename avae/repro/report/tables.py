@@ -285,8 +285,8 @@ def feature_spaces_note(dataset: str, groups: dict[tuple, tuple[list[str], dict[
         return f"\n{label}: {floor_text(analysis)}"
     lines = [
         f"\n{label}: these FDs were measured with {len(groups)} feature classifiers (one is trained per "
-        "output folder, so runs evaluated in another folder or on another machine keep their own); FDs "
-        "are comparable only between runs that share one, and the claims test no other pair:",
+        "output folder, so a run evaluated in another folder used that folder's); FDs are comparable "
+        "only between runs that share one, and the claims test no pair across classifiers:",
         "",
     ]
     lines += [f"- {floor_text(analysis)} Runs: {', '.join(runs)}." for runs, analysis in groups.values()]
