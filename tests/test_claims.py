@@ -177,6 +177,24 @@ def test_a_family_part_way_is_corrected_for_the_comparisons_whose_runs_are_missi
     assert outcomes[1] == "missing" and rows[1][2] == "missing run"
 
 
+def test_a_run_in_progress_counts_as_missing_in_the_family_until_it_is_evaluated(tmp_path):
+    """A live output folder: the latent-15 VAE+eps run has trained some epochs but has no eval.json
+    at its last one, so the latent-10 test is corrected for two comparisons (twice its p), as when
+    the run is not there at all, and not over one that the run's figures would later enlarge."""
+    vae, noise = rows_of("mnist", "vae", 10)[0], rows_of("mnist", "vae-noise", 10)[0]
+    table = {
+        vae: run_with([100.0, 100.0, 100.0], [99.0] * 3, tmp_path),
+        noise: run_with([99.0, 100.0, 102.0], [99.0] * 3, tmp_path),
+        vae._replace(latent=15): run_with([100.0] * 3, [99.0] * 3, tmp_path),
+        noise._replace(latent=15): run_with([100.0] * 3, [99.0] * 3, tmp_path),
+    }
+    table[noise._replace(latent=15)].eval = {}  # in progress: nothing evaluated at its last epoch
+    family = [(noise, vae), (noise._replace(latent=15), vae._replace(latent=15))]
+    rows, outcomes, _ = family_rows(family, table, "neg_elbo", "ais")
+    own_p = stats.compare([99.0, 100.0, 102.0], [100.0] * 3, paired=True)["p"]
+    assert rows[0][6] == stats.fmt_p(min(1.0, 2 * own_p)) and outcomes[1] == "missing"
+
+
 @given(st.lists(st.floats(1e-6, 1.0), min_size=2, max_size=8), st.data())
 def test_adding_a_missing_comparison_never_raises_the_others_corrected_p(pvalues, data):
     """Whatever p-value a missing comparison turns out to have, the others' corrected p-values are at

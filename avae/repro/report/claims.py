@@ -22,7 +22,8 @@ METHOD = (
     "seeds (same initialisation streams and data order per seed), Welch's t-test otherwise, two-sided. "
     f"Within each family of comparisons (a claim, or a claim for one AVAE reading) the p-values are "
     f"corrected with Holm-Bonferroni at a family-wise alpha of {stats.ALPHA}, over the claim's whole "
-    "family: a comparison whose runs are missing counts as a p-value of 1, so that the runs still to "
+    "family: a comparison whose runs are missing or still in progress counts as a p-value of 1, so "
+    "that the runs still to "
     "come can only lower the others' corrected p-values (so does a comparison of Frechet distances "
     "measured with two feature classifiers, which gets no test until one run is analysed with the "
     "other's classifier; a diverged run's comparisons count so for "
@@ -104,9 +105,13 @@ def holm_over_family(tests: Sequence[dict[str, Any] | None], runs_lacking: Seque
     return stats.holm(pvalues)
 
 
-def lacks_a_run(a: RunResult | None, b: RunResult | None) -> bool:
-    """Whether a comparison lacks a run: one not (yet) run, or one that diverged."""
-    return a is None or b is None or bool(a.divergence or b.divergence)
+def lacks_a_run(a: RunResult | None, b: RunResult | None, metric: str) -> bool:
+    """Whether a comparison lacks a run: one not (yet) run, one still in progress (not evaluated,
+    or for the Frechet distance not analysed, at its last epoch), or one that diverged."""
+    if a is None or b is None:
+        return True
+    in_progress = [not r.eval or (metric == "frechet_distance" and not r.analysis) for r in (a, b)]
+    return bool(a.divergence or b.divergence) or any(in_progress)
 
 
 def family_rows(
@@ -130,7 +135,7 @@ def family_rows(
         test is not None and any(map(short_of_convergence, pair))
         for test, pair in zip(tests, pairs, strict=True)
     )
-    lacking = [lacks_a_run(a, b) or split for (a, b), split in zip(pairs, apart, strict=True)]
+    lacking = [lacks_a_run(a, b, metric) or split for (a, b), split in zip(pairs, apart, strict=True)]
     adjusted = holm_over_family(tests, lacking)
     honest = [
         test_pair(table[b], table[w], honest_key) if b in table and w in table else None
