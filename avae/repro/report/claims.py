@@ -86,7 +86,7 @@ def same_feature_space(a: RunResult, b: RunResult) -> bool:
     return len({a.feature_space, b.feature_space} - {None}) <= 1
 
 
-UNTESTED_P = 1.0  # what a comparison whose runs are missing or diverged counts as in Holm's family
+UNTESTED_P = 1.0  # Holm p of a comparison lacking a run (`lacks_a_run`) or on two classifiers
 
 
 def holm_over_family(tests: Sequence[dict[str, Any] | None], runs_lacking: Sequence[bool]) -> list[float]:
