@@ -11,8 +11,15 @@ from hypothesis import strategies as st
 from test_findings import entry_of  # tests/ is on sys.path (rootdir-relative imports)
 
 from avae.evaluation import stats
-from avae.repro.paper import claim_families, rows_of
-from avae.repro.report.claims import UNTESTED_P, excluded_gain, family_rows, holm_over_family, paper_gain
+from avae.repro.paper import CLAIMS, claim_families, rows_of
+from avae.repro.report.claims import (
+    UNTESTED_P,
+    excluded_gain,
+    family_rows,
+    holm_over_family,
+    paper_gain,
+    verdict_line,
+)
 from avae.repro.report.tables import analysis_section
 from avae.repro.results import RunResult
 from avae.training.config import make_config
@@ -157,6 +164,9 @@ def test_only_the_runs_a_verdict_tests_can_make_it_short_of_convergence(tmp_path
     assert outcomes[1] == "missing" and not short
     diverged.eval, diverged.divergence = evaluated, None
     assert family_rows(family, table, "neg_elbo", "ais")[2]
+    caveat = verdict_line(CLAIMS[0], "", ["unclear", "unclear"], short=True)
+    assert "still improving by more than 1 nat per epoch over their last 5 epochs" in caveat  # as the header
+    assert "Caveat" not in verdict_line(CLAIMS[0], "", ["unclear", "unclear"], short=False)
 
 
 def test_a_family_part_way_is_corrected_for_the_comparisons_whose_runs_are_missing(tmp_path):

@@ -111,7 +111,7 @@ def test_the_report_warns_when_runs_are_short_of_convergence(tmp_path):
     warned = header_section([improving, settled, noisy], ["mnist"], "test")
     assert "1 of 3 runs were still improving by more than 1 nat per epoch over their last 5" in warned
     assert "up to 3.0 nats an epoch" in warned
-    assert "each claim below that tests one of them carries that caveat" in warned  # not every claim
+    assert "each verdict below that tests one of them carries that caveat" in warned  # not every claim
     assert "Warning" not in header_section([settled, noisy], ["mnist"], "test")
 
 

@@ -14,7 +14,7 @@ from avae.evaluation import stats
 from avae.io import write_csv
 from avae.repro.paper import CLAIMS, PAPER_NOISE, PAPER_TABLE1, Claim, RowKey, claim_families, dataset_label
 from avae.repro.report.figures import format_table
-from avae.repro.results import RunResult, shared_points, short_of_convergence
+from avae.repro.results import CONVERGENCE_EPOCHS, RunResult, shared_points, short_of_convergence
 
 METHOD = (
     "Each comparison tests the per-seed difference between the claimed-better and the claimed-worse "
@@ -246,8 +246,8 @@ def verdict_line(claim: Claim, family: str, outcomes: list[str], short: bool) ->
     )
     scope = f" for {family}" if family else ""
     caveat = (
-        " *Caveat: some of these runs were still improving by more than 1 nat per epoch at their last "
-        "epoch, so this verdict is about short training, not about trained models.*"
+        " *Caveat: some of these runs were still improving by more than 1 nat per epoch over their last "
+        f"{CONVERGENCE_EPOCHS} epochs, so this verdict is about short training, not about trained models.*"
         if short
         else ""
     )

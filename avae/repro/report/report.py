@@ -42,7 +42,7 @@ def header_section(runs: list[RunResult], datasets: list[str], profile: str) -> 
         f"training images, {len(runs[0].cfg.seeds)} seeds per configuration. The paper trains on all "
         "60,000 images (epochs and number of runs unstated)."
     )
-    budget += convergence_warning(runs, "each claim below that tests one of them") + divergence_note(runs)
+    budget += convergence_warning(runs, "each verdict below that tests one of them") + divergence_note(runs)
     return (
         "# Reproduction report: Variational Autoencoder Model Based on Adversarial Strategy (AVAE)\n\n"
         f"Profile `{profile}`, {len(runs)} runs, data sets: "
