@@ -37,6 +37,24 @@ def test_a_plan_adds_the_classifiers_still_to_train_and_the_executors_start(tmp_
     assert costs.plan_seconds(0.0, 2, smoke, tmp_path, "cpu", "ray", 2) == 0.0  # nothing left to do
 
 
+def test_no_plan_ends_before_its_longest_run(tmp_path):
+    """A run is one process: the paper profile's last two runs, 5,066 and 2,433 s left by the dry
+    run's estimate, take the longer one's time with --jobs 2, not their total halved (3,750 s, which
+    the start line said on 2026-12-06 against about 5,270 s measured)."""
+    paper = get_profile("paper")
+    for path in (classifier_path(tmp_path, "mnist"), classifier_path(tmp_path, "fashion-mnist")):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"cached")  # no classifier left to train
+    start = costs.start_seconds("local", 2)
+    total = 5066.0 + 2433.0
+    shared = costs.plan_seconds(total, 2, paper, tmp_path, "cpu", "local", 2)
+    assert shared == pytest.approx(total / 2 + start)
+    wall = costs.plan_seconds(total, 2, paper, tmp_path, "cpu", "local", 2, longest=5066.0)
+    assert wall == pytest.approx(5066.0 + start)
+    even = costs.plan_seconds(2 * 3750.0, 2, paper, tmp_path, "cpu", "local", 2, longest=3750.0)
+    assert even == pytest.approx(3750.0 + start)  # equal runs: the shared time, as before
+
+
 # What `avae reproduce --profile smoke` took on the shared 2-core development machine: with
 # --jobs 1 --threads 1, 106 s of process time and 143 s wall (the machine loaded about 5); with
 # --executor ray --jobs 2, 62 s wall (issue 20, commit baf8ebd) and 94-96 s (load 3-5).

@@ -598,6 +598,21 @@ def test_a_plan_without_a_terminal_logs_where_it_stands_every_so_often(capsys):
     nothing_left.bar.close()
 
 
+def test_the_time_left_is_never_less_than_the_longest_run_left_at_one_runs_pace():
+    """Two runs side by side, the short one ended: the long one's 80 estimated seconds left go at
+    one run's share of the pace so far (20 done in `elapsed`, 2 at a time: 80 take 8 elapsed), not
+    at the plan's (which said 4 elapsed)."""
+    from avae.repro.progress import PlanProgress
+
+    plan = PlanProgress({"short": 10.0, "long": 90.0}, 2, enabled=False, watch=lambda: {"long": 10.0})
+    plan.finished("short", "[1/2] short: trained")
+    assert plan.work_done() == 20.0 and plan.longest_left() == 80.0
+    before, left, after = plan.elapsed(), plan.left(), plan.elapsed()
+    assert 8 * before <= left <= 8 * after
+    assert plan.planned == 90.0  # the estimate before any pace: the long run, not 100 / 2
+    plan.bar.close()
+
+
 def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_path, monkeypatch):
     """`WorkWatch` credits each run with its share of its training estimate by the epochs it
     has trained since the plan began (read from its run directory, at most every `every` seconds);

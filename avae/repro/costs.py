@@ -432,12 +432,16 @@ def plan_seconds(
     executor: str,
     jobs: int,
     host: float = 0.0,
+    longest: float = 0.0,
 ) -> float:
     """Wall time of a profile's plan whose runs need `compute` seconds (`estimate_run_seconds`),
     `host` of them on the host (`host_seconds`): with the classifiers still to train, `parallel`
     runs at a time (`runs_at_once`), after the executor has started; nothing when no run has work
-    left."""
+    left. No plan ends before its `longest` run, which one process runs: two runs of 1:24 and 0:41
+    left take 1:24 with --jobs 2, not their total halved (1:02, said for the paper profile's last
+    two runs)."""
     if not compute:
         return 0.0
     at_once = runs_at_once(compute, host, parallel, device, executor)
-    return (compute + classifiers_seconds(profile, out, device)) / at_once + start_seconds(executor, jobs)
+    shared = (compute + classifiers_seconds(profile, out, device)) / at_once
+    return max(shared, longest) + start_seconds(executor, jobs)

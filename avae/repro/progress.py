@@ -200,7 +200,8 @@ class PlanProgress:
         self.estimates, self.parallel, self.watch = estimates, parallel, watch
         self.total, self.done, self.current = max(sum(estimates.values()), 1e-9), 0.0, ""
         self.ended: set[str] = set()
-        self.planned = sum(estimates.values()) / parallel  # wall seconds, as the plan's estimate said
+        # wall seconds, as the plan's estimate said: no sooner than its longest run (`plan_seconds`)
+        self.planned = max(sum(estimates.values()) / parallel, *estimates.values(), 0.0)
         self.runs_done, self.began = 0, time.monotonic()
         self.bar = tqdm(
             total=self.total,
@@ -235,11 +236,22 @@ class PlanProgress:
     def elapsed(self) -> float:
         return time.monotonic() - self.began
 
+    def partial(self) -> dict[str, float]:
+        """The estimated seconds each unfinished run has done so far, as the watch says."""
+        partial = self.watch() if self.watch is not None else {}
+        return {key: seconds for key, seconds in partial.items() if key not in self.ended}
+
     def work_done(self) -> float:
         """The estimated seconds of the plan done: the runs that ended, and what the watch says the
         others have done so far."""
-        partial = self.watch() if self.watch is not None else {}
-        return self.done + sum(seconds for key, seconds in partial.items() if key not in self.ended)
+        return self.done + sum(self.partial().values())
+
+    def longest_left(self) -> float:
+        """The estimated seconds left of the unfinished run with the most left: one process runs
+        it, however many runs share the plan's pace."""
+        partial = self.partial()
+        unfinished = (key for key in self.estimates if key not in self.ended)
+        return max((self.estimates[key] - partial.get(key, 0.0) for key in unfinished), default=0.0)
 
     def paced(self, work: float) -> bool:
         """Whether enough work is done for the pace so far to give the time left."""
@@ -247,10 +259,14 @@ class PlanProgress:
 
     def left(self, work: float | None = None) -> float:
         """The wall seconds left: at the pace so far, on the cost model's weights, once enough work
-        is done (`paced`), else what is left of the plan's estimate."""
+        is done (`paced`), else what is left of the plan's estimate. At the pace so far, but never
+        less than the run with the most left takes at one run's share of that pace: when the other
+        runs have ended, the plan's pace falls to that one run's."""
         elapsed, work = self.elapsed(), self.work_done() if work is None else work
         if self.paced(work):
-            return elapsed * max(0.0, self.total - work) / work
+            seconds_per_work = elapsed / work  # wall seconds per estimated second, `parallel` at once
+            shared = max(0.0, self.total - work) * seconds_per_work
+            return max(shared, self.longest_left() * seconds_per_work * self.parallel)
         return max(0.0, self.planned - elapsed)
 
     def status_line(self) -> str:

@@ -219,9 +219,10 @@ def reproduce(
     estimates = {key: sum(part) for key, part in parts.items()}
     total = sum(estimates.values())
     host = host_seconds((train for train, _ in parts.values()), runtime.device)
+    longest = max(estimates.values(), default=0.0)
     if dry_run:
         parallel = min(jobs, os.cpu_count() or 1)
-        wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host)
+        wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host, longest)
         print(dry_run_table(runs, profile, out, parts))
         print(
             f"\n{len(runs)} runs of profile {profile.name!r} on {runtime.device}: about {clock(total)} of "
@@ -236,7 +237,7 @@ def reproduce(
         return []
     parallel = max(1, min(jobs, len(runs)))
     left = sum(1 for seconds in estimates.values() if seconds)
-    wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host)
+    wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host, longest)
     print(
         f"avae reproduce: profile {profile.name!r}, {len(runs)} runs, {left} with work left; about "
         f"{clock(wall)} on {runtime.device} with --jobs {jobs} "
