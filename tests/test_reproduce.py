@@ -598,19 +598,30 @@ def test_a_plan_without_a_terminal_logs_where_it_stands_every_so_often(capsys):
     nothing_left.bar.close()
 
 
-def test_the_time_left_is_never_less_than_the_longest_run_left_at_one_runs_pace():
-    """Two runs side by side, the short one ended: the long one's 80 estimated seconds left go at
-    one run's share of the pace so far (20 done in `elapsed`, 2 at a time: 80 take 8 elapsed), not
-    at the plan's (which said 4 elapsed)."""
-    from avae.repro.progress import PlanProgress
+def test_the_time_left_runs_the_longest_run_at_one_runs_pace(monkeypatch):
+    """Two runs side by side on two workers, each doing one estimated second a second; the short
+    one ends at 10 s. The long one's 80 estimated seconds left take 80 s alone, not the 40 s of the
+    plan's pace while both ran; 40 s later, its 40 left take 40 s (the whole plan's average pace
+    said 33 s, and two runs' share of it 67 s). A plan of one run on two workers goes at one run's
+    pace too."""
+    from avae.repro import progress
 
-    plan = PlanProgress({"short": 10.0, "long": 90.0}, 2, enabled=False, watch=lambda: {"long": 10.0})
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    done = {"long": 0.0}
+    plan = progress.PlanProgress({"short": 10.0, "long": 90.0}, 2, enabled=False, watch=lambda: dict(done))
+    assert plan.planned == 90.0  # the estimate before any pace: the long run, not 100 / 2
+    now[0], done["long"] = 10.0, 10.0
     plan.finished("short", "[1/2] short: trained")
     assert plan.work_done() == 20.0 and plan.longest_left() == 80.0
-    before, left, after = plan.elapsed(), plan.left(), plan.elapsed()
-    assert 8 * before <= left <= 8 * after
-    assert plan.planned == 90.0  # the estimate before any pace: the long run, not 100 / 2
+    assert plan.left() == pytest.approx(80.0)
+    now[0], done["long"] = 50.0, 50.0
+    assert plan.left() == pytest.approx(40.0)
     plan.bar.close()
+    alone = progress.PlanProgress({"only": 100.0}, 2, enabled=False, watch=lambda: dict(only=20.0))
+    now[0] = 70.0  # 20 estimated seconds in 20 s
+    assert alone.left() == pytest.approx(80.0)
+    alone.bar.close()
 
 
 def test_the_time_left_counts_the_epochs_that_unfinished_runs_have_trained(tmp_path, monkeypatch):

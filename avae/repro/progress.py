@@ -203,6 +203,8 @@ class PlanProgress:
         # wall seconds, as the plan's estimate said: no sooner than its longest run (`plan_seconds`)
         self.planned = max(sum(estimates.values()) / parallel, *estimates.values(), 0.0)
         self.runs_done, self.began = 0, time.monotonic()
+        self.busy, self.busy_at = 0.0, self.began  # run-seconds in flight so far (`account`), and when
+        self.accounting = threading.Lock()  # the ticker's thread and the caller's both account
         self.bar = tqdm(
             total=self.total,
             desc="reproduce",
@@ -247,8 +249,8 @@ class PlanProgress:
         return self.done + sum(self.partial().values())
 
     def longest_left(self) -> float:
-        """The estimated seconds left of the unfinished run with the most left: one process runs
-        it, however many runs share the plan's pace."""
+        """The estimated seconds left of the unfinished run with the most left: its epochs follow
+        one another, however many runs share the plan."""
         partial = self.partial()
         unfinished = (key for key in self.estimates if key not in self.ended)
         return max((self.estimates[key] - partial.get(key, 0.0) for key in unfinished), default=0.0)
@@ -257,17 +259,32 @@ class PlanProgress:
         """Whether enough work is done for the pace so far to give the time left."""
         return work > 0 and work >= PACE_AFTER * self.total
 
+    def in_flight(self) -> float:
+        """How many runs go at once now: `parallel`, or fewer when fewer are unfinished."""
+        return min(self.parallel, len(self.estimates) - len(self.ended))
+
+    def account(self) -> float:
+        """The run-seconds so far: each second of wall time times the runs in flight then, so that
+        a stretch with one run left counts once and a stretch with two side by side twice."""
+        with self.accounting:
+            now = time.monotonic()
+            self.busy += (now - self.busy_at) * self.in_flight()
+            self.busy_at = now
+            return self.busy
+
     def left(self, work: float | None = None) -> float:
-        """The wall seconds left: at the pace so far, on the cost model's weights, once enough work
-        is done (`paced`), else what is left of the plan's estimate. At the pace so far, but never
-        less than the run with the most left takes at one run's share of that pace: when the other
-        runs have ended, the plan's pace falls to that one run's."""
+        """The wall seconds left: once enough work is done (`paced`), at one run's pace so far (the
+        run-seconds per estimated second done, `account`), what is left shared by the runs in
+        flight, but never less than the run with the most left takes on its own; before that, what
+        is left of the plan's estimate."""
         elapsed, work = self.elapsed(), self.work_done() if work is None else work
-        if self.paced(work):
-            seconds_per_work = elapsed / work  # wall seconds per estimated second, `parallel` at once
-            shared = max(0.0, self.total - work) * seconds_per_work
-            return max(shared, self.longest_left() * seconds_per_work * self.parallel)
-        return max(0.0, self.planned - elapsed)
+        if not self.paced(work):
+            return max(0.0, self.planned - elapsed)
+        at_once = self.in_flight()
+        if at_once <= 0:
+            return 0.0
+        per_run = self.account() / work  # wall seconds one run takes per estimated second
+        return max(self.total - work, at_once * self.longest_left()) * per_run / at_once
 
     def status_line(self) -> str:
         """Where the plan stands, for a log: the time of day, runs ended, time elapsed and left."""
@@ -295,6 +312,7 @@ class PlanProgress:
         self.refresh()
 
     def finished(self, key: str, line: str) -> None:
+        self.account()  # the seconds up to now with this run still in flight
         self.ended.add(key)  # first: the ticker never counts its epochs and its estimate at once
         self.done += self.estimates.get(key, 0.0)
         self.runs_done += 1

@@ -220,8 +220,9 @@ def reproduce(
     total = sum(estimates.values())
     host = host_seconds((train for train, _ in parts.values()), runtime.device)
     longest = max(estimates.values(), default=0.0)
+    left = sum(1 for seconds in estimates.values() if seconds)  # runs with work left: the rest wait for none
     if dry_run:
-        parallel = min(jobs, os.cpu_count() or 1)
+        parallel = max(1, min(jobs, os.cpu_count() or 1, left))
         wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host, longest)
         print(dry_run_table(runs, profile, out, parts))
         print(
@@ -235,8 +236,7 @@ def reproduce(
                 file=sys.stderr,
             )
         return []
-    parallel = max(1, min(jobs, len(runs)))
-    left = sum(1 for seconds in estimates.values() if seconds)
+    parallel = max(1, min(jobs, left))
     wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host, longest)
     print(
         f"avae reproduce: profile {profile.name!r}, {len(runs)} runs, {left} with work left; about "

@@ -233,7 +233,7 @@ def sweep(
     print(
         f"avae sweep: {len(points)} points, {len(runs)} runs, "
         f"{sum(1 for s in estimates.values() if s)} with work left; about "
-        f"{clock(max(total / at_once, *estimates.values()))} on {runtime.device} with --jobs {jobs} "
+        f"{clock(max(total / at_once, *estimates.values(), 0.0))} on {runtime.device} with --jobs {jobs} "
         f"(estimate{probe.said() if probe else ''})",
         flush=True,
     )
