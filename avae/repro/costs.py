@@ -437,9 +437,9 @@ def plan_seconds(
     """Wall time of a profile's plan whose runs need `compute` seconds (`estimate_run_seconds`),
     `host` of them on the host (`host_seconds`): with the classifiers still to train, `parallel`
     runs at a time (`runs_at_once`), after the executor has started; nothing when no run has work
-    left. No plan ends before its `longest` run, which one process runs: two runs of 1:24 and 0:41
-    left take 1:24 with --jobs 2, not their total halved (1:02, said for the paper profile's last
-    two runs)."""
+    left. No plan ends before its `longest` run, whose epochs follow one another (in a process of
+    its own, or in a `--pack`'s): two runs of 1:24 and 0:41 left take 1:24 with --jobs 2, not
+    their total halved (1:02, said for the paper profile's last two runs)."""
     if not compute:
         return 0.0
     at_once = runs_at_once(compute, host, parallel, device, executor)

@@ -220,7 +220,7 @@ def reproduce(
     total = sum(estimates.values())
     host = host_seconds((train for train, _ in parts.values()), runtime.device)
     longest = max(estimates.values(), default=0.0)
-    left = sum(1 for seconds in estimates.values() if seconds)  # runs with work left: the rest wait for none
+    left = sum(1 for seconds in estimates.values() if seconds)  # runs with work left: only they take a worker
     if dry_run:
         parallel = max(1, min(jobs, os.cpu_count() or 1, left))
         wall = plan_seconds(total, parallel, profile, out, runtime.device, executor, jobs, host, longest)
